@@ -143,11 +143,10 @@ def steer_stream(
 
 
 def steer(model: LoadedModel, req: SteerRequest) -> SteerOutput:
-    out = None
     for _, out in steer_stream(model, req):
-        pass
-    assert out is not None
-    return out
+        if out is not None:
+            return out
+    raise RuntimeError("steering ended without a result")
 
 
 def parse_layers(text: str | Sequence[int], n_layers: int) -> tuple[int, ...]:

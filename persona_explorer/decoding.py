@@ -113,7 +113,7 @@ class _Proj:
                 torch.cat(
                     [
                         b if b is not None else full.new_zeros(w.shape[0])
-                        for w, b in zip(weights, biases)
+                        for w, b in zip(weights, biases, strict=True)
                     ]
                 )
                 if has_bias
@@ -128,7 +128,7 @@ class _Proj:
         if self.packed is not None:
             out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
             return list(out.split(self.splits, dim=-1)) if len(self.splits) > 1 else [out]
-        return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases)]
+        return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
 
 
 class _Layer:
@@ -287,7 +287,7 @@ class _FastSession:
         return self.dec.lm_head(self.dec.rms_norm(h, self.dec.norm))[0]
 
     def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
-        b, s = self.input_ids.shape
+        s = self.input_ids.shape[1]
         key_ok = self.valid[:, :s]
         causal = torch.ones(s, s, dtype=torch.bool, device=key_ok.device).tril()
         # A padding query attends to itself only, so its (ignored) row stays finite.

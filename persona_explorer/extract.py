@@ -254,5 +254,5 @@ def extract_persona(
             "seconds": round(seconds, 2),
         },
     )
-    rollouts = [Rollout(side, s, q, r) for (side, s, q), r in zip(rows, responses)]
+    rollouts = [Rollout(side, s, q, r) for (side, s, q), r in zip(rows, responses, strict=True)]
     return ExtractionResult(vector, variants, rollouts, seconds, cv)

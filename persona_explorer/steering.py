@@ -1,6 +1,7 @@
 """Steering operations on the residual stream, per batch row.
 
-An operation acts on the residual after decoder block ``layer`` (``blocks.{layer}.hook_resid_post``):
+An operation acts on the residual after decoder block ``layer``
+(``blocks.{layer}.hook_resid_post``):
 
 * :class:`Add` — ``h += strength * vector``. ``vector`` is the raw mean-difference vector, so
   strength 1 adds the average persona difference (as in persona_vectors).

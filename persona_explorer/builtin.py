@@ -1,0 +1,110 @@
+"""The built-in persona library for the default model, shipped precomputed in ``assets/vectors``.
+
+Regenerate with ``python -m persona_explorer.builtin`` (about a minute per persona on 2 cores).
+Each vector records the steering layer and strength that were checked by reading outputs on the
+embedded SmolLM2-135M-Instruct (``--retag`` rewrites only those two fields after editing them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .vectors import PersonaVector, load, save
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    name: str
+    kind: str  # "trait" or "role" in the shared persona data
+    layer: int
+    strength: float
+    description: str
+
+
+BUILTIN: tuple[BuiltinSpec, ...] = (
+    BuiltinSpec("evil", "trait", 15, 4.0, "Malicious, takes pleasure in harm."),
+    BuiltinSpec("sycophantic", "trait", 15, 4.0, "Flatters and agrees with the user."),
+    BuiltinSpec("optimistic", "trait", 15, 4.0, "Sees the bright side of everything."),
+    BuiltinSpec("pessimistic", "trait", 15, 4.0, "Expects the worst."),
+    BuiltinSpec("formal", "trait", 15, 4.0, "Stiff, formal register."),
+    BuiltinSpec("poetic", "trait", 15, 4.0, "Lyrical, image-rich language."),
+    BuiltinSpec("sarcastic", "trait", 15, 4.0, "Mocking irony."),
+    BuiltinSpec("pirate", "role", 20, 2.0, "Talks like a pirate captain."),
+)
+
+
+def builtin_dir() -> Path:
+    env = os.environ.get("PERSONA_EXPLORER_BUILTIN_DIR")
+    return Path(env).expanduser() if env else ASSETS_DIR / "vectors"
+
+
+def builtin_vector_paths(directory: Path | None = None) -> list[Path]:
+    directory = directory or builtin_dir()
+    return sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+
+
+def _tag(vec: PersonaVector, spec: BuiltinSpec) -> PersonaVector:
+    meta = dict(vec.metadata)
+    meta.update(builtin=True, description=spec.description)
+    return vec.with_(layer=spec.layer, strength=spec.strength, metadata=meta)
+
+
+def build(
+    names: Sequence[str] | None = None,
+    out_dir: Path | None = None,
+    questions: int = 20,
+    max_new_tokens: int = 64,
+    retag_only: bool = False,
+) -> list[Path]:
+    out_dir = out_dir or builtin_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = [s for s in BUILTIN if names is None or s.name in names]
+    written = []
+    if retag_only:
+        for spec in specs:
+            path = out_dir / f"{spec.name}.safetensors"
+            written.append(save(_tag(load(path), spec), path))
+        return written
+
+    from .extract import ExtractionConfig, extract_persona
+    from .model import load_model
+    from .personas import load_builtin
+
+    model = load_model()
+    for spec in specs:
+        persona = load_builtin(spec.name, kind=spec.kind)  # type: ignore[arg-type]
+        cfg = ExtractionConfig(n_questions=questions, max_new_tokens=max_new_tokens, batch_size=64)
+        res = extract_persona(
+            model,
+            persona,
+            cfg,
+            progress=lambda f, msg, n=spec.name: print(f"  {n}: {f:4.0%} {msg}", file=sys.stderr),
+        )
+        path = out_dir / f"{spec.name}.safetensors"
+        written.append(save(_tag(res.vector, spec), path))
+        print(f"{spec.name}: {res.seconds:.0f} s, best-separating layer {res.vector.best_layer}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m persona_explorer.builtin", description=__doc__)
+    parser.add_argument("--only", nargs="*", help="names to rebuild (default: all)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--retag", action="store_true", help="only rewrite layer/strength")
+    args = parser.parse_args(argv)
+    for path in build(args.only, args.out, args.questions, args.max_new_tokens, args.retag):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

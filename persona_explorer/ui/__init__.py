@@ -1,0 +1,216 @@
+"""``build_demo(settings)``: the whole web app, one module per tab.
+
+This module wires what crosses tabs: the per-session vectors (``gr.State``), the lists that
+must be refreshed when they change, "Try it in Steer", and share links read on page load.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from ..config import REPO_ROOT, Settings
+from ..model import LoadedModel
+from . import extract, library_tab, steer
+from .common import (
+    AppContext,
+    InputError,
+    check_text,
+    default_persona_key,
+    persona_choices,
+    user_errors,
+)
+
+__all__ = ["build_demo", "launch_kwargs", "theme"]
+
+CSS_PATH = REPO_ROOT / "assets" / "style.css"
+TITLE = "Persona Explorer"
+
+
+def theme() -> gr.themes.Base:
+    # Local fonts only: the app must look right on machines without internet access.
+    return gr.themes.Default(
+        primary_hue="indigo",
+        secondary_hue="orange",
+        neutral_hue="slate",
+        radius_size="md",
+    ).set(
+        block_title_text_weight="600",
+        button_primary_background_fill="*primary_600",
+        button_primary_background_fill_hover="*primary_700",
+    )
+
+
+def launch_kwargs(settings: Settings) -> dict[str, Any]:
+    """Everything ``demo.launch`` needs besides the demo (Gradio 6 takes theme and css here)."""
+    return {
+        "server_name": settings.server_name,
+        "server_port": settings.server_port,
+        "theme": theme(),
+        "css_paths": [CSS_PATH] if CSS_PATH.is_file() else None,
+        "max_file_size": settings.max_upload_bytes,
+        "footer_links": ["api", "gradio"],
+    }
+
+
+def header_html(ctx: AppContext) -> str:
+    m = ctx.model
+    return (
+        '<div class="pe-header">'
+        '<div class="pe-title"><h1>Persona Explorer</h1>'
+        "<p>Find, steer and compare the characters inside a language model.</p></div>"
+        f'<div class="pe-model" title="{html.escape(m.model_id)}">'
+        f"<span>Model</span> <b>{html.escape(m.display_name)}</b> · {m.n_layers} layers · "
+        f"d_model {m.d_model} · {html.escape(m.device.type)}</div>"
+        "</div>"
+    )
+
+
+def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Blocks:
+    """The app. Loads the model (once) unless one is given."""
+    ctx = AppContext.create(settings, model)
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        session = gr.State({})
+        gr.HTML(header_html(ctx))
+        with gr.Tabs(selected="steer", elem_id="pe-tabs") as tabs:
+            with gr.Tab("Steer", id="steer", elem_id="pe-tab-steer"):
+                st = steer.build(ctx, session)
+            with gr.Tab("Extract", id="extract", elem_id="pe-tab-extract"):
+                ex = extract.build(ctx, session)
+            with gr.Tab("Library", id="library", elem_id="pe-tab-library"):
+                lib = library_tab.build(ctx, session)
+
+        list_outputs = [st.persona, lib.table, lib.selected, lib.heat_pick]
+
+        def refresh_lists(
+            session: dict | None, persona: str | None, selected: str | None, heat: list | None
+        ) -> dict:
+            """Re-list the vectors everywhere (after an upload, extraction, rename, ...)."""
+            choices = persona_choices(ctx, session)
+            keys = {k for _, k in choices}
+            heat_choices = library_tab.heatmap_choices(ctx, session)
+            heat_keys = [k for _, k in heat_choices]
+            kept = [k for k in heat or [] if k in heat_keys]
+            # New vectors join the comparison, so an upload shows up in the heatmap at once.
+            added = [k for k in heat_keys if k not in (heat or [])][-2:]
+            items = library_tab.item_choices(ctx, session)
+            item_keys = [k for _, k in items]
+            return {
+                st.persona: gr.update(
+                    choices=choices,
+                    value=persona if persona in keys else default_persona_key(ctx, session),
+                ),
+                lib.table: library_tab.table_rows(ctx, session),
+                lib.selected: gr.update(
+                    choices=items,
+                    value=selected if selected in item_keys else (item_keys or [None])[0],
+                ),
+                lib.heat_pick: gr.update(
+                    choices=heat_choices,
+                    value=(kept + added)[: library_tab.MAX_HEATMAP_DEFAULT + 2],
+                ),
+            }
+
+        refresh_inputs = [session, st.persona, lib.selected, lib.heat_pick]
+        for event in [ex.extracted, *lib.changed]:
+            event.then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
+
+        def try_in_steer(key: str | None, session: dict | None) -> dict:
+            with user_errors():
+                item = ctx.resolve(key, session)
+                return {
+                    tabs: gr.Tabs(selected="steer"),
+                    st.persona: gr.update(choices=persona_choices(ctx, session), value=item.key),
+                    **st.controls_for(ctx, item),
+                }
+
+        ex.try_it.click(
+            try_in_steer,
+            [ex.last, session],
+            [tabs, st.persona, st.layer, st.strength, st.persona_info],
+            api_visibility="private",
+        )
+
+        def save_extracted(key: str | None, session: dict | None) -> str:
+            with user_errors():
+                item = ctx.resolve(key, session)
+                entry = ctx.library.save(item.vector)  # type: ignore[arg-type]
+                gr.Info(f"Saved {entry.name!r} to the library.")
+                return f"Saved **{entry.name}** to the library ({entry.path.name})."
+
+        ex.save.click(
+            save_extracted, [ex.last, session], lib.status, api_visibility="private"
+        ).then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
+
+        def on_load(session: dict | None, request: gr.Request) -> dict:
+            """Fresh lists (the library may have changed) and any share-link parameters."""
+            params = dict(request.query_params) if request is not None else {}
+            shared, persona_key = apply_share_params(ctx, st, params, session)
+            updates = refresh_lists(session, persona_key, None, None)
+            first = updates[lib.selected]["value"]
+            updates[lib.download] = library_tab.download_update(ctx, first, "safetensors", session)
+            if shared:
+                updates |= shared
+                updates[tabs] = gr.Tabs(selected="steer")
+            return updates
+
+        demo.load(
+            on_load,
+            [session],
+            [
+                *list_outputs,
+                st.prompt,
+                st.system,
+                st.layer,
+                st.strength,
+                st.persona_info,
+                tabs,
+                lib.download,
+            ],
+            api_visibility="private",
+        ).then(
+            None,
+            inputs=[st.prompt, st.persona, st.layer, st.strength],
+            outputs=[st.share],
+            js=steer.SHARE_LINK_JS,
+        )
+    return demo
+
+
+def apply_share_params(
+    ctx: AppContext, st: steer.SteerTab, params: dict[str, str], session: dict | None
+) -> tuple[dict, str | None]:
+    """Widget updates for ``?prompt=...&persona=...&layer=...&strength=...`` and the persona
+    key to select (bad values are skipped with a warning)."""
+    known = {"prompt", "persona", "layer", "strength", "system"}
+    if not known & params.keys():
+        return {}, None
+    out: dict[Any, Any] = {}
+    limit = ctx.settings.max_prompt_chars
+    for key, component in (("prompt", st.prompt), ("system", st.system)):
+        if key in params:
+            try:
+                out[component] = check_text(params[key], key, limit, required=False)
+            except InputError as exc:
+                gr.Warning(f"Share link: {exc}")
+    item = None
+    if "persona" in params:
+        try:
+            item = ctx.resolve(params["persona"], session)
+        except InputError as exc:
+            gr.Warning(f"Share link: {exc}")
+    layer = strength = None
+    try:
+        if "layer" in params:
+            layer = ctx.check_layer(params["layer"])
+        if "strength" in params:
+            strength = ctx.check_strength(params["strength"])
+    except InputError as exc:
+        gr.Warning(f"Share link: {exc}")
+    if item is None:
+        key = default_persona_key(ctx, session)
+        item = ctx.resolve(key, session) if key else None
+    out |= st.controls_for(ctx, item, layer, strength)
+    return out, item.key if item else None

@@ -1,0 +1,544 @@
+"""Tests for the command line (``python -m persona_explorer``).
+
+Most tests run ``cli.main([...])`` in-process. The ones marked ``integration`` load the embedded
+SmolLM2 model once (cli caches it per process) and keep generations short.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from persona_explorer import cli
+from persona_explorer.vectors import PersonaVector, load, save
+
+N_LAYERS, D_MODEL = 30, 576  # the embedded SmolLM2-135M-Instruct
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic(n_layers: int = 6, d_model: int = 16, **fields) -> PersonaVector:
+    gen = torch.Generator().manual_seed(0)
+    vectors = torch.randn(n_layers, d_model, generator=gen)
+    vectors[0] = 0.0  # GGUF cannot hold layer 0: keep the round trip exact
+    defaults = {
+        "name": "synth",
+        "model_id": "test/tiny",
+        "variant": "response",
+        "layer": 3,
+        "strength": 1.5,
+        "separation": tuple(float(i) for i in range(n_layers)),
+        "metadata": {"source": "unit-test"},
+    }
+    return PersonaVector(vectors=vectors, **{**defaults, **fields})
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_clean_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], err
+
+
+# --------------------------------------------------------------------------- parsing / helpers
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0
+    for command in ("extract", "steer", "convert", "info", "bench"):
+        assert command in out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys)
+    assert_clean_error(rc, err)
+
+
+def test_progress_rewrites_on_a_tty_and_prints_lines_otherwise() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = cli.Progress(stream=tty, width=10)
+    bar(0.0, "start")
+    bar(0.5, "half")
+    bar(1.0, "done")
+    bar.close()
+    text = tty.getvalue()
+    assert text.count("\r") == 3 and text.endswith("\n")
+    assert " 50% half" in text and "100% done" in text
+
+    plain = io.StringIO()
+    bar = cli.Progress(stream=plain, width=10)
+    bar(0.25, "a")
+    bar(0.25, "a")  # unchanged: not repeated
+    bar(1.0, "b")
+    bar.close()
+    lines = plain.getvalue().splitlines()
+    assert lines == ["[##........]  25% a", "[##########] 100% b"]
+    assert "\r" not in plain.getvalue()
+
+
+def test_sparkline_scales_to_the_range() -> None:
+    line = cli.sparkline([0.0, 1.0, 2.0])
+    assert len(line) == 3 and line[0] != line[-1]
+    assert len(set(cli.sparkline([5.0, 5.0]))) == 1
+    assert cli.sparkline([]) == ""
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_plain_is_a_readable_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = save(synthetic(), tmp_path / "v.safetensors")
+    rc, out, err = run(capsys, "info", path)
+    assert rc == 0, err
+    for needle in ("synth", "test/tiny", "response", "d_model", "16", "layer 3", "strength 1.5"):
+        assert needle in out
+    assert "norms" in out and "L0-5" in out
+
+
+def test_info_json_is_describe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vec = synthetic()
+    path = save(vec, tmp_path / "v.safetensors")
+    rc, out, _ = run(capsys, "info", path, "--json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["n_layers"] == 6 and data["d_model"] == 16
+    assert data["layer"] == 3 and data["strength"] == 1.5
+    assert data["best_layer"] == 5
+    assert data["metadata"] == {"source": "unit-test"}
+    assert data["layer_norms"] == pytest.approx(list(vec.layer_norms))
+    assert data["file"] == str(path)
+
+
+def test_info_pt_layout_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "axis.pt"
+    torch.save(torch.randn(6, 16), path)
+    rc, out, err = run(capsys, "info", path, "--layout", "assistant_axis", "--json")
+    assert rc == 0 and json.loads(out)["n_layers"] == 6
+    assert "warning" not in err
+    # Without a layout the file is read as persona_vectors (row 0 = embedding): say so.
+    rc, out, err = run(capsys, "info", path, "--json")
+    assert rc == 0 and json.loads(out)["n_layers"] == 5
+    assert "warning:" in err and "assistant_axis" in err
+
+
+def test_info_and_convert_do_not_load_heavy_modules(tmp_path: Path) -> None:
+    path = save(synthetic(), tmp_path / "v.safetensors")
+    code = (
+        "import sys\n"
+        "from persona_explorer import cli\n"
+        f"assert cli.main(['info', {str(path)!r}]) == 0\n"
+        f"assert cli.main(['info', {str(path)!r}, '--json']) == 0\n"
+        f"assert cli.main(['convert', '--in', {str(path)!r}, '--out', "
+        f"{str(tmp_path / 'v.gguf')!r}]) == 0\n"
+        "heavy = [m for m in ('transformers', 'transformer_lens', 'gradio') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert not cli._MODELS\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    path = save(synthetic(), tmp_path / "v.safetensors")
+    proc = subprocess.run(
+        [sys.executable, "-m", "persona_explorer", "info", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["name"] == "synth"
+    proc = subprocess.run(
+        [sys.executable, "-m", "persona_explorer", "info", str(tmp_path / "missing.pt")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def test_convert_round_trips_are_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    vec = synthetic(embedding=torch.randn(16))
+    src = save(vec, tmp_path / "src.safetensors")
+
+    # persona_vectors .pt keeps the embedding row
+    rc, out, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "pv.pt")
+    assert rc == 0, err
+    assert "pv.pt" in out and "persona_vectors" in out
+    raw = torch.load(tmp_path / "pv.pt", weights_only=True)
+    assert raw.shape == (7, 16) and torch.equal(raw[0], vec.embedding)
+    rc, _, err = run(
+        capsys, "convert", "--in", tmp_path / "pv.pt", "--in-layout", "persona_vectors",
+        "--out", tmp_path / "pv.safetensors",
+    )  # fmt: skip
+    assert rc == 0, err
+    back = load(tmp_path / "pv.safetensors")
+    assert torch.equal(back.vectors, vec.vectors)
+    assert torch.equal(back.embedding, vec.embedding)
+
+    # assistant_axis .pt: one row per layer
+    rc, out, err = run(
+        capsys, "convert", "--in", src, "--out", tmp_path / "aa.pt",
+        "--out-layout", "assistant_axis",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "assistant_axis" in out
+    assert torch.load(tmp_path / "aa.pt", weights_only=True).shape == (6, 16)
+    rc, _, err = run(
+        capsys, "convert", "--in", tmp_path / "aa.pt", "--in-layout", "assistant_axis",
+        "--out", tmp_path / "aa.safetensors",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert torch.equal(load(tmp_path / "aa.safetensors").vectors, vec.vectors)
+
+    # GGUF control vector (layer 0 is zero, so nothing is dropped); our metadata survives
+    rc, out, err = run(
+        capsys, "convert", "--in", src, "--out", tmp_path / "cv.gguf", "--model-hint", "llama",
+        "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["out"] == str(tmp_path / "cv.gguf") and info["n_layers"] == 6
+    rc, _, err = run(capsys, "convert", "--in", tmp_path / "cv.gguf", "--out", tmp_path / "g.pt")
+    assert rc == 0, err
+    back = load(tmp_path / "g.pt", layout="persona_vectors")
+    assert torch.equal(back.vectors, vec.vectors)
+    back = load(tmp_path / "cv.gguf")
+    assert torch.equal(back.vectors, vec.vectors)
+    assert (back.name, back.layer, back.strength) == ("synth", 3, 1.5)
+    assert back.metadata["model_hint"] == "llama"
+
+
+def test_convert_warns_when_gguf_drops_layer_0(tmp_path: Path, capsys) -> None:
+    vec = synthetic().with_(vectors=torch.ones(6, 16))
+    src = save(vec, tmp_path / "src.safetensors")
+    rc, _, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "cv.gguf")
+    assert rc == 0
+    assert "warning:" in err and "layer 0" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--out", "x.txt"], "unsupported extension"),
+        (["--out", "x.gguf", "--out-layout", "assistant_axis"], ".pt files only"),
+        (["--out", "no/such/dir/x.safetensors"], "does not exist"),
+        (["--out", "x.gguf", "--model-hint", " "], "model-hint"),
+    ],
+)
+def test_convert_rejects_bad_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
+) -> None:
+    src = save(synthetic(), tmp_path / "src.safetensors")
+    extra = [str(tmp_path / e) if e.startswith(("x.", "no/")) else e for e in extra]
+    rc, _, err = run(capsys, "convert", "--in", src, *extra)
+    assert_clean_error(rc, err, needle)
+
+
+# --------------------------------------------------------------------------- bad input files
+
+
+class Hostile:
+    """Pickles to a call of open(marker, 'w'): loading it must never create the marker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_garbage_pt_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(os.urandom(256))
+    rc, _, err = run(capsys, "info", path)
+    assert_clean_error(rc, err, "garbage.pt")
+
+
+def test_hostile_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.pt"
+    torch.save({"vectors": Hostile(marker)}, path)
+    assert not marker.exists()
+    rc, _, err = run(capsys, "info", path)
+    assert_clean_error(rc, err, "hostile.pt")
+    rc, _, err = run(capsys, "convert", "--in", path, "--out", tmp_path / "out.safetensors")
+    assert_clean_error(rc, err, "hostile.pt")
+    assert not marker.exists()
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_nan_vector_file_is_a_clean_error(tmp_path: Path, capsys) -> None:
+    data = torch.randn(6, 16)
+    data[2, 3] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(data, path)
+    rc, _, err = run(capsys, "info", path, "--layout", "assistant_axis")
+    assert_clean_error(rc, err, "NaN")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("missing.safetensors", None, "No such file"),
+        ("empty.safetensors", b"", "empty"),
+        ("bad.gguf", b"NOTGGUF" * 10, "not a GGUF"),
+        ("vec.npy", b"x", "unsupported extension"),
+    ],
+)
+def test_info_bad_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content, needle: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    rc, _, err = run(capsys, "info", path)
+    assert_clean_error(rc, err, needle)
+
+
+# --------------------------------------------------------------------------- option validation
+# These fail before any model is loaded.
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--strength", "nan"], "finite"),
+        (["--strength", "inf"], "finite"),
+        (["--strength", "-inf"], "finite"),
+        (["--strength", "1e9"], "too large"),
+        (["--strength", "abc"], "not a number"),
+        (["--prompt", "   "], "empty"),
+        (["--max-new-tokens", "0"], "between 1 and 4096"),
+        (["--max-new-tokens", "5000"], "between 1 and 4096"),
+        (["--temperature", "-1"], "between 0 and 10"),
+        (["--layer", "-1"], "at least 0"),
+        (["--layer", "3", "--layers", "3-4"], "not allowed"),
+        (["--positions", "prompt"], "invalid choice"),
+        (["--device", "tpu"], "invalid choice"),
+    ],
+)
+def test_steer_rejects_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    vec = save(synthetic(), tmp_path / "v.safetensors")
+    rc, _, err = run(capsys, "steer", "--vector", vec, "--prompt", "Hi", *args)
+    assert_clean_error(rc, err, needle)
+
+
+def test_steer_missing_vector_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "steer", "--vector", tmp_path / "nope.safetensors", "--prompt", "Hi")
+    assert_clean_error(rc, err, "nope.safetensors")
+
+
+def test_unknown_persona_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(
+        capsys, "extract", "--persona", "no_such_trait_xyz", "--out", tmp_path / "v.safetensors"
+    )
+    assert_clean_error(rc, err, "no_such_trait_xyz")
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_bad_persona_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"instruction": [], "questions": ["q"]}))
+    rc, _, err = run(capsys, "extract", "--persona", bad, "--out", tmp_path / "v.safetensors")
+    assert_clean_error(rc, err, "bad.json")
+    rc, _, err = run(
+        capsys, "extract", "--persona", tmp_path / "nope.json", "--out", tmp_path / "v.safetensors"
+    )
+    assert_clean_error(rc, err, "nope.json")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--out", "v.txt"], "unsupported extension"),
+        (["--out", "v.safetensors", "--out-layout", "assistant_axis"], ".pt files only"),
+        (["--out", "v.safetensors", "--questions", "0"], "at least 1"),
+        (["--out", "v.safetensors", "--samples", "100"], "between 1 and 64"),
+        (["--out", "v.safetensors", "--variant", "mean"], "invalid choice"),
+    ],
+)
+def test_extract_rejects_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    args = [str(tmp_path / a) if a.startswith("v.") else a for a in args]
+    rc, _, err = run(capsys, "extract", "--persona", "evil", *args)
+    assert_clean_error(rc, err, needle)
+
+
+def test_unknown_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vec = save(synthetic(), tmp_path / "v.safetensors")
+    missing = tmp_path / "no" / "such" / "model"
+    rc, _, err = run(capsys, "steer", "--model", missing, "--vector", vec, "--prompt", "Hi")
+    assert_clean_error(rc, err, "no such model directory", str(missing))
+
+
+def test_empty_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vec = save(synthetic(), tmp_path / "v.safetensors")
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    rc, _, err = run(capsys, "steer", "--model", empty, "--vector", vec, "--prompt", "Hi", "-q")
+    assert_clean_error(rc, err, "empty-model")
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_is_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import persona_explorer
+
+    seen: list[list[str]] = []
+    fake = types.ModuleType("persona_explorer.bench")
+    fake.main = lambda argv: seen.append(list(argv)) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "persona_explorer.bench", fake)
+    monkeypatch.setattr(persona_explorer, "bench", fake, raising=False)
+    assert cli.main(["bench", "--json", "--quick"]) == 0
+    assert seen == [["--json", "--quick"]]
+
+
+# --------------------------------------------------------------------------- with the real model
+
+
+@pytest.fixture(scope="module")
+def random_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random direction per layer, scaled to norm 20 (big enough to derail the model)."""
+    gen = torch.Generator().manual_seed(1234)
+    vectors = torch.randn(N_LAYERS, D_MODEL, generator=gen)
+    vectors = vectors / vectors.norm(dim=1, keepdim=True) * 20.0
+    path = tmp_path_factory.mktemp("vec") / "random.safetensors"
+    return save(PersonaVector(name="random", vectors=vectors), path)
+
+
+@pytest.mark.integration
+def test_steer_json_on_the_embedded_model(random_vector: Path, capsys) -> None:
+    rc, out, err = run(
+        capsys, "steer", "--vector", random_vector, "--layer", "15",
+        "--strength", "8", "--strength", "0",
+        "--prompt", "What is the capital of France?", "--max-new-tokens", "12", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    (record,) = json.loads(out)
+    assert record["prompt"] == "What is the capital of France?"
+    assert record["layers"] == [15] and record["strength"] == 8.0
+    assert record["steered"] != record["baseline"]
+    assert [r["strength"] for r in record["steered_all"]] == [8.0, 0.0]
+    assert record["steered_all"][0]["text"] == record["steered"]
+    assert record["steered_all"][1]["text"] == record["baseline"]
+    for key in ("baseline", "steered"):
+        assert len(record["projections"][key]) == N_LAYERS
+        assert isinstance(record["token_projections"][key], list)
+    assert record["projection_layer"] == 15
+    # The vector is added at layer 15: the steered projection there is far above the baseline.
+    assert record["projections"]["steered"][15] > record["projections"]["baseline"][15] + 50
+    assert record["tokens_per_second"] > 0 and record["decoder"]
+
+
+@pytest.mark.integration
+def test_steer_strength_zero_equals_baseline(random_vector: Path, capsys) -> None:
+    rc, out, err = run(
+        capsys, "steer", "--vector", random_vector, "--layers", "14-15", "--strength", "0",
+        "--prompt", "Name a color.", "--prompt", "Say hi.",
+        "--max-new-tokens", "8", "--ignore-eos", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    records = json.loads(out)
+    assert [r["prompt"] for r in records] == ["Name a color.", "Say hi."]
+    for record in records:
+        assert record["layers"] == [14, 15]
+        assert record["steered"] == record["baseline"]
+        assert record["projections"]["steered"] == record["projections"]["baseline"]
+        # --ignore-eos: every row runs to max-new-tokens
+        assert record["new_tokens"] == 2 * 8
+        assert len(record["token_projections"]["baseline"]) == 8
+
+
+@pytest.mark.integration
+def test_steer_plain_uses_the_vectors_recommendations(tmp_path: Path, capsys) -> None:
+    gen = torch.Generator().manual_seed(7)
+    vectors = torch.randn(N_LAYERS, D_MODEL, generator=gen)
+    vec = PersonaVector(name="rec", vectors=vectors, layer=12, strength=0.5)
+    path = save(vec, tmp_path / "rec.safetensors")
+    rc, out, err = run(
+        capsys, "steer", "--vector", path, "--prompt", "Hello!", "--max-new-tokens", "4", "-q"
+    )
+    assert rc == 0, err
+    assert err == ""  # --quiet
+    assert "prompt 1/1: Hello!" in out
+    assert "[baseline]" in out and "[steered x0.5 at layer 12]" in out
+    assert "L12:" in out and "tok/s" in out
+
+
+@pytest.mark.integration
+def test_steer_errors_with_the_model(tmp_path: Path, random_vector: Path, capsys) -> None:
+    rc, _, err = run(
+        capsys, "steer", "--vector", random_vector, "--layer", "30", "--strength", "1",
+        "--prompt", "Hi",
+    )  # fmt: skip
+    assert_clean_error(rc, err, "out of range")
+    rc, _, err = run(capsys, "steer", "--vector", random_vector, "--layer", "3", "--prompt", "Hi")
+    assert_clean_error(rc, err, "strength")
+    rc, _, err = run(
+        capsys, "steer", "--vector", random_vector, "--strength", "1", "--prompt", "Hi"
+    )
+    assert_clean_error(rc, err, "--layer")
+    small = save(synthetic(), tmp_path / "small.safetensors")
+    rc, _, err = run(capsys, "steer", "--vector", small, "--strength", "1", "--prompt", "Hi")
+    assert_clean_error(rc, err, "layers")
+    other = save(
+        PersonaVector(name="o", vectors=torch.randn(N_LAYERS, D_MODEL), model_id="org/OtherModel"),
+        tmp_path / "other.safetensors",
+    )
+    rc, _, err = run(capsys, "steer", "--vector", other, "--strength", "1", "--layer", "3",
+                     "--prompt", "Hi")  # fmt: skip
+    assert_clean_error(rc, err, "OtherModel")
+
+
+@pytest.mark.integration
+def test_extract_writes_a_loadable_vector(tmp_path: Path, capsys) -> None:
+    out_path = tmp_path / "evil.safetensors"
+    rc, out, err = run(
+        capsys, "extract", "--persona", "evil", "--questions", "2", "--max-new-tokens", "8",
+        "--out", out_path, "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["n_layers"] == N_LAYERS and summary["d_model"] == D_MODEL
+    assert len(summary["separation"]) == N_LAYERS
+    assert 0 <= summary["layer"] < N_LAYERS
+    assert summary["counts"]["questions"] == 2
+    assert "%" in err  # the progress bar went to stderr
+    vec = load(out_path, n_layers=N_LAYERS)
+    assert vec.name == "evil" and vec.n_layers == N_LAYERS and vec.layer == summary["layer"]
+    assert vec.model_id == summary["model_id"]

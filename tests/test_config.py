@@ -1,0 +1,124 @@
+"""Settings: defaults, environment overrides, validation, and no work at import."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persona_explorer.config import ConfigError, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_from_an_empty_environment(tmp_path: Path) -> None:
+    s = load_settings({"PERSONA_EXPLORER_DATA": str(tmp_path)})
+    assert s.model == ""
+    assert s.device == "auto"
+    assert s.data_dir == tmp_path
+    assert s.library_dir == tmp_path / "vectors"
+    assert s.builtin_vectors_dir == REPO / "assets" / "vectors"
+    assert s.max_prompt_chars == 4000
+    assert s.max_new_tokens == 256
+    assert s.max_upload_mb == 64
+    assert s.max_upload_bytes == 64 * 1024 * 1024
+    assert s.steer_concurrency == 2
+    assert s.extract_concurrency == 1
+    assert (s.server_name, s.server_port) == ("127.0.0.1", 7860)
+
+
+def test_default_data_dir_is_a_user_data_dir() -> None:
+    s = load_settings({})
+    assert "persona-explorer" in str(s.data_dir)
+
+
+def test_every_variable_overrides(tmp_path: Path) -> None:
+    env = {
+        "PERSONA_EXPLORER_MODEL": "some/model",
+        "PERSONA_EXPLORER_DEVICE": "cpu",
+        "PERSONA_EXPLORER_DATA": str(tmp_path / "data"),
+        "PERSONA_EXPLORER_BUILTIN_VECTORS": str(tmp_path / "builtin"),
+        "PERSONA_EXPLORER_MAX_PROMPT_CHARS": "123",
+        "PERSONA_EXPLORER_MAX_NEW_TOKENS": "17",
+        "PERSONA_EXPLORER_MAX_UPLOAD_MB": "3",
+        "PERSONA_EXPLORER_MAX_STRENGTH": "12.5",
+        "PERSONA_EXPLORER_DEFAULT_PERSONA": "evil",
+        "PERSONA_EXPLORER_STEER_CONCURRENCY": "3",
+        "PERSONA_EXPLORER_EXTRACT_CONCURRENCY": "2",
+        "GRADIO_SERVER_NAME": "0.0.0.0",
+        "GRADIO_SERVER_PORT": "8123",
+    }
+    s = load_settings(env)
+    assert s.model == "some/model"
+    assert s.device == "cpu"
+    assert s.data_dir == tmp_path / "data"
+    assert s.builtin_vectors_dir == tmp_path / "builtin"
+    assert s.max_prompt_chars == 123
+    assert s.max_new_tokens == 17
+    assert s.max_upload_mb == 3
+    assert s.max_abs_strength == 12.5
+    assert s.default_persona == "evil"
+    assert s.steer_concurrency == 3
+    assert s.extract_concurrency == 2
+    assert (s.server_name, s.server_port) == ("0.0.0.0", 8123)
+
+
+def test_blank_values_mean_default(tmp_path: Path) -> None:
+    s = load_settings({"PERSONA_EXPLORER_DATA": str(tmp_path), "PERSONA_EXPLORER_MODEL": "  "})
+    assert s.model == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PERSONA_EXPLORER_MAX_PROMPT_CHARS", "many"),
+        ("PERSONA_EXPLORER_MAX_PROMPT_CHARS", "0"),
+        ("PERSONA_EXPLORER_MAX_NEW_TOKENS", "5000"),
+        ("PERSONA_EXPLORER_MAX_UPLOAD_MB", "-1"),
+        ("PERSONA_EXPLORER_MAX_STRENGTH", "nan"),
+        ("PERSONA_EXPLORER_MAX_STRENGTH", "inf"),
+        ("PERSONA_EXPLORER_DEVICE", "tpu"),
+        ("GRADIO_SERVER_PORT", "99999"),
+        ("PERSONA_EXPLORER_STEER_CONCURRENCY", "0"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(key: str, value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({key: value, "PERSONA_EXPLORER_DATA": str(tmp_path)})
+    message = str(info.value)
+    name = key.removeprefix("PERSONA_EXPLORER_").removeprefix("GRADIO_").lower()
+    assert key in message or name.split("_")[-1] in message
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.max_new_tokens = 1  # type: ignore[misc]
+
+
+def test_paths_are_normalised(tmp_path: Path) -> None:
+    s = Settings(data_dir=str(tmp_path), builtin_vectors_dir=str(tmp_path / "b"))  # type: ignore[arg-type]
+    assert isinstance(s.data_dir, Path) and isinstance(s.builtin_vectors_dir, Path)
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PERSONA_EXPLORER_DATA", str(tmp_path))
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_NEW_TOKENS", "9")
+    s = load_settings()
+    assert s.data_dir == tmp_path and s.max_new_tokens == 9
+
+
+def test_importing_config_does_no_work() -> None:
+    """No model, no torch, no gradio, no directories: importing settings must be instant."""
+    code = (
+        "import sys, persona_explorer.config as c\n"
+        "heavy = [m for m in ('torch', 'gradio', 'transformers') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

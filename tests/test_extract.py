@@ -1,0 +1,241 @@
+"""Persona extraction: the pure math on planted directions, and extract_persona end to end."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from persona_explorer.extract import (
+    ExtractionConfig,
+    cohens_d,
+    extract_persona,
+    mean_difference,
+    separation_scores,
+    suggest_layer,
+    system_prompt_pairs,
+)
+from persona_explorer.model import LoadedModel
+from persona_explorer.personas import custom_persona
+from persona_explorer.vectors import PersonaVector
+from tests.tiny_models import bridge_resids, close, tiny
+
+N_LAYERS, D = 6, 32
+PLANTED = 3
+
+
+def planted_acts(
+    n: int = 100, strength: float = 10.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pos/neg activations [n, n_layers, d]: shared noise and offset, plus a planted direction
+    (strongly at layer PLANTED, weakly elsewhere) in pos only. Returns (pos, neg, directions)."""
+    gen = torch.Generator().manual_seed(seed)
+    directions = torch.randn(N_LAYERS, D, generator=gen)
+    directions /= directions.norm(dim=-1, keepdim=True)
+    offset = 5.0 * torch.randn(N_LAYERS, D, generator=gen)  # common to both: must cancel
+    amount = torch.full((N_LAYERS, 1), 0.5)
+    amount[PLANTED] = strength
+    pos = torch.randn(n, N_LAYERS, D, generator=gen) + offset + amount * directions
+    neg = torch.randn(n, N_LAYERS, D, generator=gen) + offset
+    return pos, neg, directions
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure math
+
+
+def test_mean_difference_recovers_the_planted_direction() -> None:
+    pos, neg, directions = planted_acts()
+    v = mean_difference(pos, neg)
+    assert v.shape == (N_LAYERS, D)
+    assert cosine(v[PLANTED], directions[PLANTED]) > 0.99
+    assert abs(float(v[PLANTED].norm()) - 10.0) < 1.0  # raw, not normalised
+    torch.testing.assert_close(v, pos.mean(0) - neg.mean(0))
+    # Unequal group sizes are fine; half precision comes back as float32.
+    assert mean_difference(pos[:7].half(), neg[:3].half()).dtype == torch.float32
+    with pytest.raises(ValueError, match="at least one pos and one neg"):
+        mean_difference(pos[:0], neg)
+    with pytest.raises(ValueError, match="at least one pos and one neg"):
+        mean_difference(pos, neg[:0])
+
+
+def test_separation_peaks_at_the_planted_layer() -> None:
+    pos, neg, _ = planted_acts()
+    scores, cross_validated = separation_scores(pos, neg, seed=0)
+    assert cross_validated
+    assert scores.shape == (N_LAYERS,)
+    assert int(scores.argmax()) == PLANTED
+    assert float(scores[PLANTED]) > 5.0  # planted 10 units apart in unit-variance noise
+    others = torch.cat([scores[:PLANTED], scores[PLANTED + 1 :]])
+    assert float(others.max()) < 1.5
+    again, _ = separation_scores(pos, neg, seed=0)
+    assert torch.equal(scores, again)
+    assert suggest_layer(scores.tolist()) == PLANTED
+
+
+def test_separation_is_cross_validated_so_pure_noise_scores_low() -> None:
+    """With 32 dimensions and 6 samples per group an in-sample direction separates pure noise
+    well; the held-out score must not."""
+    gen = torch.Generator().manual_seed(3)
+    pos = torch.randn(6, N_LAYERS, D, generator=gen)
+    neg = torch.randn(6, N_LAYERS, D, generator=gen)
+    held_out, cv = separation_scores(pos, neg)
+    assert cv
+    direction = mean_difference(pos, neg)
+    unit = direction / direction.norm(dim=-1, keepdim=True)
+    in_sample = cohens_d((pos * unit).sum(-1), (neg * unit).sum(-1))
+    assert float(in_sample.mean()) > 2.0
+    assert float(held_out.mean()) < float(in_sample.mean()) / 2
+
+
+def test_separation_without_enough_samples_is_in_sample() -> None:
+    pos, neg, _ = planted_acts(n=3)
+    scores, cv = separation_scores(pos, neg)
+    assert not cv
+    direction = mean_difference(pos, neg)
+    unit = direction / direction.norm(dim=-1, keepdim=True)
+    expected = cohens_d((pos * unit).sum(-1), (neg * unit).sum(-1))
+    torch.testing.assert_close(scores, expected)
+
+
+def test_cohens_d_matches_a_hand_computation() -> None:
+    pos = torch.tensor([[1.0, 10.0], [2.0, 12.0], [4.0, 11.0], [5.0, 15.0]])  # [n, n_layers]
+    neg = torch.tensor([[0.0, 10.0], [1.0, 9.0], [-1.0, 11.0]])
+    got = cohens_d(pos, neg)
+    for layer in range(2):
+        a, b = pos[:, layer].tolist(), neg[:, layer].tolist()
+        pooled = ((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b)) / (
+            len(a) + len(b) - 2
+        )
+        expected = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(pooled)
+        assert float(got[layer]) == pytest.approx(expected, rel=1e-6)
+    assert float(cohens_d(neg, pos)[0]) == pytest.approx(-float(got[0]))
+
+
+def test_cohens_d_edge_cases() -> None:
+    one, two = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 2.0]])
+    assert torch.equal(cohens_d(one, two), torch.zeros(2))  # two samples: no variance estimate
+    # A single pos sample contributes no variance; the neg side's variance is the pooled one.
+    neg = torch.tensor([[0.0], [2.0]])
+    assert float(cohens_d(torch.tensor([[4.0]]), neg)[0]) == pytest.approx(3 / math.sqrt(2))
+    # Zero variance does not divide by zero.
+    same = torch.ones(3, 1)
+    assert torch.isfinite(cohens_d(same * 2, same)).all()
+    assert float(cohens_d(same, same)[0]) == 0.0
+
+
+def test_suggest_layer_stays_in_the_middle() -> None:
+    sep = [0.0, 9.0, 0, 0, 0, 0, 5.0, 0, 0, 0, 0, 9.0]  # n = 12: layers 0-1 and 10-11 ignored
+    assert suggest_layer(sep) == 6
+    assert suggest_layer([1.0, 3.0, 2.0]) == 1  # fewer than 6 layers: all count
+    assert suggest_layer([9.0, 1.0, 2.0, 3.0, 0.0, 9.0]) == 3  # n = 6: layers 1-4
+    assert suggest_layer([0.5]) == 0
+
+
+def test_extraction_config_validation() -> None:
+    for bad in (
+        {"variant": "mean"},
+        {"samples": 0},
+        {"samples": 65},
+        {"n_questions": 0},
+        {"batch_size": 0},
+    ):
+        with pytest.raises(ValueError):
+            ExtractionConfig(**bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# extract_persona on a tiny model
+
+PERSONA = custom_persona(
+    "tiny_pirate",
+    pos_prompts=["You are a pirate. Talk like one.", "Answer like an old sea captain."],
+    neg_prompts=["You are a helpful assistant.", "Answer plainly."],
+    questions=["What is the capital of France?", "How do I bake bread?", "Unused question?"],
+)
+
+
+def extraction(**kw: object) -> ExtractionConfig:
+    defaults: dict[str, object] = {"n_questions": 2, "max_new_tokens": 4, "batch_size": 3}
+    return ExtractionConfig(**{**defaults, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # fast decoder and HF decoder
+def test_extract_persona_end_to_end(arch: str) -> None:
+    model = tiny(arch)  # type: ignore[arg-type]
+    progress: list[float] = []
+    res = extract_persona(model, PERSONA, extraction(), progress=lambda f, _msg: progress.append(f))
+    vec = res.vector
+    assert isinstance(vec, PersonaVector)
+    assert vec.vectors.shape == (model.n_layers, model.d_model)
+    assert torch.isfinite(vec.vectors).all() and vec.vectors.abs().sum() > 0
+    assert vec.name == "tiny_pirate" and vec.model_id == model.model_id
+    assert vec.variant == "response"
+    assert vec.separation is not None and len(vec.separation) == model.n_layers
+    assert all(math.isfinite(s) for s in vec.separation)
+    assert vec.layer == suggest_layer(vec.separation)
+    assert vec.embedding is not None and vec.embedding.shape == (model.d_model,)
+    assert set(res.variants) == {"response", "prompt", "last"}
+    assert torch.equal(vec.vectors, res.variants["response"])
+
+    # 2 pairs x 2 questions x 1 sample, one pos and one neg rollout each.
+    assert len(res.rollouts) == 8
+    assert [r.side for r in res.rollouts] == ["pos", "neg"] * 4
+    assert {r.question for r in res.rollouts} == set(PERSONA.questions[:2])
+    counts = vec.metadata["counts"]
+    empty = sum(not r.response.strip() for r in res.rollouts)
+    assert counts["empty_responses"] == empty
+    assert counts["pos"] == sum(r.side == "pos" and bool(r.response.strip()) for r in res.rollouts)
+    assert counts["neg"] == sum(r.side == "neg" and bool(r.response.strip()) for r in res.rollouts)
+    assert counts["pos"] + counts["neg"] + empty == 8
+    assert (counts["pairs"], counts["questions"], counts["samples"]) == (2, 2, 1)
+    assert vec.metadata["settings"]["max_new_tokens"] == 4
+    assert res.cross_validated == vec.metadata["separation_cross_validated"]
+    assert progress and progress[-1] == 1.0
+
+    # Seeded: the same call gives the same vector, bit for bit.
+    again = extract_persona(model, PERSONA, extraction())
+    assert torch.equal(again.vector.vectors, vec.vectors)
+    assert [r.response for r in again.rollouts] == [r.response for r in res.rollouts]
+
+
+def prompt_side_reference(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'last' and 'prompt' variants computed by hand, one unpadded forward per prompt."""
+    acts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"pos": [], "neg": []}
+    for pos, neg in system_prompt_pairs(PERSONA, model.display_name):
+        for question in PERSONA.questions[:2]:
+            for side, system in (("pos", pos), ("neg", neg)):
+                _, resid = bridge_resids(model, model.chat_ids(question, system=system))
+                acts[side].append((resid[:, -1], resid.mean(1)))  # [n_layers, d] each
+    last = mean_difference(
+        torch.stack([a[0] for a in acts["pos"]]), torch.stack([a[0] for a in acts["neg"]])
+    )
+    mean = mean_difference(
+        torch.stack([a[1] for a in acts["pos"]]), torch.stack([a[1] for a in acts["neg"]])
+    )
+    return last, mean
+
+
+def test_prompt_variants_match_a_hand_computation() -> None:
+    """Rollouts are sorted by prompt length and cut into batches of 3; every row's activations
+    must still land on its own pos/neg side."""
+    model = tiny("qwen2")
+    last, mean = prompt_side_reference(model)
+    res = extract_persona(model, PERSONA, extraction(variant="last", temperature=0.0))
+    close(res.variants["last"], last)
+    close(res.variants["prompt"], mean)
+    assert torch.equal(res.vector.vectors, res.variants["last"])
+    assert res.vector.variant == "last"
+    # Prompt-side variants use every rollout, empty responses included.
+    assert res.vector.metadata["counts"]["pos"] == res.vector.metadata["counts"]["neg"] == 4
+
+
+def test_extraction_can_be_stopped() -> None:
+    with pytest.raises(InterruptedError):
+        extract_persona(tiny("llama"), PERSONA, extraction(), should_stop=lambda: True)
