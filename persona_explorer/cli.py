@@ -11,13 +11,14 @@ an invalid option) ends with one ``error: ...`` line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -357,6 +358,23 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec
 
 
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights") under --quiet."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def get_model(args: argparse.Namespace) -> LoadedModel:
     """The model for these options, loaded once per process."""
     from .model import load_model, resolve_model_spec
@@ -374,8 +392,13 @@ def get_model(args: argparse.Namespace) -> LoadedModel:
     key = (spec, args.device, args.dtype)
     if key not in _MODELS:
         started = time.perf_counter()
-        _note(args, f"Loading model {spec} ...")
-        model = load_model(spec, device=args.device, dtype=args.dtype)
+
+        def progress(_fraction: float, message: str) -> None:
+            if not message.startswith("Loaded "):
+                _note(args, message + " ...")
+
+        with _quiet_transformers(args.quiet):
+            model = load_model(spec, device=args.device, dtype=args.dtype, progress=progress)
         _note(
             args,
             f"Loaded {model.display_name} ({model.n_layers} layers, d_model {model.d_model}, "
@@ -428,11 +451,13 @@ def _save(vec: PersonaVector, path: Path, layout: str | None, model_hint: str) -
     return written
 
 
-def _load_vector(path: str, layout: str | None, n_layers: int | None = None) -> PersonaVector:
+def _load_vector(
+    path: str, layout: str | None, n_layers: int | None = None, warn: bool = True
+) -> PersonaVector:
     from .vectors import load
 
     vec = load(path, layout=layout, n_layers=n_layers)  # type: ignore[arg-type]
-    if vec.metadata.get("layout_assumed"):
+    if warn and vec.metadata.get("layout_assumed"):
         sys.stderr.write(
             f"warning: {Path(path).name}: layout guessed as persona_vectors (row 0 = embedding); "
             "pass --in-layout/--layout assistant_axis if it has one row per layer\n"
@@ -624,7 +649,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     vec_path = Path(args.vector).expanduser()
     if not vec_path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(vec_path))
-    prompts = [p for p in args.prompt]
+    prompts = list(args.prompt)
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -632,6 +657,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop_at_eos=not args.ignore_eos,
     )
+    # Read the file once before the (slow) model load: a bad file or a missing layer/strength
+    # fails at once. It is read again below with the model's layer count, which picks a .pt
+    # file's layout and pads a GGUF file.
+    early = _load_vector(str(vec_path), args.in_layout, warn=False)
+    _steer_strengths(args, early)
+    if args.layers is None and args.layer is None:
+        _steer_layers(args, early, early.n_layers)
     model = get_model(args)
     vec = _load_vector(str(vec_path), args.in_layout, n_layers=model.n_layers)
     check_fits(vec, model.n_layers, model.d_model, model.model_id)

@@ -64,7 +64,7 @@ class SteerOutput:
 
 
 def row_label(strength: float) -> str:
-    return "baseline" if strength == 0 else f"steered ×{strength:g}"
+    return f"steered ×{strength:g}"
 
 
 def _check(model: LoadedModel, req: SteerRequest) -> int:
@@ -88,7 +88,8 @@ def _outputs(
     model: LoadedModel, req: SteerRequest, res: GenerationResult, proj_layer: int, seconds: float
 ) -> SteerOutput:
     cap = res.capture
-    per_layer = layer_projections(cap.response_mean, req.vector.vectors).tolist()
+    vectors = req.vector.vectors.to(cap.response_mean.device)
+    per_layer = layer_projections(cap.response_mean, vectors).tolist()
     rows = []
     for i, toks in enumerate(res.tokens):
         strength = 0.0 if i == 0 else req.strengths[i - 1]

@@ -298,6 +298,8 @@ class _FastSession:
 
     def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
         end = self.length + 1
+        if end > self.total:
+            raise RuntimeError("KV cache full: more steps than max_new_tokens")
         self.valid[:, self.length] = True
         mask = self.valid[:, None, None, :end]
         h = self._forward(tokens.view(-1, 1), self.next_pos[:, None], mask, resid_fn)
@@ -347,8 +349,15 @@ class _HFSession:
 
             return hook
 
+        def read_embedding(_mod: Any, args: tuple, kwargs: dict) -> None:
+            # The first block's input is the full embedding output (token + position
+            # embeddings where the architecture has them), unlike the token embedding module.
+            h = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(h, torch.Tensor):
+                resid_fn(EMBED_LAYER, h)
+
         bridge = self.model.bridge
-        handles = [bridge.embed.register_forward_hook(make(EMBED_LAYER))]
+        handles = [bridge.blocks[0].register_forward_pre_hook(read_embedding, with_kwargs=True)]
         try:
             handles += [blk.register_forward_hook(make(i)) for i, blk in enumerate(bridge.blocks)]
             yield

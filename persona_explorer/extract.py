@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from .generation import GenerationResult, SamplingConfig, generate
+from .generation import GenerationResult, SamplingConfig, generate_stream
 from .model import LoadedModel
 from .personas import PersonaDefinition, assistant_prefixed, format_system_prompt
 from .vectors import PersonaVector
@@ -120,6 +120,17 @@ class ExtractionConfig:
             raise ValueError("n_questions must be at least 1.")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError("batch_size must be between 1 and 1024.")
+        # Fail before any model work, with the same rules generation applies.
+        self.sampling(0)
+
+    def sampling(self, seed_offset: int) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed + seed_offset,
+            shared_noise=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -184,18 +195,22 @@ def extract_persona(
         if should_stop is not None and should_stop():
             raise InterruptedError("Extraction stopped.")
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        if progress:
-            progress(b / n_batches, f"Rollouts {b * cfg.batch_size}/{n}")
-        sampling = SamplingConfig(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            seed=cfg.seed + b,
-            shared_noise=False,
-        )
-        res: GenerationResult = generate(
-            model, [prompts[i] for i in idx], [()] * len(idx), sampling, keep_tokens=False
-        )
+        res: GenerationResult | None = None
+        for update in generate_stream(
+            model,
+            [prompts[i] for i in idx],
+            [()] * len(idx),
+            cfg.sampling(b),
+            keep_tokens=False,
+            should_stop=should_stop,
+        ):
+            res = update.result
+            if progress:
+                done = b * cfg.batch_size
+                frac = (b + update.step / cfg.max_new_tokens) / n_batches
+                progress(min(frac, 1.0), f"Rollouts {done}-{done + len(idx)} of {n}")
+        if res is None or (should_stop is not None and should_stop()):
+            raise InterruptedError("Extraction stopped.")
         cap = res.capture
         for j, i in enumerate(idx):
             sums["response"][i] = cap.response_mean[j].cpu()

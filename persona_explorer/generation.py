@@ -211,13 +211,16 @@ def generate_stream(
     eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long, device=model.device)
     session = model.decoder().session(ids, mask, cfg.max_new_tokens)
     tokens: list[list[int]] = [[] for _ in range(batch)]
+    # Inference mode is entered per forward, never across a yield: the consumer's code between
+    # updates (possibly on another thread, as Gradio does) must not run inside it.
     try:
         with torch.inference_mode():
             logits = session.prefill(rec)
-            rec.prompt_pass = False
-            done = torch.zeros(batch, dtype=torch.bool, device=model.device)
-            step = 0
-            for step in range(1, cfg.max_new_tokens + 1):
+        rec.prompt_pass = False
+        done = torch.zeros(batch, dtype=torch.bool, device=model.device)
+        step = 0
+        for step in range(1, cfg.max_new_tokens + 1):
+            with torch.inference_mode():
                 nxt = _sample(logits, cfg, gen)
                 is_eos = torch.isin(nxt, eos) if cfg.stop_at_eos else torch.zeros_like(done)
                 counted = ~done & ~is_eos
@@ -228,18 +231,20 @@ def generate_stream(
                 # last token, one more pass is still needed to read that token's residuals.
                 logits = session.step(nxt, rec)
                 rec.end_step(counted)
-                stopping = bool(done.all()) or (should_stop is not None and should_stop())
-                if step < cfg.max_new_tokens and not stopping:
-                    yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=False)
-                if stopping:
-                    break
-            result = GenerationResult(
-                tokens=tokens,
-                finished=done.tolist(),
-                capture=rec.finish(),
-                steps=step,
-                decoder=model.decoder().name,
-            )
+            stopping = bool(done.all()) or (should_stop is not None and should_stop())
+            if step < cfg.max_new_tokens and not stopping:
+                yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=False)
+            if stopping:
+                break
+        with torch.inference_mode():
+            capture = rec.finish()
+        result = GenerationResult(
+            tokens=tokens,
+            finished=done.tolist(),
+            capture=capture,
+            steps=step,
+            decoder=model.decoder().name,
+        )
     finally:
         session.close()
     yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=True, result=result)

@@ -255,6 +255,10 @@ def load_model(
     started = time.perf_counter()
     if progress:
         progress(0.0, f"Loading {model_id}")
+    from transformers.utils import logging as hf_logging
+
+    # Our own progress reporting covers loading; transformers' per-tensor bars are noise.
+    hf_logging.disable_progress_bar()
     try:
         source, local_only = hf_source(model_id, progress)
         tok, hf = _load_hf(source, dt, dev, local_only=local_only)
@@ -287,9 +291,9 @@ def _boot_bridge(model_id: str, hf: Any, tok: Any, dev: torch.device, dt: torch.
             )
     except (ValueError, KeyError, NotImplementedError, AttributeError) as exc:
         raise ModelLoadError(
-            f"TransformerLens cannot wrap {model_id!r} ({type(hf).__name__}): {exc}. "
-            "Pick a model whose architecture TransformerLens 4.x supports (Llama, Qwen2, Gemma, "
-            "GPT-2, Mistral, ...)."
+            f"TransformerLens could not wrap {model_id!r} ({type(hf).__name__}): {exc!r}. If "
+            "TransformerLens 4.x does not support this architecture, pick one it does (Llama, Qwen2, "
+            "Gemma, GPT-2, Mistral, ...)."
         ) from exc
 
 

@@ -57,6 +57,9 @@ RowPlan = tuple[Op, ...]  # the operations for one batch row; () is the unsteere
 
 
 def validate_op(op: Op, n_layers: int, d_model: int) -> None:
+    # A float or bool layer would be filed under a key no hook looks up: nothing would steer.
+    if isinstance(op.layer, bool) or not isinstance(op.layer, int):
+        raise SteeringError(f"Layer must be a whole number, not {op.layer!r}.")
     if not 0 <= op.layer < n_layers:
         raise SteeringError(
             f"Layer {op.layer} is out of range: this model has layers 0-{n_layers - 1}."
@@ -132,6 +135,11 @@ def compile_plan(
                 if op.strength == 0.0:
                     continue
                 delta = (op.strength * op.vector.to(torch.float32)).to(device, dtype)
+                if not torch.isfinite(delta).all():
+                    raise SteeringError(
+                        f"Strength {op.strength:g} times this vector overflows {dtype}: "
+                        "use a smaller strength."
+                    )
                 attr = "add_all" if op.positions == "all" else "add_response"
                 current = getattr(edit, attr)
                 if current is None:

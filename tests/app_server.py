@@ -187,6 +187,7 @@ def shared_server() -> AppServer:
 
 
 if __name__ == "__main__":  # manual use: python tests/app_server.py
+    sys.path.insert(0, str(REPO))
     srv = shared_server()
     print(srv.url, "log:", srv.log_path, flush=True)
     with contextlib.suppress(KeyboardInterrupt):

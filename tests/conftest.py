@@ -22,9 +22,15 @@ from tests.tiny_models import (
     with_decoder,
 )
 
-# The tiny models do microsecond-sized ops: one thread avoids OpenMP's thread hand-off, which costs
-# more than the op itself and, on a busy 2-core runner, made a single 64x64 matmul take 20 ms.
-torch.set_num_threads(1)
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """The tiny models run microsecond-sized ops: OpenMP's hand-off between threads costs more
+    than the op itself (on a busy 2-core runner one 64x64 matmul took 20 ms instead of 60 us)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

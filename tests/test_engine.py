@@ -7,6 +7,8 @@ left-padded batches with a KV cache, so padding, rotary positions and the cache 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -42,6 +44,8 @@ from tests.tiny_models import (
     with_decoder,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GREEDY = SamplingConfig(max_new_tokens=10, temperature=0.0, stop_at_eos=False)
 
 
@@ -49,12 +53,12 @@ GREEDY = SamplingConfig(max_new_tokens=10, temperature=0.0, stop_at_eos=False)
 # Building blocks
 
 
-def test_tokenizer_fits_the_models_and_chat_ids_follow_the_template() -> None:
+def test_tokenizer_fits_the_models_and_chat_ids_follow_the_template(llama: LoadedModel) -> None:
     tok = build_tokenizer()
     assert len(tok) == VOCAB_SIZE
     for arch in ARCHS:
         assert tiny_config(arch).vocab_size >= len(tok)
-    model = tiny("llama")
+    model = llama
     ids = model.chat_ids("Hello there", system="Be brief.")
     text = model.tokenizer.decode(ids)
     assert text == (
@@ -185,20 +189,10 @@ def test_layer_convention(decoded_model: LoadedModel) -> None:
         close(bridge[layer], hidden[layer + 1][0] if layer < N_LAYERS - 1 else last)
 
 
-def test_embedding_layer_is_hidden_state_zero(
-    decoded_model: LoadedModel, request: pytest.FixtureRequest
-) -> None:
+def test_embedding_layer_is_hidden_state_zero(decoded_model: LoadedModel) -> None:
     """``resid_fn(-1, h)`` (the capture's ``embed_*``, exported as row 0 of persona_vectors
     files) is the residual stream before block 0: HF ``hidden_states[0]``."""
     model = decoded_model
-    if model.architecture == "gpt2":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="HFDecoder hooks bridge.embed, the token embedding alone; GPT-2 adds its "
-                "learned position embeddings after that module, so layer -1 misses them",
-            )
-        )
     p = prompt_ids(model)[1]
     seen, _, _ = record_prefill(model, [p])
     with torch.no_grad():
@@ -249,14 +243,8 @@ def test_hf_session_removes_hooks_after_an_exception(any_model: LoadedModel) -> 
     assert torch.equal(again.capture.response_sum, clean.capture.response_sum)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="_FastSession.step writes self.valid[:, self.length] before _forward checks "
-    "`end > self.total`, so an overrun raises a bare IndexError, not the 'KV cache full' error",
-)
-def test_fast_session_rejects_more_steps_than_its_cache() -> None:
-    model = with_decoder(tiny("llama"), "fast")
+def test_fast_session_rejects_more_steps_than_its_cache(llama: LoadedModel) -> None:
+    model = with_decoder(llama, "fast")
     ids, mask = left_pad(prompt_ids(model)[:1], model.pad_token_id)
     session = model.decoder().session(ids, mask, max_new_tokens=1)
     session.prefill()
@@ -270,14 +258,14 @@ def test_fast_session_rejects_more_steps_than_its_cache() -> None:
 # Generation details
 
 
-def test_eos_stops_a_row_and_is_not_part_of_the_response() -> None:
-    model = with_decoder(tiny("llama"), "fast")
+def test_eos_stops_a_row_and_is_not_part_of_the_response(llama: LoadedModel) -> None:
+    model = with_decoder(llama, "fast")
     prompts = prompt_ids(model)
     free = generate(model, prompts, [()] * 3, GREEDY)
     # Make row 1's third greedy token the EOS token: it must stop there, the others go on.
     eos_tok = free.tokens[1][2]
     stopped = generate(
-        model.__class__(**{**model.__dict__, "eos_token_ids": frozenset({eos_tok})}),
+        dataclasses.replace(model, eos_token_ids=frozenset({eos_tok})),
         prompts,
         [()] * 3,
         SamplingConfig(max_new_tokens=10, temperature=0.0),
@@ -292,8 +280,10 @@ def test_eos_stops_a_row_and_is_not_part_of_the_response() -> None:
             assert stopped.finished[row] is False
 
 
-def test_seeded_sampling_is_reproducible_and_shared_noise_ties_identical_rows() -> None:
-    model = with_decoder(tiny("llama"), "fast")
+def test_seeded_sampling_and_shared_noise(
+    llama: LoadedModel,
+) -> None:
+    model = with_decoder(llama, "fast")
     p = prompt_ids(model)[1]
     cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, seed=3, stop_at_eos=False)
     a = generate(model, [p, p], [(), ()], cfg)
@@ -306,7 +296,7 @@ def test_seeded_sampling_is_reproducible_and_shared_noise_ties_identical_rows() 
     assert a.tokens[0] != greedy  # temperature 1 really samples
 
 
-def test_sampling_config_validation() -> None:
+def test_sampling_config_validation(llama: LoadedModel) -> None:
     for bad in (
         {"max_new_tokens": 0},
         {"temperature": -1.0},
@@ -316,13 +306,13 @@ def test_sampling_config_validation() -> None:
     ):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)
-    model = tiny("llama")
+    model = llama
     with pytest.raises(ValueError, match="One steering plan per prompt"):
         generate(model, prompt_ids(model)[:2], [()], GREEDY)
 
 
-def test_stream_yields_growing_prefixes_and_a_final_result() -> None:
-    model = with_decoder(tiny("qwen2"), "fast")
+def test_stream_yields_growing_prefixes_and_a_final_result(qwen2: LoadedModel) -> None:
+    model = with_decoder(qwen2, "fast")
     prompts = prompt_ids(model)[:2]
     updates = list(generate_stream(model, prompts, [(), ()], GREEDY))
     assert [u.done for u in updates] == [False] * 9 + [True]
@@ -334,13 +324,8 @@ def test_stream_yields_growing_prefixes_and_a_final_result() -> None:
             assert final.tokens[row][: u.step] == u.tokens[row]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate_stream yields from inside `with torch.inference_mode()`, so the caller's "
-    "code between updates runs in inference mode (thread-local state leaks to the consumer)",
-)
-def test_stream_consumer_does_not_run_in_inference_mode() -> None:
-    model = with_decoder(tiny("llama"), "fast")
+def test_stream_consumer_does_not_run_in_inference_mode(llama: LoadedModel) -> None:
+    model = with_decoder(llama, "fast")
     states = [
         torch.is_inference_mode_enabled()
         for _ in generate_stream(model, prompt_ids(model)[:1], [()], GREEDY)

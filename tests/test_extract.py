@@ -22,6 +22,8 @@ from persona_explorer.personas import custom_persona
 from persona_explorer.vectors import PersonaVector
 from tests.tiny_models import bridge_resids, close, tiny
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_LAYERS, D = 6, 32
 PLANTED = 3
 
@@ -222,10 +224,10 @@ def prompt_side_reference(model: LoadedModel) -> tuple[torch.Tensor, torch.Tenso
     return last, mean
 
 
-def test_prompt_variants_match_a_hand_computation() -> None:
+def test_prompt_variants_match_a_hand_computation(qwen2: LoadedModel) -> None:
     """Rollouts are sorted by prompt length and cut into batches of 3; every row's activations
     must still land on its own pos/neg side."""
-    model = tiny("qwen2")
+    model = qwen2
     last, mean = prompt_side_reference(model)
     res = extract_persona(model, PERSONA, extraction(variant="last", temperature=0.0))
     close(res.variants["last"], last)
@@ -236,6 +238,6 @@ def test_prompt_variants_match_a_hand_computation() -> None:
     assert res.vector.metadata["counts"]["pos"] == res.vector.metadata["counts"]["neg"] == 4
 
 
-def test_extraction_can_be_stopped() -> None:
+def test_extraction_can_be_stopped(llama: LoadedModel) -> None:
     with pytest.raises(InterruptedError):
-        extract_persona(tiny("llama"), PERSONA, extraction(), should_stop=lambda: True)
+        extract_persona(llama, PERSONA, extraction(), should_stop=lambda: True)

@@ -39,6 +39,7 @@ HF_ONLY_ARCHS: tuple[Arch, ...] = ("gemma2", "gpt2")  # fast_path_problem gives 
 VOCAB_SIZE = 320  # the tokenizer below has exactly this many entries
 N_LAYERS = 4
 D_MODEL = 64
+RESID_NAMES = tuple(f"blocks.{layer}.hook_resid_post" for layer in range(N_LAYERS))
 PAD, EOS = "<pad>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, "<|endoftext|>", "<|im_start|>", EOS)
 PAD_ID, EOS_ID = 0, 3
@@ -127,7 +128,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1 and ("norm" in name or ".ln_" in name):
+            if p.ndim == 1 and ("norm" in name or ".ln_" in name) and name.endswith("weight"):
                 # RMSNorm/LayerNorm gains near 1 (Gemma stores gain - 1: near 0 is fine).
                 p.copy_((0.0 if "gemma" in type(model).__name__.lower() else 1.0) + 0.1 * noise)
             elif p.ndim == 1:
@@ -143,9 +144,10 @@ def build_hf_model(arch: Arch, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def build_tiny(arch: Arch, seed: int = 0) -> LoadedModel:
+def build_tiny(arch: Arch, seed: int = 0, device: str = "cpu") -> LoadedModel:
     """A tiny random model of ``arch`` wrapped like a real one (bridge booted)."""
-    model = model_from_hf(build_hf_model(arch, seed), build_tokenizer(), model_id=f"tiny-{arch}")
+    hf = build_hf_model(arch, seed).to(device)
+    model = model_from_hf(hf, build_tokenizer(), model_id=f"tiny-{arch}")
     assert model.n_layers == N_LAYERS and model.d_model == D_MODEL
     return model
 
@@ -224,8 +226,6 @@ def with_decoder(model: LoadedModel, kind: DecoderKind) -> LoadedModel:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by the engine tests
-
-RESID_NAMES = tuple(f"blocks.{layer}.hook_resid_post" for layer in range(N_LAYERS))
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:

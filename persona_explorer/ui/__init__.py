@@ -92,9 +92,12 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             keys = {k for _, k in choices}
             heat_choices = library_tab.heatmap_choices(ctx, session)
             heat_keys = [k for _, k in heat_choices]
-            kept = [k for k in heat or [] if k in heat_keys]
-            # New vectors join the comparison, so an upload shows up in the heatmap at once.
-            added = [k for k in heat_keys if k not in (heat or [])][-2:]
+            if heat is None:  # page load: the first few
+                heat_value = heat_keys[: library_tab.MAX_HEATMAP_DEFAULT]
+            else:  # keep the user's choice; a just-added vector (now selected) joins it
+                heat_value = [k for k in heat if k in heat_keys]
+                if selected in heat_keys and selected not in heat_value:
+                    heat_value.append(selected)
             items = library_tab.item_choices(ctx, session)
             item_keys = [k for _, k in items]
             return {
@@ -107,10 +110,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
                     choices=items,
                     value=selected if selected in item_keys else (item_keys or [None])[0],
                 ),
-                lib.heat_pick: gr.update(
-                    choices=heat_choices,
-                    value=(kept + added)[: library_tab.MAX_HEATMAP_DEFAULT + 2],
-                ),
+                lib.heat_pick: gr.update(choices=heat_choices, value=heat_value),
             }
 
         refresh_inputs = [session, st.persona, lib.selected, lib.heat_pick]

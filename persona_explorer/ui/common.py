@@ -15,10 +15,11 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,6 +137,8 @@ class AppContext:
     library: Library
     builtins: Library
     export_dir: Path
+    # session hash -> "stop" flag of that user's running extraction
+    _stop_flags: dict[str, threading.Event] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, model: LoadedModel | None = None) -> AppContext:
@@ -253,6 +256,23 @@ class AppContext:
                 "is this a model checkpoint?"
             )
         return p
+
+    # ------------------------------------------------------------ stopping long work
+
+    def stop_flag(self, who: str) -> threading.Event:
+        """A fresh flag for ``who``'s new long-running job (set by :meth:`request_stop`)."""
+        flag = threading.Event()
+        self._stop_flags[who] = flag
+        return flag
+
+    def request_stop(self, who: str) -> None:
+        flag = self._stop_flags.get(who)
+        if flag is not None:
+            flag.set()
+
+    def release_stop_flag(self, who: str, flag: threading.Event) -> None:
+        if self._stop_flags.get(who) is flag:
+            del self._stop_flags[who]
 
     # ------------------------------------------------------------ exports
 

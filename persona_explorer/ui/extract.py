@@ -7,7 +7,6 @@ tab, saved to the library or downloaded.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,16 +126,22 @@ def summary(result: ExtractionResult) -> str:
 
 
 def examples(result: ExtractionResult) -> list[list[str]]:
-    """The first few (question, with persona, without) answer pairs."""
+    """A few (question, with persona, without) answer pairs, one per question."""
 
     def short(text: str) -> str:
         text = " ".join(text.split())
         return text if len(text) <= 280 else text[:277] + "…"
 
-    rows, roll = [], result.rollouts
-    for i in range(0, min(len(roll) - 1, 2 * N_EXAMPLES), 2):
-        pos, neg = roll[i], roll[i + 1]
+    rows: list[list[str]] = []
+    seen: set[str] = set()
+    roll = result.rollouts  # pos and neg rows alternate, same question and prompt pair
+    for pos, neg in zip(roll[0::2], roll[1::2], strict=False):
+        if pos.question in seen:
+            continue
+        seen.add(pos.question)
         rows.append([pos.question, short(pos.response), short(neg.response)])
+        if len(rows) == N_EXAMPLES:
+            break
     return rows
 
 
@@ -196,7 +201,11 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                     label="Max new tokens per answer", elem_id="pe-extract-tokens",
                 )  # fmt: skip
                 variant = gr.Radio(VARIANT_CHOICES, value="response", label="Average over")
-            run = gr.Button("Extract persona vector", variant="primary", elem_id="pe-extract")
+            with gr.Row():
+                run = gr.Button(
+                    "Extract persona vector", variant="primary", scale=3, elem_id="pe-extract"
+                )
+                stop = gr.Button("Stop", scale=1, elem_id="pe-extract-stop")
         with gr.Column(scale=8, min_width=420):
             result_md = gr.Markdown(
                 "Pick a persona and press **Extract**. A small extraction (4 questions, 32 "
@@ -255,6 +264,7 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         max_new_tokens: float,
         variant: str,
         session: dict | None,
+        request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection idiom)
     ) -> dict:
         """Extract a persona vector; it is added to this session's vectors."""
@@ -272,15 +282,23 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                     f"That is {rows} answers to generate; the limit is {MAX_ROLLOUTS}. "
                     "Use fewer questions or fewer prompt lines."
                 )
-            # About four batches: a progress bar that moves, at a small cost in speed.
-            batch = min(32, max(8, math.ceil(rows / 4)))
-            cfg = ExtractionConfig(
-                variant=variant, n_questions=n_q, max_new_tokens=tokens, batch_size=batch
-            )
+            cfg = ExtractionConfig(variant=variant, n_questions=n_q, max_new_tokens=tokens)
             progress(0.0, desc="Starting")
-            result = extract_persona(
-                ctx.model, persona, cfg, progress=lambda f, msg: progress(f, desc=msg)
-            )
+            who = request.session_hash or "api"
+            stop_flag = ctx.stop_flag(who)
+            try:
+                result = extract_persona(
+                    ctx.model,
+                    persona,
+                    cfg,
+                    progress=lambda f, msg: progress(f, desc=msg),
+                    should_stop=stop_flag.is_set,
+                )
+            except InterruptedError:
+                gr.Info("Extraction stopped.")
+                return {result_md: "Extraction stopped. Press **Extract** to start again."}
+            finally:
+                ctx.release_stop_flag(who, stop_flag)
             vec = result.vector
             new_session, key = add_to_session(session, vec)
             return {
@@ -326,6 +344,16 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         concurrency_limit=ctx.settings.extract_concurrency,
         concurrency_id="extraction",
     )
+
+    def stop_extraction(request: gr.Request) -> str:
+        ctx.request_stop(request.session_hash or "api")
+        return "Extraction stopped. Press **Extract** to start again."
+
+    # The flag ends a running extraction at its next step; `cancels` drops a queued one.
+    stop.click(
+        stop_extraction, None, result_md, cancels=[extracted], queue=False,
+        api_visibility="private",
+    )  # fmt: skip
     return ExtractTab(
         source=source,
         trait=trait,

@@ -234,15 +234,15 @@ def build(ctx: AppContext, state: gr.State) -> LibraryTab:
             path = ctx.check_upload(file)
             if layout not in ("auto", "persona_vectors", "assistant_axis"):
                 raise InputError("layout must be auto, persona_vectors or assistant_axis.")
-            is_pt = path.suffix.lower() in (".pt", ".pth")
+            suffix = path.suffix.lower()
+            is_pt = suffix in (".pt", ".pth")
             vec = load(
                 path,
                 layout=None if layout == "auto" or not is_pt else layout,  # type: ignore[arg-type]
-                # The model's layer count picks a .pt layout and sizes a GGUF; a .safetensors
-                # file for another model is still accepted (listed, but refused for steering).
-                n_layers=n_layers
-                if (is_pt and layout == "auto") or path.suffix == ".gguf"
-                else None,
+                # The model's layer count picks a .pt layout and sizes a GGUF (which does not
+                # store it); a .safetensors file for another model is still accepted: it is
+                # listed, but refused for steering.
+                n_layers=n_layers if (is_pt and layout == "auto") or suffix == ".gguf" else None,
             )
             new_session, key = add_to_session(session, vec)
             problem = ctx.fit_problem(vec)

@@ -254,13 +254,14 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
             positions = gr.Radio(
                 POSITION_CHOICES, value="all", label="Steer at", elem_id="pe-positions"
             )
-            with gr.Accordion("Generation settings", open=False):
+            with gr.Accordion("Generation settings", open=False, elem_id="pe-generation-settings"):
                 max_new_tokens = gr.Slider(
                     1,
                     ctx.settings.max_new_tokens,
                     value=min(DEFAULT_MAX_NEW_TOKENS, ctx.settings.max_new_tokens),
                     step=1,
                     label="Max new tokens",
+                    elem_id="pe-max-new-tokens",
                 )
                 temperature = gr.Slider(
                     0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy"

@@ -1,0 +1,209 @@
+"""The app in a real browser (Debian's chromium driven by Playwright), as a person uses it.
+
+Skipped where /usr/bin/chromium is missing, except on CI (``CI=true``), where that fails.
+Screenshots of each tab go to ``test-output/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import pytest
+import torch
+
+from tests.app_server import MILD, REPO, STRONG, shared_server
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-output"
+TIMEOUT_MS = 120_000
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{CHROMIUM} is missing on CI: apt-get install -y chromium", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_app(page: Page, query: str = "") -> None:
+    page.goto(shared_server().url + query)
+    expect(page.locator("#pe-generate")).to_be_visible()
+    # demo.load has run once the share link is filled in.
+    expect(page.locator("#pe-share textarea")).to_have_value(re.compile(r"\?prompt="))
+
+
+def choose(page: Page, dropdown: str, label: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(label))).first.click()
+
+
+def screenshot(page: Page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_steer_shows_both_answers_and_the_plot(page: Page) -> None:
+    open_app(page)
+    page.locator("#pe-prompt textarea").fill("What would you do with a free afternoon?")
+    choose(page, "#pe-persona", f"{STRONG} · built-in")
+    # Picking a persona loads its recommended layer and strength.
+    expect(page.locator("#pe-layer input[type=number]")).to_have_value("12")
+    expect(page.locator("#pe-strength input[type=number]")).to_have_value("4")
+    page.get_by_text("Generation settings").click()
+    tokens = page.locator("#pe-max-new-tokens input[type=number]")
+    tokens.fill("16")
+    tokens.press("Enter")
+    page.locator("#pe-generate").click()
+
+    expect(page.locator("#pe-status")).to_contain_text("tok/s", timeout=TIMEOUT_MS)
+    baseline = page.locator("#pe-baseline textarea").input_value()
+    steered = page.locator("#pe-steered textarea").input_value()
+    assert baseline.strip() and steered.strip() and baseline != steered
+    expect(page.locator("#pe-plot .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#pe-plot")).to_contain_text("steered here")
+    expect(page.locator("#pe-tokens-steered .pe-tok").first).to_be_visible()
+
+    share = page.locator("#pe-share textarea").input_value()
+    params = parse_qs(urlparse(share).query)
+    assert params["persona"] == [f"builtin:{STRONG}"]
+    assert params["layer"] == ["12"] and params["strength"] == ["4"]
+    page.locator("#pe-plot").scroll_into_view_if_needed()
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "steer")
+
+
+def test_share_link_reopens_the_same_settings(page: Page) -> None:
+    query = "?" + urlencode(
+        {"prompt": "Shared question", "persona": f"builtin:{MILD}", "layer": 7, "strength": -1.5}
+    )
+    open_app(page, query)
+    expect(page.locator("#pe-prompt textarea")).to_have_value("Shared question")
+    expect(page.locator("#pe-layer input[type=number]")).to_have_value("7")
+    expect(page.locator("#pe-strength input[type=number]")).to_have_value("-1.5")
+    expect(page.locator("#pe-persona input")).to_have_value(re.compile(MILD))
+
+
+def test_extract_a_small_custom_persona_with_progress(page: Page) -> None:
+    open_app(page)
+    page.get_by_role("tab", name="Extract").click()
+    page.get_by_label("Write your own").check()
+    expect(page.locator("#pe-custom-name textarea, #pe-custom-name input")).to_be_visible()
+    page.locator("#pe-custom-name input, #pe-custom-name textarea").first.fill("shanty")
+    for selector, value in (("#pe-n-questions", "2"), ("#pe-extract-tokens", "6")):
+        box = page.locator(f"{selector} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#pe-extract").click()
+
+    # The progress bar (Gradio's status tracker with our description) shows while it runs.
+    progress = page.locator("#pe-extract-summary .progress-text, #pe-separation .progress-text")
+    expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#pe-extract-summary")).to_contain_text(
+        "Suggested layer", timeout=TIMEOUT_MS
+    )
+    expect(page.locator("#pe-separation .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#pe-examples")).to_contain_text("coffee")
+    expect(page.locator("#pe-download")).to_be_visible()
+    screenshot(page, "extract")
+
+    page.locator("#pe-try").click()
+    expect(page.get_by_role("tab", name="Steer")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#pe-persona input")).to_have_value(re.compile("shanty"))
+
+
+def test_upload_a_vector_and_compare_it(page: Page, tmp_path: Path) -> None:
+    path = tmp_path / "seafarer_response_avg_diff.pt"
+    torch.save(torch.randn(31, 576), path)  # persona_vectors layout for a 30-layer model
+    open_app(page)
+    page.get_by_role("tab", name="Library").click()
+    expect(page.locator("#pe-library-table")).to_contain_text(MILD)
+    page.locator("#pe-upload input[type=file]").set_input_files(str(path))
+    expect(page.locator("#pe-library-status")).to_contain_text("Added seafarer")
+    expect(page.locator("#pe-library-table")).to_contain_text("seafarer")
+    expect(page.locator("#pe-library-selected input")).to_have_value(re.compile("seafarer"))
+    expect(page.locator("#pe-library-download")).to_contain_text("seafarer.safetensors")
+    expect(page.locator("#pe-heatmap")).to_contain_text("seafarer")
+    time.sleep(0.5)  # let the heatmap finish its transition before the screenshot
+    screenshot(page, "library")
+
+
+def test_save_rename_and_delete_in_the_library(page: Page, tmp_path: Path) -> None:
+    path = tmp_path / "lighthouse.pt"
+    torch.save(torch.randn(30, 576), path)
+    open_app(page)
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#pe-layout").get_by_label("assistant-axis").check()
+    page.locator("#pe-upload input[type=file]").set_input_files(str(path))
+    status = page.locator("#pe-library-status")
+    expect(status).to_contain_text("Added lighthouse")
+
+    page.locator("#pe-library-save").click()
+    expect(status).to_contain_text("Saved lighthouse to the library")
+    expect(page.locator("#pe-library-selected input")).to_have_value("lighthouse · library")
+
+    page.locator("#pe-new-name textarea, #pe-new-name input").first.fill("Beacon")
+    page.locator("#pe-rename").click()
+    expect(status).to_contain_text("Renamed lighthouse to Beacon")
+    expect(page.locator("#pe-library-table")).to_contain_text("Beacon")
+
+    page.locator("#pe-delete").click()
+    page.locator("#pe-confirm-delete").click()
+    expect(status).to_contain_text("Deleted Beacon")
+    expect(page.locator("#pe-library-table")).not_to_contain_text("Beacon")
+    # The session copy made by the upload is still there.
+    expect(page.locator("#pe-library-table")).to_contain_text("lighthouse")
+
+
+def test_a_running_extraction_can_be_stopped(page: Page) -> None:
+    open_app(page)
+    page.get_by_role("tab", name="Extract").click()
+    page.locator("#pe-extract").click()  # the default: a built-in trait, 40 answers
+    progress = page.locator("#pe-extract-summary .progress-text, #pe-separation .progress-text")
+    expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
+    started = time.monotonic()
+    page.locator("#pe-extract-stop").click()
+    expect(page.locator("#pe-extract-summary")).to_contain_text("stopped")
+    expect(progress.first).to_be_hidden(timeout=30_000)
+    assert time.monotonic() - started < 30
+    # The server is free again: a steer request goes through at once.
+    page.get_by_role("tab", name="Steer").click()
+    page.locator("#pe-generate").click()
+    expect(page.locator("#pe-status")).to_contain_text("tok/s", timeout=TIMEOUT_MS)

@@ -1,0 +1,71 @@
+"""Many users at once: every request succeeds, and nobody's steering leaks into anyone else's
+answer (a greedy baseline generated while others steer equals the same baseline alone)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client
+
+from tests.app_server import MILD, STRONG, shared_server
+
+pytestmark = pytest.mark.e2e
+
+N_CLIENTS = 8
+REQUESTS_PER_CLIENT = 3
+TOKENS = 8
+PROMPT = "Describe your ideal breakfast."
+
+
+def steer(client: Client, prompt: str, persona: str, layer: int, strength: float) -> tuple:
+    return client.predict(
+        prompt=prompt,
+        persona=persona,
+        layer=layer,
+        strength=strength,
+        max_new_tokens=TOKENS,
+        system_prompt="",
+        api_name="/steer",
+    )
+
+
+def test_concurrent_clients_all_succeed_and_baselines_do_not_leak() -> None:
+    url = shared_server().url
+    alone_baseline, alone_steered, *_ = steer(Client(url, verbose=False), PROMPT, MILD, 20, 2.0)
+
+    # A different prompt, persona, layer and strength per request, all strongly steered.
+    jobs = [
+        (c, r, f"Question {c}.{r}: what do you think about rain?", STRONG if r % 2 else MILD)
+        for c in range(N_CLIENTS)
+        for r in range(REQUESTS_PER_CLIENT)
+    ]
+    results: dict[tuple[int, int], tuple] = {}
+    probes: list[tuple] = []
+    start = threading.Barrier(N_CLIENTS + 1)
+
+    def user(c: int) -> None:
+        client = Client(url, verbose=False)
+        start.wait()
+        for cc, r, prompt, persona in jobs:
+            if cc == c:
+                results[(c, r)] = steer(client, prompt, persona, 8 + c, 3.0 + r)
+
+    def prober() -> None:
+        client = Client(url, verbose=False)
+        start.wait()
+        for _ in range(2):  # while the others are steering
+            probes.append(steer(client, PROMPT, MILD, 20, 2.0))
+
+    with ThreadPoolExecutor(N_CLIENTS + 1) as pool:
+        futures = [pool.submit(user, c) for c in range(N_CLIENTS)] + [pool.submit(prober)]
+        for f in futures:
+            f.result(timeout=600)  # re-raises any client's error
+
+    assert len(results) == N_CLIENTS * REQUESTS_PER_CLIENT
+    for baseline, steered, *_ in results.values():
+        assert baseline.strip() and steered.strip()
+    for baseline, steered, *_ in probes:
+        assert baseline == alone_baseline
+        assert steered == alone_steered
