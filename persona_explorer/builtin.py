@@ -1,6 +1,7 @@
 """The built-in persona library for the default model, shipped precomputed in ``assets/vectors``.
 
-Regenerate with ``python -m persona_explorer.builtin`` (about a minute per persona on 2 cores).
+Regenerate with ``python -m persona_explorer.builtin``: 5 prompt pairs x 10 questions x 48 new
+tokens per persona, about a minute each on 2 idle cores.
 Each vector records the steering layer and strength that were checked by reading outputs on the
 embedded SmolLM2-135M-Instruct (``--retag`` rewrites only those two fields after editing them).
 """
@@ -23,20 +24,21 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 class BuiltinSpec:
     name: str
     kind: str  # "trait" or "role" in the shared persona data
+    variant: str  # which extraction variant steers best on this model
     layer: int
     strength: float
     description: str
 
 
 BUILTIN: tuple[BuiltinSpec, ...] = (
-    BuiltinSpec("evil", "trait", 15, 4.0, "Malicious, takes pleasure in harm."),
-    BuiltinSpec("sycophantic", "trait", 15, 4.0, "Flatters and agrees with the user."),
-    BuiltinSpec("optimistic", "trait", 15, 4.0, "Sees the bright side of everything."),
-    BuiltinSpec("pessimistic", "trait", 15, 4.0, "Expects the worst."),
-    BuiltinSpec("formal", "trait", 15, 4.0, "Stiff, formal register."),
-    BuiltinSpec("poetic", "trait", 15, 4.0, "Lyrical, image-rich language."),
-    BuiltinSpec("sarcastic", "trait", 15, 4.0, "Mocking irony."),
-    BuiltinSpec("pirate", "role", 20, 2.0, "Talks like a pirate captain."),
+    BuiltinSpec("evil", "trait", "response", 15, 4.0, "Malicious, takes pleasure in harm."),
+    BuiltinSpec("sycophantic", "trait", "response", 15, 4.0, "Flatters and agrees with the user."),
+    BuiltinSpec("optimistic", "trait", "response", 15, 4.0, "Sees the bright side of everything."),
+    BuiltinSpec("pessimistic", "trait", "response", 15, 4.0, "Expects the worst."),
+    BuiltinSpec("formal", "trait", "response", 15, 4.0, "Stiff, formal register."),
+    BuiltinSpec("poetic", "trait", "response", 15, 4.0, "Lyrical, image-rich language."),
+    BuiltinSpec("sarcastic", "trait", "response", 15, 4.0, "Mocking irony."),
+    BuiltinSpec("pirate", "role", "response", 20, 2.0, "Talks like a pirate captain."),
 )
 
 
@@ -51,6 +53,10 @@ def builtin_vector_paths(directory: Path | None = None) -> list[Path]:
 
 
 def _tag(vec: PersonaVector, spec: BuiltinSpec) -> PersonaVector:
+    if vec.variant != spec.variant:
+        raise ValueError(
+            f"{spec.name}: the file holds the {vec.variant!r} variant, not {spec.variant!r}"
+        )
     meta = dict(vec.metadata)
     meta.update(builtin=True, description=spec.description)
     return vec.with_(layer=spec.layer, strength=spec.strength, metadata=meta)
@@ -59,9 +65,10 @@ def _tag(vec: PersonaVector, spec: BuiltinSpec) -> PersonaVector:
 def build(
     names: Sequence[str] | None = None,
     out_dir: Path | None = None,
-    questions: int = 20,
-    max_new_tokens: int = 64,
+    questions: int = 10,
+    max_new_tokens: int = 48,
     retag_only: bool = False,
+    variants_dir: Path | None = None,
 ) -> list[Path]:
     out_dir = out_dir or builtin_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +87,12 @@ def build(
     model = load_model()
     for spec in specs:
         persona = load_builtin(spec.name, kind=spec.kind)  # type: ignore[arg-type]
-        cfg = ExtractionConfig(n_questions=questions, max_new_tokens=max_new_tokens, batch_size=64)
+        cfg = ExtractionConfig(
+            variant=spec.variant,  # type: ignore[arg-type]
+            n_questions=questions,
+            max_new_tokens=max_new_tokens,
+            batch_size=64,
+        )
         res = extract_persona(
             model,
             persona,
@@ -89,6 +101,11 @@ def build(
         )
         path = out_dir / f"{spec.name}.safetensors"
         written.append(save(_tag(res.vector, spec), path))
+        if variants_dir is not None:
+            # Every variant, for choosing which one steers best (then edit BUILTIN and --retag).
+            variants_dir.mkdir(parents=True, exist_ok=True)
+            for variant, vec in res.by_variant.items():
+                save(vec, variants_dir / f"{spec.name}.{variant}.safetensors")
         print(f"{spec.name}: {res.seconds:.0f} s, best-separating layer {res.vector.best_layer}")
     return written
 
@@ -97,11 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m persona_explorer.builtin", description=__doc__)
     parser.add_argument("--only", nargs="*", help="names to rebuild (default: all)")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--questions", type=int, default=20)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--retag", action="store_true", help="only rewrite layer/strength")
+    parser.add_argument(
+        "--all-variants", type=Path, default=None, help="also save every variant to this folder"
+    )
     args = parser.parse_args(argv)
-    for path in build(args.only, args.out, args.questions, args.max_new_tokens, args.retag):
+    paths = build(
+        args.only, args.out, args.questions, args.max_new_tokens, args.retag, args.all_variants
+    )
+    for path in paths:
         print(path)
     return 0
 

@@ -144,7 +144,7 @@ class Rollout:
 @dataclass
 class ExtractionResult:
     vector: PersonaVector
-    variants: dict[str, torch.Tensor]  # all three variants from the same passes
+    by_variant: dict[str, PersonaVector]  # all three variants, from the same passes
     rollouts: list[Rollout]
     seconds: float
     cross_validated: bool
@@ -225,49 +225,49 @@ def extract_persona(
     is_pos = torch.tensor([side == "pos" for side, _, _ in rows])
     # Rows with an empty response have no response activations: leave them out of that variant.
     has_resp = torch.tensor([bool(r.strip()) for r in responses])
-    variants: dict[str, torch.Tensor] = {}
+    seconds = time.perf_counter() - started
+    by_variant: dict[str, PersonaVector] = {}
+    cv = False
     for v in VARIANTS:
         keep = has_resp if v == "response" else torch.ones(n, dtype=torch.bool)
-        variants[v] = mean_difference(sums[v][is_pos & keep], sums[v][~is_pos & keep])
-    keep = has_resp if cfg.variant == "response" else torch.ones(n, dtype=torch.bool)
-    pos_acts, neg_acts = sums[cfg.variant][is_pos & keep], sums[cfg.variant][~is_pos & keep]
-    separation, cv = separation_scores(pos_acts, neg_acts, seed=cfg.seed)
-    sep = tuple(float(x) for x in separation)
-    layer = suggest_layer(sep)
-    embedding = mean_difference(
-        embeds[cfg.variant][is_pos & keep][:, None], embeds[cfg.variant][~is_pos & keep][:, None]
-    )[0]
-    seconds = time.perf_counter() - started
-    vector = PersonaVector(
-        name=persona.name,
-        vectors=variants[cfg.variant],
-        model_id=model.model_id,
-        variant=cfg.variant,
-        layer=layer,
-        strength=None,
-        separation=sep,
-        embedding=embedding,
-        metadata={
-            "source": persona.source or persona.kind,
-            "persona_kind": persona.kind,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "counts": {
-                "pos": int(pos_acts.shape[0]),
-                "neg": int(neg_acts.shape[0]),
-                "pairs": len(persona.pairs),
-                "questions": len(questions),
-                "samples": cfg.samples,
-                "empty_responses": int((~has_resp).sum()),
+        pos_acts, neg_acts = sums[v][is_pos & keep], sums[v][~is_pos & keep]
+        separation, cv_v = separation_scores(pos_acts, neg_acts, seed=cfg.seed)
+        sep = tuple(float(x) for x in separation)
+        embedding = mean_difference(
+            embeds[v][is_pos & keep][:, None], embeds[v][~is_pos & keep][:, None]
+        )[0]
+        if v == cfg.variant:
+            cv = cv_v
+        by_variant[v] = PersonaVector(
+            name=persona.name,
+            vectors=mean_difference(pos_acts, neg_acts),
+            model_id=model.model_id,
+            variant=v,
+            layer=suggest_layer(sep),
+            strength=None,
+            separation=sep,
+            embedding=embedding,
+            metadata={
+                "source": persona.source or persona.kind,
+                "persona_kind": persona.kind,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "counts": {
+                    "pos": int(pos_acts.shape[0]),
+                    "neg": int(neg_acts.shape[0]),
+                    "pairs": len(persona.pairs),
+                    "questions": len(questions),
+                    "samples": cfg.samples,
+                    "empty_responses": int((~has_resp).sum()),
+                },
+                "separation_cross_validated": cv_v,
+                "settings": {
+                    "max_new_tokens": cfg.max_new_tokens,
+                    "temperature": cfg.temperature,
+                    "top_p": cfg.top_p,
+                    "seed": cfg.seed,
+                },
+                "seconds": round(seconds, 2),
             },
-            "separation_cross_validated": cv,
-            "settings": {
-                "max_new_tokens": cfg.max_new_tokens,
-                "temperature": cfg.temperature,
-                "top_p": cfg.top_p,
-                "seed": cfg.seed,
-            },
-            "seconds": round(seconds, 2),
-        },
-    )
+        )
     rollouts = [Rollout(side, s, q, r) for (side, s, q), r in zip(rows, responses, strict=True)]
-    return ExtractionResult(vector, variants, rollouts, seconds, cv)
+    return ExtractionResult(by_variant[cfg.variant], by_variant, rollouts, seconds, cv)

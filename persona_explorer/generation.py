@@ -214,13 +214,13 @@ def generate_stream(
     # Inference mode is entered per forward, never across a yield: the consumer's code between
     # updates (possibly on another thread, as Gradio does) must not run inside it.
     try:
-        with torch.inference_mode():
+        with model.compute_lock, torch.inference_mode():
             logits = session.prefill(rec)
         rec.prompt_pass = False
         done = torch.zeros(batch, dtype=torch.bool, device=model.device)
         step = 0
         for step in range(1, cfg.max_new_tokens + 1):
-            with torch.inference_mode():
+            with model.compute_lock, torch.inference_mode():
                 nxt = _sample(logits, cfg, gen)
                 is_eos = torch.isin(nxt, eos) if cfg.stop_at_eos else torch.zeros_like(done)
                 counted = ~done & ~is_eos

@@ -9,6 +9,7 @@ The HF model is wrapped in a TransformerLens 4.x ``TransformerBridge`` with raw 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import importlib.util
@@ -17,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,32 @@ DTypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 ProgressFn = Callable[[float, str], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class FairLock:
+    """A FIFO lock: waiting threads get it in arrival order.
+
+    Every forward pass holds the model's lock, so concurrent requests take turns step by step
+    (a long extraction slows a steering request down but never blocks it), and two requests never
+    run multi-threaded kernels at once — on a small CPU that oversubscribes the cores and makes
+    both orders of magnitude slower. A plain Lock lets the releasing thread win again at once.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()
+
+    def __enter__(self) -> None:
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            while self._queue[0] is not me:
+                self._cond.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._queue.popleft()
+            self._cond.notify_all()
 
 
 class ModelLoadError(RuntimeError):
@@ -73,6 +101,8 @@ class LoadedModel:
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
     # (inv_freq, attention_scaling) of a static rotary embedding, for the fast decoder.
     rope: tuple[torch.Tensor, float] | None = field(default=None, repr=False)
+    # Held for each forward pass: requests share the model by taking turns (see FairLock).
+    compute_lock: FairLock = field(default_factory=FairLock, repr=False)
     _decoder: Decoder | None = field(default=None, repr=False)
 
     @property
@@ -291,9 +321,9 @@ def _boot_bridge(model_id: str, hf: Any, tok: Any, dev: torch.device, dt: torch.
             )
     except (ValueError, KeyError, NotImplementedError, AttributeError) as exc:
         raise ModelLoadError(
-            f"TransformerLens could not wrap {model_id!r} ({type(hf).__name__}): {exc!r}. If "
-            "TransformerLens 4.x does not support this architecture, pick one it does (Llama, Qwen2, "
-            "Gemma, GPT-2, Mistral, ...)."
+            f"TransformerLens could not wrap {model_id!r} ({type(hf).__name__}): {exc!r}. "
+            "If TransformerLens 4.x does not support this architecture, pick one it does "
+            "(Llama, Qwen2, Gemma, GPT-2, Mistral, ...)."
         ) from exc
 
 

@@ -183,8 +183,8 @@ def test_extract_persona_end_to_end(arch: str) -> None:
     assert all(math.isfinite(s) for s in vec.separation)
     assert vec.layer == suggest_layer(vec.separation)
     assert vec.embedding is not None and vec.embedding.shape == (model.d_model,)
-    assert set(res.variants) == {"response", "prompt", "last"}
-    assert torch.equal(vec.vectors, res.variants["response"])
+    assert set(res.by_variant) == {"response", "prompt", "last"}
+    assert torch.equal(vec.vectors, res.by_variant["response"].vectors)
 
     # 2 pairs x 2 questions x 1 sample, one pos and one neg rollout each.
     assert len(res.rollouts) == 8
@@ -230,9 +230,9 @@ def test_prompt_variants_match_a_hand_computation(qwen2: LoadedModel) -> None:
     model = qwen2
     last, mean = prompt_side_reference(model)
     res = extract_persona(model, PERSONA, extraction(variant="last", temperature=0.0))
-    close(res.variants["last"], last)
-    close(res.variants["prompt"], mean)
-    assert torch.equal(res.vector.vectors, res.variants["last"])
+    close(res.by_variant["last"].vectors, last)
+    close(res.by_variant["prompt"].vectors, mean)
+    assert torch.equal(res.vector.vectors, res.by_variant["last"].vectors)
     assert res.vector.variant == "last"
     # Prompt-side variants use every rollout, empty responses included.
     assert res.vector.metadata["counts"]["pos"] == res.vector.metadata["counts"]["neg"] == 4

@@ -36,6 +36,13 @@ def theme() -> gr.themes.Base:
         secondary_hue="orange",
         neutral_hue="slate",
         radius_size="md",
+        # Gradio ships these font files; listing 700 too keeps bold text from being synthesised.
+        font=(
+            gr.themes.LocalFont("Source Sans Pro", weights=(400, 600, 700)),
+            "ui-sans-serif",
+            "system-ui",
+            "sans-serif",
+        ),
     ).set(
         block_title_text_weight="600",
         button_primary_background_fill="*primary_600",

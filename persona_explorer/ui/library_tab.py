@@ -67,11 +67,6 @@ def _created(vec: PersonaVector) -> str:
     return raw.replace("T", " ")[:16] if raw else "—"
 
 
-def _source(vec: PersonaVector) -> str:
-    meta = vec.metadata
-    return str(meta.get("source") or meta.get("source_format") or meta.get("source_file") or "—")
-
-
 def table_rows(ctx: AppContext, session: Mapping[str, PersonaVector] | None) -> list[list]:
     rows = []
     for item in ctx.items(session):

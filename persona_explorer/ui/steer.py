@@ -121,9 +121,10 @@ def persona_info(ctx: AppContext, item: VectorItem) -> str:
         if vec.strength is not None
         else f"strength {ctx.default_strength(vec):g} (default)"
     )
+    about = vec.metadata.get("description")
     return (
         f"**{vec.name}** · {item.where} · {source_label(vec)} · recommended layer "
-        f"{ctx.default_layer(vec)}, {strength}"
+        f"{ctx.default_layer(vec)}, {strength}" + (f"  \n{about}" if about else "")
     )
 
 
@@ -272,7 +273,8 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
                 stop = gr.Button("Stop", variant="secondary", elem_id="pe-stop")
             share = gr.Textbox(
                 label="Share link",
-                info="Opens this tab with the same prompt, persona, layer and strength.",
+                info="Opens this tab with the same prompt, persona, layer and strength "
+                "(vectors from this session only once saved to the library).",
                 buttons=["copy"],
                 interactive=False,
                 elem_id="pe-share",
