@@ -72,6 +72,9 @@ class FairLock:
             self._cond.notify_all()
 
 
+_DECODER_BUILD_LOCK = threading.Lock()
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says why and what to do."""
 
@@ -111,11 +114,12 @@ class LoadedModel:
 
     def decoder(self) -> Decoder:
         """The fastest decoder that supports this architecture (built once, lazily)."""
-        if self._decoder is None:
-            from .decoding import build_decoder
+        with _DECODER_BUILD_LOCK:  # concurrent first requests must not pack the weights twice
+            if self._decoder is None:
+                from .decoding import build_decoder
 
-            fast = os.environ.get("PERSONA_EXPLORER_FAST", "1") != "0"
-            self._decoder = build_decoder(self, prefer_fast=fast)
+                fast = os.environ.get("PERSONA_EXPLORER_FAST", "1") != "0"
+                self._decoder = build_decoder(self, prefer_fast=fast)
         return self._decoder
 
     def chat_ids(
