@@ -31,14 +31,16 @@ class BuiltinSpec:
 
 
 BUILTIN: tuple[BuiltinSpec, ...] = (
-    BuiltinSpec("evil", "trait", "response", 15, 4.0, "Malicious, takes pleasure in harm."),
-    BuiltinSpec("sycophantic", "trait", "response", 15, 4.0, "Flatters and agrees with the user."),
-    BuiltinSpec("optimistic", "trait", "response", 15, 4.0, "Sees the bright side of everything."),
-    BuiltinSpec("pessimistic", "trait", "response", 15, 4.0, "Expects the worst."),
-    BuiltinSpec("formal", "trait", "response", 15, 4.0, "Stiff, formal register."),
-    BuiltinSpec("poetic", "trait", "response", 15, 4.0, "Lyrical, image-rich language."),
-    BuiltinSpec("sarcastic", "trait", "response", 15, 4.0, "Mocking irony."),
-    BuiltinSpec("pirate", "role", "response", 20, 2.0, "Talks like a pirate captain."),
+    # A 135M model barely follows an "evil" system prompt, so its responses differ little; the
+    # last prompt token carries the persona better and steers toward menace, not just apology.
+    BuiltinSpec("evil", "trait", "last", 14, 3.0, "Menacing, relishes harm."),
+    BuiltinSpec("sycophantic", "trait", "response", 14, 6.0, "Flatters the user."),
+    BuiltinSpec("optimistic", "trait", "response", 14, 6.0, "Cheerful, sees the bright side."),
+    BuiltinSpec("pessimistic", "trait", "response", 18, 3.0, "Expects the worst."),
+    BuiltinSpec("formal", "trait", "response", 14, 3.0, "Stiff, formal register."),
+    BuiltinSpec("poetic", "trait", "response", 14, 3.0, "Lyrical, image-rich language."),
+    BuiltinSpec("sarcastic", "trait", "response", 10, 3.0, "Mocking, ironic asides."),
+    BuiltinSpec("pirate", "role", "response", 22, 3.0, "Talks like a pirate captain."),
 )
 
 

@@ -53,9 +53,17 @@ class Decoder(Protocol):
     name: str
 
     def session(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        row_invariant: bool = True,
     ) -> DecodeSession:
-        """``input_ids``/``attention_mask``: [batch, seq], left-padded."""
+        """``input_ids``/``attention_mask``: [batch, seq], left-padded.
+
+        ``row_invariant``: identical rows must give bit-identical results (side by side: a
+        strength-0 row equals the baseline), at some cost in speed where a kernel is not.
+        """
         ...
 
 
@@ -212,9 +220,32 @@ class FastLlamaDecoder:
         return cos, sin
 
     def session(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        row_invariant: bool = True,
     ) -> _FastSession:
-        return _FastSession(self, input_ids, attention_mask, max_new_tokens)
+        return _FastSession(self, input_ids, attention_mask, max_new_tokens, row_invariant)
+
+
+def _decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention for one query per row, bit-identical for identical rows.
+
+    PyTorch's CPU SDPA kernel gives slightly different results for two identical rows of a batch
+    at one query token (seen on torch 2.13), which would let a strength-0 row drift from the
+    baseline beside it. Batched matmuls treat every row alike. q [b, heads, 1, d],
+    k/v [b, kv_heads, T, d], mask [b, 1, 1, T] -> [b, heads, 1, d].
+    """
+    b, heads, _, d = q.shape
+    kv_heads = k.shape[1]
+    qg = q.reshape(b, kv_heads, heads // kv_heads, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # [b, kv_heads, group, T]
+    scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
+    out = torch.matmul(scores.softmax(-1), v)  # [b, kv_heads, group, d]
+    return out.reshape(b, heads, 1, d)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -229,8 +260,10 @@ class _FastSession:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         max_new_tokens: int,
+        row_invariant: bool = True,
     ) -> None:
         self.dec = dec
+        self.row_invariant = row_invariant
         self.input_ids = input_ids.to(dec.device)
         b, s = input_ids.shape
         total = s + max_new_tokens + 1
@@ -266,14 +299,19 @@ class _FastSession:
             k = k * cos + _rotate_half(k) * sin
             self.k[i][:, :, start:end] = k
             self.v[i][:, :, start:end] = v
-            attn = F.scaled_dot_product_attention(
-                q,
-                self.k[i][:, :, :end],
-                self.v[i][:, :, :end],
-                attn_mask=mask,
-                scale=dec.scaling,
-                enable_gqa=dec.n_kv != dec.n_heads,
-            )
+            if s == 1 and self.row_invariant:
+                attn = _decode_attention(
+                    q, self.k[i][:, :, :end], self.v[i][:, :, :end], mask, dec.scaling
+                )
+            else:
+                attn = F.scaled_dot_product_attention(
+                    q,
+                    self.k[i][:, :, :end],
+                    self.v[i][:, :, :end],
+                    attn_mask=mask,
+                    scale=dec.scaling,
+                    enable_gqa=dec.n_kv != dec.n_heads,
+                )
             attn = attn.transpose(1, 2).reshape(b, s, dec.n_heads * dec.head_dim)
             h = h + layer.o(attn)[0]
             x = dec.rms_norm(h, layer.ln2)
@@ -322,7 +360,11 @@ class HFDecoder:
         self.model = model
 
     def session(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        row_invariant: bool = True,
     ) -> _HFSession:
         return _HFSession(self.model, input_ids, attention_mask)
 

@@ -203,6 +203,7 @@ def extract_persona(
             cfg.sampling(b),
             keep_tokens=False,
             should_stop=should_stop,
+            row_invariant=False,  # rows are independent rollouts; the faster kernel is fine
         ):
             res = update.result
             if progress:

@@ -191,11 +191,14 @@ def generate_stream(
     cfg: SamplingConfig = SamplingConfig(),
     keep_tokens: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    row_invariant: bool = True,
 ) -> Iterator[StreamUpdate]:
     """Generate every row together, yielding after each decoding step; the last update has
     ``done=True`` and the :class:`GenerationResult`.
 
-    ``plans[b]`` steers row ``b``. With ``keep_tokens`` the capture keeps every response token's
+    ``plans[b]`` steers row ``b``. ``row_invariant`` (default) makes identical rows give
+    bit-identical results, as side by side needs; extraction turns it off for speed. With
+    ``keep_tokens`` the capture keeps every response token's
     residual at every layer (for per-token views); otherwise only sums (cheap for big batches).
     """
     if len(prompts) != len(plans):
@@ -209,7 +212,7 @@ def generate_stream(
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(cfg.seed))
     eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long, device=model.device)
-    session = model.decoder().session(ids, mask, cfg.max_new_tokens)
+    session = model.decoder().session(ids, mask, cfg.max_new_tokens, row_invariant)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     # Inference mode is entered per forward, never across a yield: the consumer's code between
     # updates (possibly on another thread, as Gradio does) must not run inside it.

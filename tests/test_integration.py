@@ -121,7 +121,8 @@ def test_projection_rises_with_strength(
     at_layer = [row.layer_projection[vec.layer] for row in out.rows]
     baseline, steered = at_layer[0], at_layer[1:]
     assert steered[0] < baseline < steered[1] < steered[2] < steered[3]
-    assert all(row.text != out.baseline.text for row in out.steered[1:])
+    # Strength 1 often changes only the tone (FACTS.md); 2 and 4 must change the words.
+    assert all(row.text != out.baseline.text for row in out.steered[2:])
 
 
 def test_strength_zero_is_the_baseline_exactly(
