@@ -96,22 +96,45 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+_NUCLEUS_CANDIDATES = 512
+
+
+def _gumbel(u: torch.Tensor) -> torch.Tensor:
+    return -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+
+
 def _sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
-    """[batch, vocab] -> [batch] token ids."""
+    """[batch, vocab] -> [batch] token ids, exactly distributed as softmax(logits / T) (nucleus).
+
+    Gumbel-max over the nucleus. The nucleus is found among the top candidates rather than by
+    sorting the whole vocabulary (a full sort of a 64 x 49k batch took 140 ms a step); a row whose
+    candidates hold less than ``top_p`` of the mass falls back to the full sort, so it stays exact.
+    With shared noise the Gumbel noise is indexed by token id: identical rows pick alike.
+    """
     if cfg.temperature == 0.0 or gen is None:
         return logits.argmax(-1)
     scores = logits.float() / cfg.temperature
-    if cfg.top_p < 1.0:
-        sorted_scores, order = scores.sort(-1, descending=True)
-        cum = sorted_scores.softmax(-1).cumsum(-1)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop_sorted = (cum - sorted_scores.softmax(-1)) >= cfg.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    rows = 1 if cfg.shared_noise else scores.shape[0]
-    u = torch.rand((rows, scores.shape[1]), generator=gen, device="cpu")
-    gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7))).to(scores.device)
-    return (scores + gumbel).argmax(-1)
+    batch, vocab = scores.shape
+    rows = 1 if cfg.shared_noise else batch
+    if cfg.top_p >= 1.0:
+        u = torch.rand((rows, vocab), generator=gen, device="cpu").to(scores.device)
+        return (scores + _gumbel(u)).argmax(-1)
+    k = min(vocab, _NUCLEUS_CANDIDATES)
+    top, idx = scores.topk(k, dim=-1)  # descending
+    probs = (top - scores.logsumexp(-1, keepdim=True)).exp()
+    cum = probs.cumsum(-1)
+    if bool((cum[:, -1] < cfg.top_p).any()):
+        top, idx = scores.sort(-1, descending=True)
+        probs = top.softmax(-1)
+        cum = probs.cumsum(-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    top = top.masked_fill((cum - probs) >= cfg.top_p, float("-inf"))
+    if cfg.shared_noise:
+        u = torch.rand((1, vocab), generator=gen, device="cpu").to(scores.device)
+        noise = _gumbel(u).expand(batch, -1).gather(-1, idx)
+    else:
+        noise = _gumbel(torch.rand(top.shape, generator=gen, device="cpu").to(scores.device))
+    return idx.gather(-1, (top + noise).argmax(-1, keepdim=True)).squeeze(-1)
 
 
 class _Recorder:
