@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 if TYPE_CHECKING:
     from .model import LoadedModel
 
@@ -108,39 +110,51 @@ def _can_pack(weight: torch.Tensor) -> bool:
 
 
 class _Proj:
-    """One or more linear maps applied to the same input, fused into one GEMM where it pays."""
+    """One or more linear maps applied to the same input, in one call.
 
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> None:
+    CPU fp32: up to ``kernels.MAX_ROWS`` rows (decoding) go through the bandwidth-bound
+    matrix-vector kernel on the model's own weights; more rows (prompts, big batches) through
+    oneDNN with the weights fused and pre-packed once (MKL re-packs them on every call).
+    Elsewhere (GPU, half precision): plain ``F.linear`` per weight, nothing copied.
+    """
+
+    def __init__(
+        self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], gemv: Any = None
+    ) -> None:
         self.splits = [w.shape[0] for w in weights]
+        self.weights = weights
+        self.biases = biases
         self.packed: torch.Tensor | None = None
-        has_bias = any(b is not None for b in biases)
+        self.bias: torch.Tensor | None = None
+        self.gemv = gemv if gemv is not None and kernels.usable(weights) else None
         if _can_pack(weights[0]):
             full = torch.cat(weights) if len(weights) > 1 else weights[0]
             self.packed = torch.ops.mkldnn._reorder_linear_weight(full.contiguous(), None)
-            self.bias = (
-                torch.cat(
+            if any(b is not None for b in biases):
+                self.bias = torch.cat(
                     [
                         b if b is not None else full.new_zeros(w.shape[0])
                         for w, b in zip(weights, biases, strict=True)
                     ]
                 )
-                if has_bias
-                else None
-            )
-        else:
-            # On GPU, separate GEMMs are fast enough and fusing would copy every weight.
-            self.weights = weights
-            self.biases = biases
+
+    def _split(self, out: torch.Tensor) -> list[torch.Tensor]:
+        return list(out.split(self.splits, dim=-1)) if len(self.splits) > 1 else [out]
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.gemv is not None and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:
+            out = kernels.grouped_gemv(self.gemv, x, self.weights)
+            if self.bias is not None:
+                out = out + self.bias
+            return self._split(out)
         if self.packed is not None:
             out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            return list(out.split(self.splits, dim=-1)) if len(self.splits) > 1 else [out]
+            return self._split(out)
         return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
 
 
 class _Layer:
-    def __init__(self, w: dict[str, torch.Tensor | None]) -> None:
+    def __init__(self, w: dict[str, torch.Tensor | None], gemv: Any) -> None:
         self.ln1 = w["input_layernorm.weight"]
         self.ln2 = w["post_attention_layernorm.weight"]
         self.qkv = _Proj(
@@ -150,13 +164,15 @@ class _Layer:
                 w["self_attn.v_proj.weight"],
             ],  # type: ignore[list-item]
             [w["self_attn.q_proj.bias"], w["self_attn.k_proj.bias"], w["self_attn.v_proj.bias"]],
+            gemv,
         )
-        self.o = _Proj([w["self_attn.o_proj.weight"]], [w["self_attn.o_proj.bias"]])  # type: ignore[list-item]
+        self.o = _Proj([w["self_attn.o_proj.weight"]], [w["self_attn.o_proj.bias"]], gemv)  # type: ignore[list-item]
         self.gate_up = _Proj(
             [w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"]],  # type: ignore[list-item]
             [w["mlp.gate_proj.bias"], w["mlp.up_proj.bias"]],
+            gemv,
         )
-        self.down = _Proj([w["mlp.down_proj.weight"]], [w["mlp.down_proj.bias"]])  # type: ignore[list-item]
+        self.down = _Proj([w["mlp.down_proj.weight"]], [w["mlp.down_proj.bias"]], gemv)  # type: ignore[list-item]
 
 
 def fast_path_problem(model: LoadedModel) -> str | None:
@@ -195,13 +211,18 @@ class FastLlamaDecoder:
         self.scaling = self.head_dim**-0.5
         self.device = model.device
         self.dtype = model.dtype
+        cpu_fp32 = model.device.type == "cpu" and model.dtype == torch.float32
+        gemv = kernels.load() if cpu_fp32 else None
+        self.kernel = "avx2-gemv" if gemv is not None else "onednn"
         self.layers = [
-            _Layer({k: w.get(f"model.layers.{i}.{k}") for k in _LAYER_KEYS + _OPTIONAL_BIASES})
+            _Layer(
+                {k: w.get(f"model.layers.{i}.{k}") for k in _LAYER_KEYS + _OPTIONAL_BIASES}, gemv
+            )
             for i in range(self.n_layers)
         ]
         self.embed = w["model.embed_tokens.weight"]
         self.norm = w["model.norm.weight"]
-        self.lm_head = _Proj([w.get("lm_head.weight", self.embed)], [w.get("lm_head.bias")])
+        self.lm_head = _Proj([w.get("lm_head.weight", self.embed)], [w.get("lm_head.bias")], gemv)
         assert model.rope is not None
         self.inv_freq, self.rope_scale = model.rope
 
