@@ -147,6 +147,7 @@ def bench_decode_step(model: LoadedModel, steps: int) -> dict:
         bound_ms=round(bound_ms, 2),
         target_fraction=0.5,
         decoder=dec.name,
+        kernel=getattr(dec, "kernel", None),
     )
     return out
 

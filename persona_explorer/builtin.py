@@ -45,7 +45,7 @@ BUILTIN: tuple[BuiltinSpec, ...] = (
 
 
 def builtin_dir() -> Path:
-    env = os.environ.get("PERSONA_EXPLORER_BUILTIN_DIR")
+    env = os.environ.get("PERSONA_EXPLORER_BUILTIN_VECTORS")
     return Path(env).expanduser() if env else ASSETS_DIR / "vectors"
 
 
