@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_int_in(1, MAX_NEW_TOKENS), default=64)
     p.add_argument("--temperature", type=_temperature, default=0.7)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_int_in(1, 1024), default=32)
+    p.add_argument("--batch-size", type=_int_in(1, 1024), default=64)
     p.add_argument(
         "--strength",
         type=_strength,

@@ -109,7 +109,7 @@ class ExtractionConfig:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 64  # the batch the extraction benchmark measures
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
