@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,13 +97,19 @@ def load() -> Any:
         if problem:
             log.info("decode kernel not used: %s", problem)
             return None
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import _get_build_directory, load_inline
 
         digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:10]
-        log.warning("Compiling the CPU decode kernel (first run only, ~30 s)")
+        name = f"persona_explorer_gemv_{digest}"
+        try:
+            built = any(Path(_get_build_directory(name, verbose=False)).glob("*.so"))
+        except (OSError, RuntimeError):
+            built = False
+        if not built:
+            log.warning("Compiling the CPU decode kernel (first run only, ~30 s)")
         try:
             _module = load_inline(
-                name=f"persona_explorer_gemv_{digest}",
+                name=name,
                 cpp_sources=_SOURCE,
                 functions=["grouped_gemv"],
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
