@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .extract import ExtractionConfig, extract_persona
-from .generation import SamplingConfig, generate
+from .generation import SamplingConfig, generate, left_pad
 from .model import LoadedModel, hf_source, load_model
 from .personas import PersonaDefinition, load_builtin
 from .steering import add_plan
@@ -119,8 +119,6 @@ def bench_side_by_side(model: LoadedModel, vector: torch.Tensor, layer: int, tok
 
 def bench_decode_step(model: LoadedModel, steps: int) -> dict:
     """Mean decoding-step time at batch 1 and 2 against weight bytes / read bandwidth."""
-    from .generation import left_pad
-
     out: dict[str, Any] = {}
     bandwidth = read_bandwidth_gbs()
     nbytes = weight_bytes_per_step(model)

@@ -73,6 +73,7 @@ def _check(model: LoadedModel, req: SteerRequest) -> int:
         raise SteeringError("Pick at least one layer to steer.")
     if not req.strengths:
         raise SteeringError("Give at least one strength.")
+    # Checked here as well as in steering.validate_op: add_plan indexes the vector by layer first.
     for layer in req.layers:
         if not 0 <= layer < model.n_layers:
             raise SteeringError(

@@ -20,6 +20,7 @@ import torch
 from .generation import GenerationResult, SamplingConfig, generate_stream
 from .model import LoadedModel
 from .personas import PersonaDefinition, assistant_prefixed, format_system_prompt
+from .projection import layer_projections
 from .vectors import PersonaVector
 
 Variant = Literal["response", "prompt", "last"]
@@ -50,11 +51,6 @@ def cohens_d(pos_proj: torch.Tensor, neg_proj: torch.Tensor) -> torch.Tensor:
     return diff / pooled.sqrt().clamp(min=1e-6)
 
 
-def _project(acts: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    unit = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    return (acts.float() * unit).sum(-1)
-
-
 def separation_scores(
     pos: torch.Tensor, neg: torch.Tensor, seed: int = 0
 ) -> tuple[torch.Tensor, bool]:
@@ -67,7 +63,7 @@ def separation_scores(
     n1, n2 = pos.shape[0], neg.shape[0]
     if min(n1, n2) < 4:
         direction = mean_difference(pos, neg)
-        return cohens_d(_project(pos, direction), _project(neg, direction)), False
+        return cohens_d(layer_projections(pos, direction), layer_projections(neg, direction)), False
     gen = torch.Generator().manual_seed(seed)
     p_perm = torch.randperm(n1, generator=gen)
     n_perm = torch.randperm(n2, generator=gen)
@@ -78,7 +74,8 @@ def separation_scores(
         direction = mean_difference(pos[p_halves[fit]], neg[n_halves[fit]])
         scores.append(
             cohens_d(
-                _project(pos[p_halves[score]], direction), _project(neg[n_halves[score]], direction)
+                layer_projections(pos[p_halves[score]], direction),
+                layer_projections(neg[n_halves[score]], direction),
             )
         )
     return torch.stack(scores).mean(0), True
@@ -187,7 +184,8 @@ def extract_persona(
     # Similar lengths in one batch waste less work on padding.
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     n = len(rows)
-    sums = {v: torch.zeros(n, model.n_layers, model.d_model) for v in VARIANTS}
+    # Per rollout and variant: the activation at every layer, and at the embedding output.
+    acts = {v: torch.zeros(n, model.n_layers, model.d_model) for v in VARIANTS}
     embeds = {v: torch.zeros(n, model.d_model) for v in VARIANTS}
     responses = [""] * n
     n_batches = math.ceil(n / cfg.batch_size)
@@ -213,13 +211,14 @@ def extract_persona(
         if res is None or (should_stop is not None and should_stop()):
             raise InterruptedError("Extraction stopped.")
         cap = res.capture
+        rows_here = torch.tensor(idx)
+        acts["response"][rows_here] = cap.response_mean.cpu()
+        acts["prompt"][rows_here] = cap.prompt_mean.cpu()
+        acts["last"][rows_here] = cap.prompt_last.cpu()
+        embeds["response"][rows_here] = cap.embed_response_mean.cpu()
+        embeds["prompt"][rows_here] = cap.embed_prompt_mean.cpu()
+        embeds["last"][rows_here] = cap.embed_prompt_last.cpu()
         for j, i in enumerate(idx):
-            sums["response"][i] = cap.response_mean[j].cpu()
-            sums["prompt"][i] = cap.prompt_mean[j].cpu()
-            sums["last"][i] = cap.prompt_last[j].cpu()
-            embeds["response"][i] = cap.embed_response_mean[j].cpu()
-            embeds["prompt"][i] = cap.embed_prompt_mean[j].cpu()
-            embeds["last"][i] = cap.embed_prompt_last[j].cpu()
             responses[i] = model.decode(res.tokens[j])
     if progress:
         progress(1.0, "Computing the vector")
@@ -228,17 +227,14 @@ def extract_persona(
     has_resp = torch.tensor([bool(r.strip()) for r in responses])
     seconds = time.perf_counter() - started
     by_variant: dict[str, PersonaVector] = {}
-    cv = False
     for v in VARIANTS:
         keep = has_resp if v == "response" else torch.ones(n, dtype=torch.bool)
-        pos_acts, neg_acts = sums[v][is_pos & keep], sums[v][~is_pos & keep]
+        pos_acts, neg_acts = acts[v][is_pos & keep], acts[v][~is_pos & keep]
         separation, cv_v = separation_scores(pos_acts, neg_acts, seed=cfg.seed)
         sep = tuple(float(x) for x in separation)
         embedding = mean_difference(
             embeds[v][is_pos & keep][:, None], embeds[v][~is_pos & keep][:, None]
         )[0]
-        if v == cfg.variant:
-            cv = cv_v
         by_variant[v] = PersonaVector(
             name=persona.name,
             vectors=mean_difference(pos_acts, neg_acts),
@@ -271,4 +267,6 @@ def extract_persona(
             },
         )
     rollouts = [Rollout(side, s, q, r) for (side, s, q), r in zip(rows, responses, strict=True)]
-    return ExtractionResult(by_variant[cfg.variant], by_variant, rollouts, seconds, cv)
+    chosen = by_variant[cfg.variant]
+    cv = bool(chosen.metadata["separation_cross_validated"])
+    return ExtractionResult(chosen, by_variant, rollouts, seconds, cv)
