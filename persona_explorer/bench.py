@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .engine import decoder_for
 from .extract import ExtractionConfig, extract_persona
 from .generation import SamplingConfig, generate, left_pad
 from .model import LoadedModel, hf_source, load_model
@@ -113,7 +114,7 @@ def bench_side_by_side(model: LoadedModel, vector: torch.Tensor, layer: int, tok
         "theirs_tokens_per_second": round(n / theirs, 2),
         "speedup": round(theirs / ours, 2),
         "target": 2.5,
-        "decoder": model.decoder().name,
+        "decoder": decoder_for(model).name,
     }
 
 
@@ -123,7 +124,7 @@ def bench_decode_step(model: LoadedModel, steps: int) -> dict:
     bandwidth = read_bandwidth_gbs()
     nbytes = weight_bytes_per_step(model)
     bound_ms = nbytes / (bandwidth * 1e9) * 1e3
-    dec = model.decoder()
+    dec = decoder_for(model)
     for batch in (1, 2):
         ids, mask = left_pad([model.chat_ids(PROMPT)] * batch, model.pad_token_id)
         session = dec.session(ids, mask, steps + 4)

@@ -9,15 +9,13 @@ embedded SmolLM2-135M-Instruct (``--retag`` rewrites only those two fields after
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .vectors import PersonaVector, load, save
-
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+from .vector_files import load, save
+from .vectors import PersonaVector
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,10 @@ BUILTIN: tuple[BuiltinSpec, ...] = (
 
 
 def builtin_dir() -> Path:
-    env = os.environ.get("PERSONA_EXPLORER_BUILTIN_VECTORS")
-    return Path(env).expanduser() if env else ASSETS_DIR / "vectors"
+    """``$PERSONA_EXPLORER_BUILTIN_VECTORS``, or ``assets/vectors``."""
+    from .config import load_settings
+
+    return load_settings().builtin_vectors_dir
 
 
 def builtin_vector_paths(directory: Path | None = None) -> list[Path]:

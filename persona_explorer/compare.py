@@ -7,10 +7,11 @@ onto the persona (per layer, and per token at one layer) come from the same forw
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .generation import GenerationResult, SamplingConfig, generate_stream
+from .limits import check_layer
 from .model import LoadedModel
 from .projection import layer_projections, token_projections
 from .steering import Positions, SteeringError, add_plan
@@ -73,16 +74,11 @@ def _check(model: LoadedModel, req: SteerRequest) -> int:
         raise SteeringError("Pick at least one layer to steer.")
     if not req.strengths:
         raise SteeringError("Give at least one strength.")
-    # Checked here as well as in steering.validate_op: add_plan indexes the vector by layer first.
+    # Checked before add_plan, which indexes the vector by layer.
     for layer in req.layers:
-        if not 0 <= layer < model.n_layers:
-            raise SteeringError(
-                f"Layer {layer} is out of range: this model has layers 0-{model.n_layers - 1}."
-            )
+        check_layer(layer, model.n_layers)
     proj_layer = req.projection_layer if req.projection_layer is not None else req.layers[0]
-    if not 0 <= proj_layer < model.n_layers:
-        raise SteeringError(f"Projection layer {proj_layer} is out of range.")
-    return proj_layer
+    return check_layer(proj_layer, model.n_layers, "Projection layer")
 
 
 def _outputs(
@@ -149,32 +145,3 @@ def steer(model: LoadedModel, req: SteerRequest) -> SteerOutput:
         if out is not None:
             return out
     raise RuntimeError("steering ended without a result")
-
-
-def parse_layers(text: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
-    """ "20", "18,20", "18-22" or a list -> sorted unique layers, checked against the model."""
-    if isinstance(text, str):
-        layers: list[int] = []
-        for part in text.replace(" ", "").split(","):
-            if not part:
-                continue
-            try:
-                if "-" in part:
-                    lo, hi = part.split("-", 1)
-                    layers.extend(range(int(lo), int(hi) + 1))
-                else:
-                    layers.append(int(part))
-            except ValueError:
-                raise SteeringError(
-                    f"Cannot read layers {text!r}: use e.g. 20, 18,20 or 18-22."
-                ) from None
-    else:
-        layers = [int(x) for x in text]
-    if not layers:
-        raise SteeringError("Pick at least one layer to steer.")
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad:
-        raise SteeringError(
-            f"Layer {bad[0]} is out of range: this model has layers 0-{n_layers - 1}."
-        )
-    return tuple(sorted(set(layers)))

@@ -1,7 +1,8 @@
 """App settings: one frozen dataclass, read from the environment when asked (never at import).
 
-Every limit the web app enforces on user input lives here, so a deployment can tighten or loosen
-it with an environment variable instead of a code change:
+This is the only module that reads ``PERSONA_EXPLORER_*`` variables. Everything a deployment may
+tune lives here: where things are, how the engine runs, and (in :class:`~.limits.Limits`) every
+limit on user input:
 
 =====================================  ==========================================  ===========
 variable                               meaning                                     default
@@ -9,34 +10,49 @@ variable                               meaning                                  
 PERSONA_EXPLORER_MODEL                 HF id or local path ("" = embedded model)   ""
 PERSONA_EXPLORER_DEVICE                auto, cpu or cuda                           auto
 PERSONA_EXPLORER_DATA                  the saved vector library lives here         user data dir
+PERSONA_EXPLORER_CACHE                 the dequantized embedded model lives here   user cache dir
 PERSONA_EXPLORER_BUILTIN_VECTORS       shipped vectors (read-only)                 assets/vectors
+PERSONA_EXPLORER_PERSONA_DATA          trait / role definitions                    assets/personas
+PERSONA_EXPLORER_FAST                  0 = generic HF decoder for every model      1
+PERSONA_EXPLORER_KERNEL                0 = no compiled CPU decode kernel           1
 PERSONA_EXPLORER_MAX_PROMPT_CHARS      longest prompt / system prompt accepted     4000
 PERSONA_EXPLORER_MAX_NEW_TOKENS        most tokens one generation may ask for      256
 PERSONA_EXPLORER_MAX_UPLOAD_MB         largest vector file accepted                64
 PERSONA_EXPLORER_MAX_STRENGTH          largest |strength| accepted                 100
+PERSONA_EXPLORER_MAX_TEMPERATURE       largest sampling temperature accepted       2
+PERSONA_EXPLORER_MAX_PROMPT_TOKENS     longest templated prompt, in tokens         2048
+PERSONA_EXPLORER_MAX_VECTOR_MB         largest vector (file or library entry)      16
+PERSONA_EXPLORER_LIBRARY_MAX_VECTORS   vectors in the shared library               500
+PERSONA_EXPLORER_LIBRARY_MAX_PER_OWNER vectors one visitor may save                50
+PERSONA_EXPLORER_LIBRARY_MAX_TOTAL_MB  bytes of the whole library                  512
+PERSONA_EXPLORER_MAX_SESSION_VECTORS   vectors kept in one browser session         24
+PERSONA_EXPLORER_MAX_PENDING           queued or running jobs per visitor          3
+PERSONA_EXPLORER_JOB_TIMEOUT_S         a job running longer is stopped             600
+PERSONA_EXPLORER_PUBLIC                public mode (on by itself on a HF Space)    0
 PERSONA_EXPLORER_DEFAULT_PERSONA       persona selected when the page opens        pirate
 PERSONA_EXPLORER_STEER_CONCURRENCY     steering requests run at once               2
 PERSONA_EXPLORER_EXTRACT_CONCURRENCY   extractions run at once                     1
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where ``python app.py`` listens           127.0.0.1:7860
 =====================================  ==========================================  ===========
+
+Imports: :mod:`.errors` and :mod:`.limits` only (no torch: the CLI parser reads settings too).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ConfigError", "Settings", "default_data_dir", "load_settings"]
+from .errors import ConfigError
+from .limits import Limits
+
+__all__ = ["ConfigError", "Settings", "default_cache_dir", "default_data_dir", "load_settings"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = REPO_ROOT / "assets"
 ENV_PREFIX = "PERSONA_EXPLORER_"
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value the app cannot use; the message names it."""
 
 
 def default_data_dir() -> Path:
@@ -45,16 +61,26 @@ def default_data_dir() -> Path:
     return Path(user_data_dir("persona-explorer"))
 
 
+def default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("persona-explorer"))
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = ""  # "" = the embedded SmolLM2-135M-Instruct
     device: str = "auto"
     data_dir: Path = field(default_factory=default_data_dir)
-    builtin_vectors_dir: Path = REPO_ROOT / "assets" / "vectors"
-    max_prompt_chars: int = 4000
-    max_new_tokens: int = 256
-    max_upload_mb: int = 64
-    max_abs_strength: float = 100.0
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    builtin_vectors_dir: Path = ASSETS_DIR / "vectors"
+    persona_data_dir: Path = ASSETS_DIR / "personas"
+    fast_decoder: bool = True  # the hand-written Llama-family decoder where it applies
+    decode_kernel: bool = True  # its compiled AVX2 matrix-vector kernel on CPU
+    limits: Limits = field(default_factory=Limits)
+    # Public mode (a Space, or PERSONA_EXPLORER_PUBLIC=1): anonymous visitors; the shared
+    # library is read-only for them (their own saves stay in their browser session).
+    public: bool = False
     default_persona: str = "pirate"
     steer_concurrency: int = 2
     extract_concurrency: int = 1
@@ -62,14 +88,11 @@ class Settings:
     server_port: int = 7860
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
-        object.__setattr__(self, "builtin_vectors_dir", Path(self.builtin_vectors_dir).expanduser())
+        for name in ("data_dir", "cache_dir", "builtin_vectors_dir", "persona_data_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         for name, low, high in (
-            ("max_prompt_chars", 1, 1_000_000),
-            ("max_new_tokens", 1, 4096),
-            ("max_upload_mb", 1, 1024),
             ("steer_concurrency", 1, 64),
             ("extract_concurrency", 1, 16),
             ("server_port", 1, 65535),
@@ -77,64 +100,87 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{name} must be an integer in [{low}, {high}], not {value!r}")
-        if not (math.isfinite(self.max_abs_strength) and 0 < self.max_abs_strength <= 1000):
-            raise ConfigError(f"max_abs_strength must be in (0, 1000], not {self.max_abs_strength}")
 
     @property
     def library_dir(self) -> Path:
         return self.data_dir / "vectors"
 
-    @property
-    def max_upload_bytes(self) -> int:
-        return self.max_upload_mb * 1024 * 1024
+
+def _raw(env: Mapping[str, str], key: str) -> str:
+    return env.get(key, "").strip()
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
+    raw = _raw(env, key)
     try:
-        return int(raw)
+        return int(raw) if raw else default
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not an integer") from None
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
+    raw = _raw(env, key)
     try:
-        return float(raw)
+        return float(raw) if raw else default
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not a number") from None
+
+
+def _switch(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = _raw(env, key).lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={raw!r} is not a switch: use 1 or 0")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Defaults overridden by ``PERSONA_EXPLORER_*`` (and ``GRADIO_SERVER_*``) variables."""
     env = os.environ if env is None else env
-    d = Settings.__dataclass_fields__
+    base = Settings(data_dir=Path(), cache_dir=Path())  # the defaults, without a data dir
+    lim = base.limits
+    p = ENV_PREFIX
 
     def text(key: str, default: str) -> str:
-        return env.get(key, "").strip() or default
+        return _raw(env, key) or default
 
-    data = env.get(ENV_PREFIX + "DATA", "").strip()
-    builtin = env.get(ENV_PREFIX + "BUILTIN_VECTORS", "").strip()
+    def path(key: str, default: Path) -> Path:
+        raw = _raw(env, p + key)
+        return Path(raw) if raw else default
+
+    limits = Limits(
+        max_prompt_chars=_int(env, p + "MAX_PROMPT_CHARS", lim.max_prompt_chars),
+        max_new_tokens=_int(env, p + "MAX_NEW_TOKENS", lim.max_new_tokens),
+        max_upload_mb=_int(env, p + "MAX_UPLOAD_MB", lim.max_upload_mb),
+        max_abs_strength=_float(env, p + "MAX_STRENGTH", lim.max_abs_strength),
+        max_temperature=_float(env, p + "MAX_TEMPERATURE", lim.max_temperature),
+        max_prompt_tokens=_int(env, p + "MAX_PROMPT_TOKENS", lim.max_prompt_tokens),
+        max_vector_mb=_int(env, p + "MAX_VECTOR_MB", lim.max_vector_mb),
+        library_max_vectors=_int(env, p + "LIBRARY_MAX_VECTORS", lim.library_max_vectors),
+        library_max_per_owner=_int(env, p + "LIBRARY_MAX_PER_OWNER", lim.library_max_per_owner),
+        library_max_total_mb=_int(env, p + "LIBRARY_MAX_TOTAL_MB", lim.library_max_total_mb),
+        max_session_vectors=_int(env, p + "MAX_SESSION_VECTORS", lim.max_session_vectors),
+        max_pending_per_visitor=_int(env, p + "MAX_PENDING", lim.max_pending_per_visitor),
+        job_timeout_s=_int(env, p + "JOB_TIMEOUT_S", lim.job_timeout_s),
+    )
     return Settings(
-        model=text(ENV_PREFIX + "MODEL", d["model"].default),
-        device=text(ENV_PREFIX + "DEVICE", d["device"].default),
-        data_dir=Path(data) if data else default_data_dir(),
-        builtin_vectors_dir=Path(builtin) if builtin else d["builtin_vectors_dir"].default,
-        max_prompt_chars=_int(env, ENV_PREFIX + "MAX_PROMPT_CHARS", d["max_prompt_chars"].default),
-        max_new_tokens=_int(env, ENV_PREFIX + "MAX_NEW_TOKENS", d["max_new_tokens"].default),
-        max_upload_mb=_int(env, ENV_PREFIX + "MAX_UPLOAD_MB", d["max_upload_mb"].default),
-        max_abs_strength=_float(env, ENV_PREFIX + "MAX_STRENGTH", d["max_abs_strength"].default),
-        default_persona=text(ENV_PREFIX + "DEFAULT_PERSONA", d["default_persona"].default),
-        steer_concurrency=_int(
-            env, ENV_PREFIX + "STEER_CONCURRENCY", d["steer_concurrency"].default
-        ),
-        extract_concurrency=_int(
-            env, ENV_PREFIX + "EXTRACT_CONCURRENCY", d["extract_concurrency"].default
-        ),
-        server_name=text("GRADIO_SERVER_NAME", d["server_name"].default),
-        server_port=_int(env, "GRADIO_SERVER_PORT", d["server_port"].default),
+        model=text(p + "MODEL", base.model),
+        device=text(p + "DEVICE", base.device),
+        data_dir=path("DATA", default_data_dir()),
+        cache_dir=path("CACHE", default_cache_dir()),
+        builtin_vectors_dir=path("BUILTIN_VECTORS", base.builtin_vectors_dir),
+        persona_data_dir=path("PERSONA_DATA", base.persona_data_dir),
+        fast_decoder=_switch(env, p + "FAST", base.fast_decoder),
+        decode_kernel=_switch(env, p + "KERNEL", base.decode_kernel),
+        limits=limits,
+        # Hugging Face Spaces set SPACE_ID: a Space is public unless told otherwise.
+        public=_switch(env, p + "PUBLIC", bool(_raw(env, "SPACE_ID"))),
+        default_persona=text(p + "DEFAULT_PERSONA", base.default_persona),
+        steer_concurrency=_int(env, p + "STEER_CONCURRENCY", base.steer_concurrency),
+        extract_concurrency=_int(env, p + "EXTRACT_CONCURRENCY", base.extract_concurrency),
+        server_name=text("GRADIO_SERVER_NAME", base.server_name),
+        server_port=_int(env, "GRADIO_SERVER_PORT", base.server_port),
     )

@@ -17,7 +17,9 @@ from typing import Literal
 
 import torch
 
+from .errors import InputError
 from .generation import GenerationResult, SamplingConfig, generate_stream
+from .limits import MAX_BATCH_SIZE, MAX_SAMPLES, check_int
 from .model import LoadedModel
 from .personas import PersonaDefinition, assistant_prefixed, format_system_prompt
 from .projection import layer_projections
@@ -28,6 +30,10 @@ VARIANTS: tuple[Variant, ...] = ("response", "prompt", "last")
 ProgressFn = Callable[[float, str], None]
 
 
+class ExtractionError(InputError):
+    """The rollouts gave nothing to build a vector from; the message says what to change."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure math
 
@@ -35,7 +41,10 @@ ProgressFn = Callable[[float, str], None]
 def mean_difference(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """``pos`` [n_pos, n_layers, d_model], ``neg`` [n_neg, ...] -> [n_layers, d_model]."""
     if pos.shape[0] == 0 or neg.shape[0] == 0:
-        raise ValueError("Need at least one pos and one neg sample.")
+        raise ExtractionError(
+            "Need at least one pos and one neg sample: every answer on one side came back "
+            "empty. Use more questions or more new tokens."
+        )
     return pos.float().mean(0) - neg.float().mean(0)
 
 
@@ -110,13 +119,11 @@ class ExtractionConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}.")
-        if not 1 <= self.samples <= 64:
-            raise ValueError("samples must be between 1 and 64.")
-        if self.n_questions is not None and self.n_questions < 1:
-            raise ValueError("n_questions must be at least 1.")
-        if not 1 <= self.batch_size <= 1024:
-            raise ValueError("batch_size must be between 1 and 1024.")
+            raise InputError(f"variant must be one of {', '.join(VARIANTS)}.")
+        check_int(self.samples, "samples", 1, MAX_SAMPLES)
+        if self.n_questions is not None:
+            check_int(self.n_questions, "n_questions", 1)
+        check_int(self.batch_size, "batch_size", 1, MAX_BATCH_SIZE)
         # Fail before any model work, with the same rules generation applies.
         self.sampling(0)
 

@@ -13,13 +13,14 @@ differences between rows come from steering rather than luck.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .decoding import EMBED_LAYER
+from .engine import EMBED_LAYER, decoder_for
+from .errors import InputError
+from .limits import check_max_new_tokens, check_temperature, check_top_p
 from .model import LoadedModel
 from .steering import LayerEdit, RowPlan, compile_plan
 
@@ -34,12 +35,11 @@ class SamplingConfig:
     shared_noise: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= 4096:
-            raise ValueError("max_new_tokens must be between 1 and 4096.")
-        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 10.0):
-            raise ValueError("temperature must be between 0 and 10.")
-        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise ValueError("top_p must be in (0, 1].")
+        # What would make sampling wrong; how much a user may ask for is checked where input
+        # enters (limits.py).
+        check_max_new_tokens(self.max_new_tokens)
+        check_temperature(self.temperature)
+        check_top_p(self.top_p)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class StreamUpdate:
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[batch, seq] ids and attention mask, padded on the left so every row ends together."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("Every prompt needs at least one token.")
+        raise InputError("Every prompt needs at least one token.")
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -235,7 +235,8 @@ def generate_stream(
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(cfg.seed))
     eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long, device=model.device)
-    session = model.decoder().session(ids, mask, cfg.max_new_tokens, row_invariant)
+    decoder = decoder_for(model)
+    session = decoder.session(ids, mask, cfg.max_new_tokens, row_invariant)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     # Inference mode is entered per forward, never across a yield: the consumer's code between
     # updates (possibly on another thread, as Gradio does) must not run inside it.
@@ -269,7 +270,7 @@ def generate_stream(
             finished=done.tolist(),
             capture=capture,
             steps=step,
-            decoder=model.decoder().name,
+            decoder=decoder.name,
         )
     finally:
         session.close()

@@ -2,7 +2,7 @@
 
 There is no index to fall out of sync: the directory listing *is* the library, and each file
 carries its own metadata (name, model, layer, strength, ...). Writes go through
-:func:`vectors.save`, which writes a temporary file and renames it, so a crash mid-save leaves
+:func:`vector_files.save`, which writes a temporary file and renames it, so a crash mid-save leaves
 either the old library or the new one, never a torn file. File names are derived from the
 vector's name by :func:`slugify` and never taken from user input as a path, so a name like
 ``../../etc/passwd`` becomes ``etc-passwd.safetensors`` inside the library directory.
@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import vectors
-from .vectors import PersonaVector, VectorFileError
+from . import vector_files
+from .errors import InputError
+from .vector_files import VectorFileError
+from .vectors import PersonaVector
 
 __all__ = ["MAX_NAME_CHARS", "Library", "LibraryEntry", "LibraryError", "slugify"]
 
@@ -36,7 +38,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
 _STALE_TMP_SECONDS = 3600
 
 
-class LibraryError(ValueError):
+class LibraryError(InputError):
     """A library operation cannot be done (unknown id, bad name, read-only library)."""
 
 
@@ -81,7 +83,8 @@ class Library:
     def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
         self.root = Path(root).expanduser()
         self.read_only = read_only
-        self._lock = threading.Lock()
+        # Re-entrant: rename() reads the entry (entries() takes the lock) while holding it.
+        self._lock = threading.RLock()
         # path -> (mtime_ns, size, entry): re-read a file only when it changes.
         self._cache: dict[Path, tuple[int, int, LibraryEntry]] = {}
         if not read_only:
@@ -94,30 +97,36 @@ class Library:
         """Every vector file, sorted by name; unreadable files are listed with their error."""
         if not self.root.is_dir():
             return []
+        paths = [
+            p
+            for p in sorted(self.root.glob("*" + EXTENSION))
+            if not p.name.startswith(".") and _ID.match(p.stem)
+        ]
         out = []
-        seen = set()
-        for path in sorted(self.root.glob("*" + EXTENSION)):
-            if path.name.startswith(".") or not _ID.match(path.stem):
-                continue
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # deleted while listing
-                continue
-            seen.add(path)
-            cached = self._cache.get(path)
-            if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
-                out.append(cached[2])
-                continue
-            entry = self._read(path)
-            self._cache[path] = (st.st_mtime_ns, st.st_size, entry)
-            out.append(entry)
-        for stale in set(self._cache) - seen:
-            self._cache.pop(stale, None)
+        # The lock guards the cache: two requests listing at once must not interleave updates
+        # (a reader could otherwise pop an entry another has just re-read).
+        with self._lock:
+            seen = set()
+            for path in paths:
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                seen.add(path)
+                cached = self._cache.get(path)
+                if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
+                    out.append(cached[2])
+                    continue
+                entry = self._read(path)
+                self._cache[path] = (st.st_mtime_ns, st.st_size, entry)
+                out.append(entry)
+            for stale in set(self._cache) - seen:
+                self._cache.pop(stale, None)
         return sorted(out, key=lambda e: (e.name.lower(), e.id))
 
     def _read(self, path: Path) -> LibraryEntry:
         try:
-            return LibraryEntry(path.stem, path, vectors.load(path))
+            return LibraryEntry(path.stem, path, vector_files.load(path))
         except (VectorFileError, ValueError, OSError) as exc:
             log.warning("library: cannot read %s: %s", path, exc)
             return LibraryEntry(path.stem, path, None, str(exc))
@@ -178,7 +187,7 @@ class Library:
         vec = vec.with_(name=display, metadata=meta)
         with self._lock:
             entry_id = self._free_id(slugify(display))
-            path = vectors.save(vec, self._path(entry_id))
+            path = vector_files.save(vec, self._path(entry_id))
         return LibraryEntry(entry_id, path, vec)
 
     def rename(self, entry_id: str, new_name: str) -> LibraryEntry:
@@ -193,7 +202,7 @@ class Library:
             old = self._path(entry_id)
             new_id = self._free_id(slugify(display), keep=entry_id)
             renamed = vec.with_(name=display)
-            path = vectors.save(renamed, self._path(new_id))
+            path = vector_files.save(renamed, self._path(new_id))
             if new_id != entry_id:
                 with contextlib.suppress(FileNotFoundError):
                     old.unlink()

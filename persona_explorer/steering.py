@@ -20,19 +20,20 @@ no steering.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from .errors import InputError
+from .limits import check_finite, check_layer
+
 Positions = Literal["all", "response"]
 POSITIONS: tuple[Positions, ...] = ("all", "response")
-MAX_ABS_STRENGTH = 1000.0
 
 
-class SteeringError(ValueError):
+class SteeringError(InputError):
     """An operation that cannot apply to the loaded model; the message says how to fix it."""
 
 
@@ -57,13 +58,12 @@ RowPlan = tuple[Op, ...]  # the operations for one batch row; () is the unsteere
 
 
 def validate_op(op: Op, n_layers: int, d_model: int) -> None:
+    """Refuse an operation that cannot apply to this model (how strong a user may steer is a
+    policy, checked where input enters: ``limits.check_strength``)."""
     # A float or bool layer would be filed under a key no hook looks up: nothing would steer.
     if isinstance(op.layer, bool) or not isinstance(op.layer, int):
         raise SteeringError(f"Layer must be a whole number, not {op.layer!r}.")
-    if not 0 <= op.layer < n_layers:
-        raise SteeringError(
-            f"Layer {op.layer} is out of range: this model has layers 0-{n_layers - 1}."
-        )
+    check_layer(op.layer, n_layers)
     if op.positions not in POSITIONS:
         raise SteeringError(f"positions must be 'all' or 'response', not {op.positions!r}.")
     vec = op.vector if isinstance(op, Add) else op.direction
@@ -71,11 +71,10 @@ def validate_op(op: Op, n_layers: int, d_model: int) -> None:
         raise SteeringError(f"Vector has shape {tuple(vec.shape)}; this model needs ({d_model},).")
     if not torch.isfinite(vec).all():
         raise SteeringError("The vector contains NaN or infinite values.")
-    value = op.strength if isinstance(op, Add) else op.floor
-    if not math.isfinite(value):
-        raise SteeringError("Strength must be a finite number.")
-    if isinstance(op, Add) and abs(value) > MAX_ABS_STRENGTH:
-        raise SteeringError(f"Strength {value:g} is too large (limit ±{MAX_ABS_STRENGTH:g}).")
+    check_finite(
+        op.strength if isinstance(op, Add) else op.floor,
+        "Strength" if isinstance(op, Add) else "Floor",
+    )
     if isinstance(op, Cap) and float(vec.norm()) == 0.0:
         raise SteeringError("A cap needs a non-zero direction.")
 
@@ -174,6 +173,10 @@ def steering_hooks(
 
     For research use with the bridge's own API (``run_with_cache``, ``generate``): the batch rows
     of those calls follow ``plans``. The hooks are removed on exit, also after an exception.
+
+    The block holds the model's compute lock: the hooks sit on the shared bridge, so in a
+    server every other request waits until the block ends instead of being steered by it. The
+    lock is re-entrant, so the project's own generation functions still work inside the block.
     """
     bridge = model.bridge
     edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
@@ -185,7 +188,7 @@ def steering_hooks(
         return hook
 
     fwd_hooks = [(f"blocks.{layer}.hook_resid_post", make(e)) for layer, e in edits.items()]
-    with bridge.hooks(fwd_hooks=fwd_hooks):
+    with model.compute_lock, bridge.hooks(fwd_hooks=fwd_hooks):
         yield edits
 
 

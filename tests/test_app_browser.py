@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import torch
 
-from tests.app_server import MILD, REPO, STRONG, shared_server
+from persona_explorer.devserver import MILD, REPO, STRONG, shared_server
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +159,14 @@ def test_upload_a_vector_and_compare_it(page: Page, tmp_path: Path) -> None:
     expect(page.locator("#pe-library-status")).to_contain_text("Added seafarer")
     expect(page.locator("#pe-library-table")).to_contain_text("seafarer")
     expect(page.locator("#pe-library-selected input")).to_have_value(re.compile("seafarer"))
+    # A file is written only when asked for; GGUF says in its label that it drops layer 0.
+    expect(page.locator("#pe-library-download")).not_to_contain_text("seafarer")
+    page.locator("#pe-library-export").click()
     expect(page.locator("#pe-library-download")).to_contain_text("seafarer.safetensors")
+    page.get_by_label("llama.cpp control vector (.gguf)").check()
+    expect(page.locator("#pe-library-download")).not_to_contain_text("seafarer")
+    page.locator("#pe-library-export").click()
+    expect(page.locator("#pe-library-download")).to_contain_text("seafarer.gguf (without layer 0)")
     expect(page.locator("#pe-heatmap")).to_contain_text("seafarer")
     time.sleep(0.5)  # let the heatmap finish its transition before the screenshot
     screenshot(page, "library")

@@ -1,7 +1,7 @@
 """Tests for the command line (``python -m persona_explorer``).
 
 Most tests run ``cli.main([...])`` in-process. The ones marked ``integration`` load the embedded
-SmolLM2 model once (cli caches it per process) and keep generations short.
+SmolLM2 model once (``cli.models`` caches it per process) and keep generations short.
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ import pytest
 import torch
 
 from persona_explorer import cli
-from persona_explorer.vectors import PersonaVector, load, save
+from persona_explorer.cli import files, render
+from persona_explorer.errors import InputError
+from persona_explorer.vector_files import load, save
+from persona_explorer.vectors import PersonaVector
 
 N_LAYERS, D_MODEL = 30, 576  # the embedded SmolLM2-135M-Instruct
 REPO = Path(__file__).resolve().parent.parent
+CLI_DIR = REPO / "persona_explorer" / "cli"
 
 
 def synthetic(n_layers: int = 6, d_model: int = 16, **fields) -> PersonaVector:
@@ -69,37 +73,32 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     assert_clean_error(rc, err)
 
 
-def test_progress_rewrites_on_a_tty_and_prints_lines_otherwise() -> None:
+def test_progress_is_one_line_on_a_tty_and_sparse_in_a_log() -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    tty = Tty()
-    bar = cli.Progress(stream=tty, width=10)
-    bar(0.0, "start")
-    bar(0.5, "half")
-    bar(1.0, "done")
-    bar.close()
-    text = tty.getvalue()
-    assert text.count("\r") == 3 and text.endswith("\n")
-    assert " 50% half" in text and "100% done" in text
+    for stream in (Tty(), io.StringIO()):
+        with render.Progress(stream=stream) as bar:
+            for i in range(201):
+                bar(i / 200, f"step {i}")
+        text = stream.getvalue()
+        # Redrawn in place ("\r"), never a line per update; finished with one newline.
+        assert text.count("\n") == 1 and text.endswith("\n")
+        assert text.count("\r") <= 5, text
+        assert "100%" in text and "step 200" in text
 
-    plain = io.StringIO()
-    bar = cli.Progress(stream=plain, width=10)
-    bar(0.25, "a")
-    bar(0.25, "a")  # unchanged: not repeated
-    bar(1.0, "b")
-    bar.close()
-    lines = plain.getvalue().splitlines()
-    assert lines == ["[##........]  25% a", "[##########] 100% b"]
-    assert "\r" not in plain.getvalue()
+    quiet = io.StringIO()
+    with render.Progress(quiet=True, stream=quiet) as bar:
+        bar(0.5, "half")
+    assert quiet.getvalue() == ""
 
 
 def test_sparkline_scales_to_the_range() -> None:
-    line = cli.sparkline([0.0, 1.0, 2.0])
+    line = render.sparkline([0.0, 1.0, 2.0])
     assert len(line) == 3 and line[0] != line[-1]
-    assert len(set(cli.sparkline([5.0, 5.0]))) == 1
-    assert cli.sparkline([]) == ""
+    assert len(set(render.sparkline([5.0, 5.0]))) == 1
+    assert render.sparkline([]) == ""
 
 
 # --------------------------------------------------------------------------- info
@@ -145,13 +144,14 @@ def test_info_and_convert_do_not_load_heavy_modules(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from persona_explorer import cli\n"
+        "from persona_explorer.cli import models\n"
         f"assert cli.main(['info', {str(path)!r}]) == 0\n"
         f"assert cli.main(['info', {str(path)!r}, '--json']) == 0\n"
         f"assert cli.main(['convert', '--in', {str(path)!r}, '--out', "
         f"{str(tmp_path / 'v.gguf')!r}]) == 0\n"
         "heavy = [m for m in ('transformers', 'transformer_lens', 'gradio') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-        "assert not cli._MODELS\n"
+        "assert not models._MODELS\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -192,7 +192,7 @@ def test_convert_round_trips_are_exact(tmp_path: Path, capsys: pytest.CaptureFix
     # persona_vectors .pt keeps the embedding row
     rc, out, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "pv.pt")
     assert rc == 0, err
-    assert "pv.pt" in out and "persona_vectors" in out
+    assert "pv.pt" in out and "persona_vectors (.pt)" in out
     raw = torch.load(tmp_path / "pv.pt", weights_only=True)
     assert raw.shape == (7, 16) and torch.equal(raw[0], vec.embedding)
     rc, _, err = run(
@@ -210,7 +210,8 @@ def test_convert_round_trips_are_exact(tmp_path: Path, capsys: pytest.CaptureFix
         "--out-layout", "assistant_axis",
     )  # fmt: skip
     assert rc == 0, err
-    assert "assistant_axis" in out
+    assert "assistant-axis (.pt)" in out
+    assert "note:" in err and "embedding" in err  # this layout has no embedding row
     assert torch.load(tmp_path / "aa.pt", weights_only=True).shape == (6, 16)
     rc, _, err = run(
         capsys, "convert", "--in", tmp_path / "aa.pt", "--in-layout", "assistant_axis",
@@ -227,6 +228,8 @@ def test_convert_round_trips_are_exact(tmp_path: Path, capsys: pytest.CaptureFix
     assert rc == 0, err
     info = json.loads(out)
     assert info["out"] == str(tmp_path / "cv.gguf") and info["n_layers"] == 6
+    assert info["format"] == "gguf"
+    assert info["notes"] and not any("layer 0" in n for n in info["notes"])  # the embedding
     rc, _, err = run(capsys, "convert", "--in", tmp_path / "cv.gguf", "--out", tmp_path / "g.pt")
     assert rc == 0, err
     back = load(tmp_path / "g.pt", layout="persona_vectors")
@@ -237,18 +240,27 @@ def test_convert_round_trips_are_exact(tmp_path: Path, capsys: pytest.CaptureFix
     assert back.metadata["model_hint"] == "llama"
 
 
-def test_convert_warns_when_gguf_drops_layer_0(tmp_path: Path, capsys) -> None:
+def test_convert_notes_when_gguf_drops_layer_0(tmp_path: Path, capsys) -> None:
     vec = synthetic().with_(vectors=torch.ones(6, 16))
     src = save(vec, tmp_path / "src.safetensors")
-    rc, _, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "cv.gguf")
-    assert rc == 0
-    assert "warning:" in err and "layer 0" in err
+    rc, out, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "cv.gguf")
+    assert rc == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "layer 0" in notes[0], err
+    assert "warning" not in err and "cv.gguf" in out
+    rc, out, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "cv2.gguf", "--json")
+    assert rc == 0, err
+    assert [n for n in json.loads(out)["notes"] if "layer 0" in n]
+    assert "note: " in err  # on stderr as well: stdout stays pure JSON
+    # Nothing is lost: no note.
+    rc, _, err = run(capsys, "convert", "--in", src, "--out", tmp_path / "v.safetensors")
+    assert rc == 0 and "note:" not in err
 
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--out", "x.txt"], "unsupported extension"),
+        (["--out", "x.txt"], "unsupported file type"),
         (["--out", "x.gguf", "--out-layout", "assistant_axis"], ".pt files only"),
         (["--out", "no/such/dir/x.safetensors"], "does not exist"),
         (["--out", "x.gguf", "--model-hint", " "], "model-hint"),
@@ -311,7 +323,7 @@ def test_nan_vector_file_is_a_clean_error(tmp_path: Path, capsys) -> None:
         ("missing.safetensors", None, "No such file"),
         ("empty.safetensors", b"", "empty"),
         ("bad.gguf", b"NOTGGUF" * 10, "not a GGUF"),
-        ("vec.npy", b"x", "unsupported extension"),
+        ("vec.npy", b"x", "unsupported file type"),
     ],
 )
 def test_info_bad_files(
@@ -335,12 +347,19 @@ def test_info_bad_files(
         (["--strength", "inf"], "finite"),
         (["--strength", "-inf"], "finite"),
         (["--strength", "1e9"], "too large"),
-        (["--strength", "abc"], "not a number"),
+        (["--strength", "101"], "between -100 and 100"),
+        (["--strength", "abc"], "must be a number"),
         (["--prompt", "   "], "empty"),
-        (["--max-new-tokens", "0"], "between 1 and 4096"),
-        (["--max-new-tokens", "5000"], "between 1 and 4096"),
-        (["--temperature", "-1"], "between 0 and 10"),
+        (["--prompt", "x" * 4001], "the limit is 4,000"),
+        (["--system", "x" * 4001], "PERSONA_EXPLORER_MAX_PROMPT_CHARS"),
+        (["--max-new-tokens", "0"], "between 1 and 256"),
+        (["--max-new-tokens", "5000"], "between 1 and 256"),
+        (["--temperature", "-1"], "between 0 and 2"),
+        (["--temperature", "2.5"], "between 0 and 2"),
+        (["--top-p", "0"], "top_p"),
+        (["--seed", "-1"], "Seed"),
         (["--layer", "-1"], "at least 0"),
+        (["--projection-layer", "1.5"], "whole number"),
         (["--layer", "3", "--layers", "3-4"], "not allowed"),
         (["--positions", "prompt"], "invalid choice"),
         (["--device", "tpu"], "invalid choice"),
@@ -352,6 +371,52 @@ def test_steer_rejects_bad_options(
     vec = save(synthetic(), tmp_path / "v.safetensors")
     rc, _, err = run(capsys, "steer", "--vector", vec, "--prompt", "Hi", *args)
     assert_clean_error(rc, err, needle)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "variable"),
+    [
+        ("--max-new-tokens", "257", "MAX_NEW_TOKENS"),
+        ("--strength", "-100.5", "MAX_STRENGTH"),
+        ("--temperature", "2.01", "MAX_TEMPERATURE"),
+    ],
+)
+def test_hitting_a_limit_names_the_variable_that_raises_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, variable: str
+) -> None:
+    vec = save(synthetic(), tmp_path / "v.safetensors")
+    rc, _, err = run(capsys, "steer", "--vector", vec, "--prompt", "Hi", option, value)
+    assert_clean_error(rc, err, option, f"PERSONA_EXPLORER_{variable}")
+
+
+def test_limits_come_from_the_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.safetensors"
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_NEW_TOKENS", "8")
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_STRENGTH", "5")
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_TEMPERATURE", "1")
+    for option, value, needle in (
+        ("--max-new-tokens", "9", "between 1 and 8"),
+        ("--strength", "6", "between -5 and 5"),
+        ("--temperature", "1.5", "between 0 and 1"),
+    ):
+        rc, _, err = run(capsys, "steer", "--vector", missing, "--prompt", "Hi", option, value)
+        assert_clean_error(rc, err, needle)
+    rc, out, _ = run(capsys, "extract", "--help")
+    assert rc == 0 and "at most 8" in out
+    # Raised limits let larger values through: the run then stops at the missing file.
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_NEW_TOKENS", "1024")
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_STRENGTH", "500")
+    rc, _, err = run(
+        capsys, "steer", "--vector", missing, "--prompt", "Hi",
+        "--max-new-tokens", "1000", "--strength", "400",
+    )  # fmt: skip
+    assert_clean_error(rc, err, "missing.safetensors", "No such file")
+    # A setting the CLI cannot use is the user's to fix, not a bug.
+    monkeypatch.setenv("PERSONA_EXPLORER_MAX_NEW_TOKENS", "lots")
+    rc, _, err = run(capsys, "info", missing)
+    assert_clean_error(rc, err, "PERSONA_EXPLORER_MAX_NEW_TOKENS")
 
 
 def test_steer_needs_a_layer_and_strength(tmp_path: Path, capsys) -> None:
@@ -400,7 +465,7 @@ def test_bad_persona_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--out", "v.txt"], "unsupported extension"),
+        (["--out", "v.txt"], "unsupported file type"),
         (["--out", "v.safetensors", "--out-layout", "assistant_axis"], ".pt files only"),
         (["--out", "v.safetensors", "--questions", "0"], "at least 1"),
         (["--out", "v.safetensors", "--samples", "100"], "between 1 and 64"),
@@ -428,6 +493,64 @@ def test_empty_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str
     empty.mkdir()
     rc, _, err = run(capsys, "steer", "--model", empty, "--vector", vec, "--prompt", "Hi", "-q")
     assert_clean_error(rc, err, "empty-model")
+
+
+# --------------------------------------------------------------------------- failures and bugs
+
+
+@pytest.mark.parametrize(
+    ("exc", "rc", "needle"),
+    [
+        (InputError("Strength must be a number."), 2, "error: Strength must be a number."),
+        (
+            FileNotFoundError(2, "No such file or directory", "/x/v.pt"),
+            2,
+            "error: /x/v.pt: No such",
+        ),
+        (PermissionError(13, "Permission denied", "/x/v.pt"), 2, "error: /x/v.pt: Permission"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_expected_failures_are_one_line(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, exc: BaseException, rc: int, needle
+) -> None:
+    def fail(_args: object) -> int:
+        raise exc
+
+    monkeypatch.setattr(files, "run_info", fail)
+    got, out, err = run(capsys, "info", tmp_path / "v.safetensors")
+    assert got == rc and out == ""
+    assert "Traceback" not in err and "internal error" not in err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "exc", [ValueError("bad shape"), KeyError("layer"), TypeError("not a tensor")]
+)
+def test_anything_else_is_reported_as_a_bug(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, exc: Exception
+) -> None:
+    """A plain ValueError is not a user mistake: it must not look like one."""
+
+    def fail(_args: object) -> int:
+        raise exc
+
+    monkeypatch.setattr(files, "run_info", fail)
+    rc, out, err = run(capsys, "info", tmp_path / "v.safetensors")
+    assert rc == 1 and out == ""
+    assert "Traceback" in err and "in fail" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"internal error (a bug): {type(exc).__name__}"), err
+    assert not any(line.startswith("error: ") for line in err.splitlines())
+
+
+def test_no_cli_module_is_long() -> None:
+    """One module per command keeps each one readable; split one before it grows past this."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in CLI_DIR.glob("*.py")}
+    assert {"__init__.py", "parser.py", "render.py"} <= set(sizes)
+    assert Path(cli.__file__).parent == CLI_DIR  # the CLI is this package
+    too_long = {name: n for name, n in sizes.items() if n > 200}
+    assert not too_long, too_long
 
 
 # --------------------------------------------------------------------------- bench

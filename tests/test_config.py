@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,10 @@ def test_defaults_from_an_empty_environment(tmp_path: Path) -> None:
     assert s.data_dir == tmp_path
     assert s.library_dir == tmp_path / "vectors"
     assert s.builtin_vectors_dir == REPO / "assets" / "vectors"
-    assert s.max_prompt_chars == 4000
-    assert s.max_new_tokens == 256
-    assert s.max_upload_mb == 64
-    assert s.max_upload_bytes == 64 * 1024 * 1024
+    assert s.limits.max_prompt_chars == 4000
+    assert s.limits.max_new_tokens == 256
+    assert s.limits.max_upload_mb == 64
+    assert s.limits.max_upload_bytes == 64 * 1024 * 1024
     assert s.steer_concurrency == 2
     assert s.extract_concurrency == 1
     assert (s.server_name, s.server_port) == ("127.0.0.1", 7860)
@@ -48,6 +49,11 @@ def test_every_variable_overrides(tmp_path: Path) -> None:
         "PERSONA_EXPLORER_DEFAULT_PERSONA": "evil",
         "PERSONA_EXPLORER_STEER_CONCURRENCY": "3",
         "PERSONA_EXPLORER_EXTRACT_CONCURRENCY": "2",
+        "PERSONA_EXPLORER_MAX_TEMPERATURE": "1.5",
+        "PERSONA_EXPLORER_CACHE": str(tmp_path / "cache"),
+        "PERSONA_EXPLORER_PERSONA_DATA": str(tmp_path / "personas"),
+        "PERSONA_EXPLORER_FAST": "0",
+        "PERSONA_EXPLORER_KERNEL": "off",
         "GRADIO_SERVER_NAME": "0.0.0.0",
         "GRADIO_SERVER_PORT": "8123",
     }
@@ -56,11 +62,15 @@ def test_every_variable_overrides(tmp_path: Path) -> None:
     assert s.device == "cpu"
     assert s.data_dir == tmp_path / "data"
     assert s.builtin_vectors_dir == tmp_path / "builtin"
-    assert s.max_prompt_chars == 123
-    assert s.max_new_tokens == 17
-    assert s.max_upload_mb == 3
-    assert s.max_abs_strength == 12.5
+    assert s.limits.max_prompt_chars == 123
+    assert s.limits.max_new_tokens == 17
+    assert s.limits.max_upload_mb == 3
+    assert s.limits.max_abs_strength == 12.5
     assert s.default_persona == "evil"
+    assert s.limits.max_temperature == 1.5
+    assert s.cache_dir == tmp_path / "cache"
+    assert s.persona_data_dir == tmp_path / "personas"
+    assert (s.fast_decoder, s.decode_kernel) == (False, False)
     assert s.steer_concurrency == 3
     assert s.extract_concurrency == 2
     assert (s.server_name, s.server_port) == ("0.0.0.0", 8123)
@@ -83,6 +93,8 @@ def test_blank_values_mean_default(tmp_path: Path) -> None:
         ("PERSONA_EXPLORER_DEVICE", "tpu"),
         ("GRADIO_SERVER_PORT", "99999"),
         ("PERSONA_EXPLORER_STEER_CONCURRENCY", "0"),
+        ("PERSONA_EXPLORER_MAX_TEMPERATURE", "-1"),
+        ("PERSONA_EXPLORER_FAST", "maybe"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(key: str, value: str, tmp_path: Path) -> None:
@@ -96,7 +108,7 @@ def test_bad_values_are_refused_with_a_clear_message(key: str, value: str, tmp_p
 def test_settings_are_frozen(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.max_new_tokens = 1  # type: ignore[misc]
+        s.limits.max_new_tokens = 1  # type: ignore[misc]
 
 
 def test_paths_are_normalised(tmp_path: Path) -> None:
@@ -108,7 +120,7 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("PERSONA_EXPLORER_DATA", str(tmp_path))
     monkeypatch.setenv("PERSONA_EXPLORER_MAX_NEW_TOKENS", "9")
     s = load_settings()
-    assert s.data_dir == tmp_path and s.max_new_tokens == 9
+    assert s.data_dir == tmp_path and s.limits.max_new_tokens == 9
 
 
 def test_importing_config_does_no_work() -> None:
@@ -122,3 +134,13 @@ def test_importing_config_does_no_work() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_config_is_the_only_module_that_reads_the_environment() -> None:
+    """Settings own every switch: no other module may read PERSONA_EXPLORER_* variables."""
+    reading = re.compile(r"os\.environ\.get|os\.environ\[|os\.getenv")
+    readers = []
+    for path in (REPO / "persona_explorer").rglob("*.py"):
+        if path.name != "config.py" and reading.search(path.read_text()):
+            readers.append(str(path.relative_to(REPO)))
+    assert readers == []

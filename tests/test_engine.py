@@ -7,20 +7,30 @@ left-padded batches with a KV cache, so padding, rotary positions and the cache 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import gc
+import threading
+import time
+import weakref
+from pathlib import Path
 
 import pytest
 import torch
 
+import persona_explorer
 from persona_explorer import steering
-from persona_explorer.decoding import (
+from persona_explorer.engine import (
     EMBED_LAYER,
-    FastLlamaDecoder,
-    HFDecoder,
+    Decoder,
     build_decoder,
+    decoder_for,
     fast_path_problem,
     positions_from_mask,
 )
+from persona_explorer.engine import cache as engine_cache
+from persona_explorer.engine.fast_llama import FastLlamaDecoder
+from persona_explorer.engine.hf import HFDecoder
 from persona_explorer.generation import SamplingConfig, generate, generate_stream, left_pad
 from persona_explorer.model import LoadedModel
 from persona_explorer.steering import add_plan
@@ -97,6 +107,112 @@ def test_left_pad_and_positions() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The decoder cache: one decoder per model object
+
+
+def test_concurrent_first_requests_build_one_decoder(
+    llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = dataclasses.replace(llama)  # a fresh key: nothing cached yet
+    builds: list[int] = []
+    real_build = engine_cache.build_decoder
+
+    def slow_build(*args: object, **kwargs: object) -> Decoder:
+        builds.append(threading.get_ident())
+        time.sleep(0.2)  # every other thread arrives while this build runs
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_cache, "build_decoder", slow_build)
+    n = 6
+    start = threading.Barrier(n)
+    got: list[Decoder] = []
+
+    def first_request() -> None:
+        start.wait()
+        got.append(decoder_for(model))
+
+    threads = [threading.Thread(target=first_request) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert len(builds) == 1
+    assert len(got) == n and all(d is got[0] for d in got)
+
+
+@pytest.mark.parametrize("prefer_fast", [True, False], ids=["fast", "hf"])
+def test_dropping_a_model_frees_its_decoder(llama: LoadedModel, prefer_fast: bool) -> None:
+    model = dataclasses.replace(llama)
+    decoder = decoder_for(model, prefer_fast=prefer_fast)
+    assert decoder is not decoder_for(llama)  # each model object has its own
+    model_ref, decoder_ref = weakref.ref(model), weakref.ref(decoder)
+    del model, decoder
+    gc.collect()
+    assert model_ref() is None, "the cached decoder keeps its model alive"
+    assert decoder_ref() is None
+
+
+def test_settings_choose_the_decoder_once(
+    llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERSONA_EXPLORER_FAST", "0")
+    model = dataclasses.replace(llama)
+    hf = decoder_for(model)
+    assert isinstance(hf, HFDecoder)
+    monkeypatch.setenv("PERSONA_EXPLORER_FAST", "1")
+    assert decoder_for(model) is hf  # settings are read when the decoder is built, not after
+
+    monkeypatch.setenv("PERSONA_EXPLORER_KERNEL", "0")
+    fast = decoder_for(dataclasses.replace(llama))
+    assert isinstance(fast, FastLlamaDecoder) and fast.kernel == "onednn"
+
+    # An explicit switch that differs from the cached decoder's replaces it for every caller.
+    forced = decoder_for(model, prefer_fast=True)
+    assert isinstance(forced, FastLlamaDecoder)
+    assert decoder_for(model) is forced
+    assert decoder_for(model, prefer_fast=True) is forced
+
+
+def _package_imports(path: Path) -> set[str]:
+    """Every ``persona_explorer`` module a source file imports, relative imports resolved
+    (``TYPE_CHECKING`` imports included: a circle there is still a circle)."""
+    root = Path(persona_explorer.__file__).parent
+    package = ["persona_explorer", *path.parent.relative_to(root).parts]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            if node.module is None:  # ``from . import x``: x is a module
+                found |= {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m.split(".")[0] == "persona_explorer"}
+
+
+def test_the_model_does_not_import_the_engine() -> None:
+    path = Path(persona_explorer.__file__).parent / "model.py"
+    imports = _package_imports(path)
+    assert "persona_explorer.config" in imports  # the resolver sees the package's imports
+    engine = {m for m in imports if m.startswith("persona_explorer.engine")}
+    assert not engine, f"model.py imports {sorted(engine)}"
+
+
+def test_the_engine_imports_only_the_model_and_config() -> None:
+    engine_dir = Path(persona_explorer.__file__).parent / "engine"
+    allowed = {"persona_explorer.model", "persona_explorer.config"}
+    for path in sorted(engine_dir.glob("*.py")):
+        outside = {
+            m
+            for m in _package_imports(path)
+            if m not in allowed and not m.startswith("persona_explorer.engine")
+        }
+        assert not outside, f"{path.name} imports {sorted(outside)}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Decoders against the bridge
 
 
@@ -121,7 +237,7 @@ def test_cached_greedy_decoding_matches_full_forwards(decoded_model: LoadedModel
     model = decoded_model
     prompts = prompt_ids(model)
     res = generate(model, prompts, [()] * len(prompts), GREEDY, keep_tokens=True)
-    assert res.decoder == model.decoder().name
+    assert res.decoder == decoder_for(model).name
     cap = res.capture
     assert cap.response_tokens is not None
     for row, p in enumerate(prompts):
@@ -176,7 +292,7 @@ def test_layer_convention(decoded_model: LoadedModel) -> None:
     assert len(hidden) == N_LAYERS + 1
     for layer in range(N_LAYERS - 1):
         close(seen[layer][0], hidden[layer + 1][0])
-        if model.decoder().name == "hf":  # the same modules run: bit-identical
+        if decoder_for(model).name == "hf":  # the same modules run: bit-identical
             assert torch.equal(seen[layer][0], hidden[layer + 1][0])
     last = seen[N_LAYERS - 1][0]
     close(last, bridge[N_LAYERS - 1])
@@ -216,7 +332,7 @@ def test_hf_session_removes_hooks_after_an_exception(any_model: LoadedModel) -> 
         return h
 
     ids, mask = left_pad(prompts, model.pad_token_id)
-    session = model.decoder().session(ids, mask, 3)
+    session = decoder_for(model).session(ids, mask, 3)
     with pytest.raises(RuntimeError, match="boom"):
         session.prefill(boom)
     assert all(not blk._forward_hooks for blk in bridge.blocks)
@@ -246,7 +362,7 @@ def test_hf_session_removes_hooks_after_an_exception(any_model: LoadedModel) -> 
 def test_fast_session_rejects_more_steps_than_its_cache(llama: LoadedModel) -> None:
     model = with_decoder(llama, "fast")
     ids, mask = left_pad(prompt_ids(model)[:1], model.pad_token_id)
-    session = model.decoder().session(ids, mask, max_new_tokens=1)
+    session = decoder_for(model).session(ids, mask, max_new_tokens=1)
     session.prefill()
     session.step(torch.tensor([5]))
     session.step(torch.tensor([6]))  # the extra pass that reads the last token's residuals

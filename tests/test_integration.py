@@ -13,12 +13,14 @@ import torch
 
 from persona_explorer.builtin import BUILTIN, builtin_dir
 from persona_explorer.compare import SteerRequest, steer
-from persona_explorer.decoding import FastLlamaDecoder, HFDecoder
+from persona_explorer.engine.fast_llama import FastLlamaDecoder
+from persona_explorer.engine.hf import HFDecoder
 from persona_explorer.generation import SamplingConfig, generate, left_pad
 from persona_explorer.model import EMBEDDED_MODEL_ID, LoadedModel, cache_dir, load_model
 from persona_explorer.projection import layer_projections
 from persona_explorer.steering import add_plan
-from persona_explorer.vectors import PersonaVector, check_fits, load
+from persona_explorer.vector_files import load
+from persona_explorer.vectors import PersonaVector, check_fits
 
 pytestmark = pytest.mark.integration
 

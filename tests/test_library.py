@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from persona_explorer import vectors
+from persona_explorer import vector_files
 from persona_explorer.library import Library, LibraryError, clean_name, slugify
 from persona_explorer.vectors import PersonaVector
 
@@ -198,7 +198,7 @@ def test_unreadable_files_are_listed_with_their_error(lib: Library) -> None:
 def test_files_replaced_on_disk_are_reread(lib: Library) -> None:
     lib.save(make_vec("pirate", seed=1))
     assert torch.equal(lib.get("pirate").vectors, make_vec(seed=1).vectors)
-    vectors.save(make_vec("pirate", seed=2), lib.root / "pirate.safetensors")
+    vector_files.save(make_vec("pirate", seed=2), lib.root / "pirate.safetensors")
     assert torch.equal(lib.get("pirate").vectors, make_vec(seed=2).vectors)
 
 
@@ -255,3 +255,56 @@ def test_concurrent_saves_of_one_name_all_survive(lib: Library) -> None:
 )
 def test_slugify(name: str, slug: str) -> None:
     assert slugify(name) == slug
+
+
+def test_listing_updates_its_cache_under_the_lock(
+    lib: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent listings never read and update the cache at the same time."""
+    for i in range(4):
+        lib.save(make_vec(f"v{i}", seed=i))
+    lib._cache.clear()
+    inside, peak = 0, 0
+    guard = threading.Lock()
+    original = Library._read
+
+    def slow_read(self: Library, path: Path) -> object:
+        nonlocal inside, peak
+        with guard:
+            inside += 1
+            peak = max(peak, inside)
+        time.sleep(0.01)
+        try:
+            return original(self, path)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(Library, "_read", slow_read)
+    results: list[list[str]] = []
+
+    def list_all() -> None:
+        lib._cache.clear()
+        results.append(sorted(e.id for e in lib.entries()))
+
+    threads = [threading.Thread(target=list_all) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert peak == 1
+    assert all(r == results[0] for r in results) and len(results[0]) == 4
+
+
+def test_rename_while_listing_does_not_deadlock(lib: Library) -> None:
+    entry = lib.save(make_vec("old"))
+    done = threading.Event()
+
+    def rename() -> None:
+        lib.rename(entry.id, "new")
+        done.set()
+
+    t = threading.Thread(target=rename)
+    t.start()
+    t.join(timeout=10)
+    assert done.is_set() and [e.name for e in lib.entries()] == ["new"]

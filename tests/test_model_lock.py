@@ -53,3 +53,22 @@ def test_a_releasing_thread_cannot_jump_the_queue() -> None:
 def _take(lock: FairLock, order: list[int], i: int) -> None:
     with lock:
         order.append(i)
+
+
+def test_the_holder_may_take_it_again_and_others_still_wait() -> None:
+    lock = FairLock()
+    log: list[str] = []
+    with lock:
+        with lock:  # re-entry by the same thread does not deadlock
+            log.append("inner")
+        t = threading.Thread(target=lambda: _take_and_log(lock, log))
+        t.start()
+        time.sleep(0.1)
+        assert log == ["inner"]  # one exit of two: still held
+    t.join(timeout=5)
+    assert log == ["inner", "other"]
+
+
+def _take_and_log(lock: FairLock, log: list[str]) -> None:
+    with lock:
+        log.append("other")

@@ -77,7 +77,10 @@ def test_layer_projection_baseline_only() -> None:
         ({"baseline": [1, math.nan], "steered": []}, r"baseline\[1\] must be a finite number"),
         ({"baseline": [1, 2], "steered": [1, math.inf]}, "finite"),
         ({"baseline": [1, "2"], "steered": []}, r"baseline\[1\] must be a number"),
-        ({"baseline": [1, 2], "steered": [], "steered_layers": [2]}, "outside the layers 0..1"),
+        (
+            {"baseline": [1, 2], "steered": [], "steered_layers": [2]},
+            "out of range: this model has layers 0-1",
+        ),
         ({"baseline": [1, 2], "steered": [], "steered_layers": [0.5]}, "integer layer index"),
         ({"baseline": [1, 2], "steered": {"": [1, 2]}}, "labels must be non-empty"),
     ],
@@ -124,8 +127,8 @@ def test_separation_figure_with_norms_on_secondary_axis() -> None:
 @pytest.mark.parametrize(
     ("args", "pattern"),
     [
-        (([1, 2], 2), "best_layer = 2 is outside"),
-        (([1, 2], -1), "outside"),
+        (([1, 2], 2), "best_layer 2 is out of range"),
+        (([1, 2], -1), "out of range"),
         (([1, 2], 1, [1.0]), "norms has 1 values but separation has 2"),
         (([1, math.nan], 0), "finite"),
         (([], None), "separation is empty"),

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from persona_explorer import steering
-from persona_explorer.compare import SteerRequest, parse_layers, steer
+from persona_explorer.compare import SteerRequest, steer
+from persona_explorer.engine import decoder_for
+from persona_explorer.errors import InputError
 from persona_explorer.generation import Capture, GenerationResult, SamplingConfig, generate
+from persona_explorer.limits import DEFAULT_LIMITS, check_strength, parse_layers
 from persona_explorer.model import LoadedModel
 from persona_explorer.steering import (
-    MAX_ABS_STRENGTH,
     Add,
     Cap,
     SteeringError,
@@ -97,8 +99,6 @@ def test_validation_messages() -> None:
         (Add(0, torch.full((d,), math.nan), 1.0), "NaN or infinite"),
         (Add(0, v, math.nan), "finite"),
         (Add(0, v, math.inf), "finite"),
-        (Add(0, v, 1e6), "too large"),
-        (Add(0, v, -(MAX_ABS_STRENGTH + 1)), "too large"),
         (Add(0, v, 1.0, positions="prompt"), "positions must be 'all' or 'response'"),  # type: ignore[arg-type]
         (Cap(0, torch.zeros(d), 1.0), "non-zero direction"),
         (Cap(0, v, math.nan), "finite"),
@@ -107,19 +107,31 @@ def test_validation_messages() -> None:
         (Add(0, torch.ones(3), 0.0), "shape"),
     ]
     for op, message in cases:
-        with pytest.raises(SteeringError, match=message):
+        with pytest.raises(InputError, match=message):
             compile_one(op)
-    compile_one(Add(0, v, MAX_ABS_STRENGTH))  # the limit itself is allowed
-    compile_one(Add(3, v, -MAX_ABS_STRENGTH))
+    # How strong a user may steer is a policy of the app and the CLI, not the engine's.
+    compile_one(Add(0, v, 1e6))
+
+
+def test_the_strength_limit_is_one_rule_for_every_caller() -> None:
+    limit = DEFAULT_LIMITS.max_abs_strength
+    assert check_strength(limit, DEFAULT_LIMITS) == limit  # the limit itself is allowed
+    assert check_strength(-limit, DEFAULT_LIMITS) == -limit
+    for bad in (limit + 1, -(limit + 1), 1e6):
+        with pytest.raises(InputError, match="too large"):
+            check_strength(bad, DEFAULT_LIMITS)
+    for bad in (math.nan, math.inf, "x", None, True):
+        with pytest.raises(InputError, match="number"):
+            check_strength(bad, DEFAULT_LIMITS)
 
 
 def test_invalid_plans_fail_before_anything_runs(llama: LoadedModel) -> None:
     model = llama
     prompts = prompt_ids(model)[:2]
     bad = (Add(model.n_layers, torch.ones(model.d_model), 1.0),)
-    with pytest.raises(SteeringError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         generate(model, prompts, [(), bad])
-    with pytest.raises(SteeringError, match="out of range"), steering_hooks(model, [bad]):
+    with pytest.raises(InputError, match="out of range"), steering_hooks(model, [bad]):
         pytest.fail("the context must not be entered")
     assert hook_counts(model) == clean_hook_counts("llama")
 
@@ -138,9 +150,7 @@ def test_non_integer_layer_is_rejected() -> None:
 def test_strength_times_vector_must_fit_the_model_dtype() -> None:
     v = torch.full((8,), 100.0)  # finite, and 1000 * 100 = 1e5 > float16 max (65504)
     with pytest.raises(SteeringError):
-        edits = compile_plan(
-            [(Add(0, v, MAX_ABS_STRENGTH),)], 4, 8, torch.device("cpu"), torch.float16
-        )
+        edits = compile_plan([(Add(0, v, 1000.0),)], 4, 8, torch.device("cpu"), torch.float16)
         assert torch.isfinite(edits[0].add_all).all()  # type: ignore[union-attr]
 
 
@@ -154,8 +164,14 @@ def test_add_plan_and_parse_layers() -> None:
     assert parse_layers("2", 4) == (2,)
     assert parse_layers(" 3, 1-2,1 ", 4) == (1, 2, 3)
     assert parse_layers([3, 0], 4) == (0, 3)
-    for bad, message in (("4", "out of range"), ("x", "Cannot read"), ("", "at least one")):
-        with pytest.raises(SteeringError, match=message):
+    for bad, message in (
+        ("4", "out of range"),
+        ("x", "Cannot read"),
+        ("", "at least one"),
+        ("0-999999999", "out of range"),  # refused before any range is built
+        ("-1", "Cannot read"),
+    ):
+        with pytest.raises(InputError, match=message):
             parse_layers(bad, 4)
 
 
@@ -468,14 +484,14 @@ def test_side_by_side_rows(any_model: LoadedModel) -> None:
     assert out.rows[1].tokens == out.baseline.tokens  # strength 0 = the baseline, exactly
     assert out.rows[1].layer_projection == out.baseline.layer_projection
     assert out.rows[2].tokens != out.baseline.tokens
-    assert out.projection_layer == LAYER and out.decoder == model.decoder().name
+    assert out.projection_layer == LAYER and out.decoder == decoder_for(model).name
     for row in out.rows:
         assert len(row.layer_projection) == model.n_layers
         assert len(row.token_projection) == len(row.tokens) == len(row.token_strings)
     # The baseline row is what an unsteered generate() of the same prompt gives.
     alone = run(model, [model.chat_ids(req.prompt)], [()])
     assert out.baseline.tokens == alone.tokens[0]
-    with pytest.raises(SteeringError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         steer(model, SteerRequest(req.prompt, vec, (model.n_layers,), (1.0,), sampling=GREEDY))
     with pytest.raises(SteeringError, match="at least one strength"):
         steer(model, SteerRequest(req.prompt, vec, (LAYER,), (), sampling=GREEDY))
@@ -490,3 +506,27 @@ def test_side_by_side_on_cuda() -> None:
     vec = PersonaVector(name="tiny", vectors=rows, model_id=model.model_id)
     out = steer(model, SteerRequest("Hi!", vec, (LAYER,), (0.0, STRENGTH), sampling=GREEDY))
     assert out.rows[1].tokens == out.baseline.tokens
+
+
+def test_steering_hooks_hold_the_model_so_other_requests_wait(llama: LoadedModel) -> None:
+    """In a server, another request must not run while the bridge carries someone's hooks."""
+    import threading
+    import time
+
+    model = llama
+    rows = vectors(model)
+    ids = prompt_ids(model)[:1]
+    done = threading.Event()
+
+    def other_request() -> None:
+        run(model, ids, [()])
+        done.set()
+
+    with steering_hooks(model, [add_plan(rows, [LAYER], STRENGTH)]):
+        worker = threading.Thread(target=other_request)
+        worker.start()
+        time.sleep(0.3)
+        assert not done.is_set()
+        run(model, ids, [()])  # the holder itself may still generate (the lock is re-entrant)
+    worker.join(timeout=30)
+    assert done.is_set()

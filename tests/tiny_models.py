@@ -29,6 +29,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from persona_explorer.engine import decoder_for
+from persona_explorer.engine.hf import HFDecoder
 from persona_explorer.model import LoadedModel, model_from_hf
 
 Arch = Literal["llama", "qwen2", "gemma2", "gpt2"]
@@ -180,8 +182,6 @@ def tiny(arch: Arch) -> LoadedModel:
 def _warm_up(model: LoadedModel) -> None:
     """Run each kind of forward once: transformers and the bridge attach their own permanent
     capture hooks on first use, and those must be part of the clean baseline."""
-    from persona_explorer.decoding import HFDecoder
-
     ids = torch.tensor([model.chat_ids("Hi")])
     with torch.no_grad():
         model.bridge.run_with_cache(ids, names_filter=lambda name: name in RESID_NAMES)
@@ -217,11 +217,14 @@ DECODER_CASES: tuple[tuple[Arch, DecoderKind], ...] = tuple(
 
 
 def with_decoder(model: LoadedModel, kind: DecoderKind) -> LoadedModel:
-    """The same model (shared weights and bridge) served by the chosen decoder."""
-    from persona_explorer.decoding import FastLlamaDecoder, HFDecoder
+    """A copy of the model (shared weights, bridge and lock) served by the chosen decoder.
 
-    decoder = FastLlamaDecoder(model) if kind == "fast" else HFDecoder(model)
-    return dataclasses.replace(model, _decoder=decoder)
+    A copy, so the shared model's own decoder (whatever the settings chose) stays as it is.
+    """
+    copy = dataclasses.replace(model)
+    decoder = decoder_for(copy, prefer_fast=kind == "fast")
+    assert decoder.name == {"fast": "fast-llama", "hf": "hf"}[kind], (model.architecture, kind)
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def record_prefill(
         seen[layer] = h.detach().clone()
         return h
 
-    session = model.decoder().session(ids, mask, 1)
+    session = decoder_for(model).session(ids, mask, 1)
     try:
         with torch.no_grad():
             logits = session.prefill(resid_fn, all_logits=True)

@@ -2,6 +2,31 @@
 
 This module wires what crosses tabs: the per-session vectors (``gr.State``), the lists that
 must be refreshed when they change, "Try it in Steer", and share links read on page load.
+
+The pattern every tab follows (Steer, Extract and Library do; a new tab copies them):
+
+* ``ui/<tab>.py`` has ``build(ctx, state) -> <Tab>``: it lays out the components, fills a
+  ``@dataclass`` ``<Tab>`` with the ones other code needs, wires events, and returns it. Nothing
+  else happens inside ``build``: events call **module-level handlers**, through a one-line
+  lambda or closure that passes ``ctx`` and the tab.
+* A handler takes ``(ctx, tab, form_or_values, session[, request, progress])``, converts and
+  checks input with :mod:`..limits` (through a small **form dataclass** when an action has more
+  than a couple of inputs: see :mod:`.forms`), calls **one** engine function, and formats its
+  result as ``{component: update}``. Work longer than a step is a generator, so Stop
+  (``cancels=``) ends it between steps; a progress bar comes from ``gr.Progress``.
+* Errors: the body runs inside ``with user_errors():`` (:mod:`.context`): the project's own
+  :class:`~..errors.UserError` types reach the user as ``gr.Error``; anything else is logged as
+  a bug and shown as a generic message.
+* Rules are enforced in the handler, never by hiding a button: every event can be called by a
+  script. Events that are not meant as an API are ``api_visibility="private"``; public ones get
+  an ``api_name`` and a form whose field names are the API's parameter names.
+* Vectors are looked up through ``ctx.catalog.view(session)``: one scan of the built-ins, the
+  library and the session's vectors, from which every list on screen is built.
+* Per-visitor data lives in ``gr.State``; ``ctx`` is shared by everyone and read-only apart
+  from the on-disk library. The "What am I looking at?" text lives in :mod:`.teaching`.
+
+Imports: the engine (``..compare``, ``..extract``, ...), :mod:`..plots`, :mod:`..limits`; the
+tabs import :mod:`.context`, :mod:`.catalog`, :mod:`.forms` and :mod:`.teaching`, never each other.
 """
 
 from __future__ import annotations
@@ -12,16 +37,12 @@ from typing import Any
 import gradio as gr
 
 from ..config import REPO_ROOT, Settings
+from ..errors import InputError
+from ..limits import check_layer, check_strength, check_text
 from ..model import LoadedModel
 from . import extract, library_tab, steer
-from .common import (
-    AppContext,
-    InputError,
-    check_text,
-    default_persona_key,
-    persona_choices,
-    user_errors,
-)
+from .catalog import CatalogView
+from .context import AppContext, user_errors
 
 __all__ = ["build_demo", "launch_kwargs", "theme"]
 
@@ -57,7 +78,7 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "server_port": settings.server_port,
         "theme": theme(),
         "css_paths": [CSS_PATH] if CSS_PATH.is_file() else None,
-        "max_file_size": settings.max_upload_bytes,
+        "max_file_size": settings.limits.max_upload_bytes,
         "footer_links": ["api", "gradio"],
     }
 
@@ -95,30 +116,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             session: dict | None, persona: str | None, selected: str | None, heat: list | None
         ) -> dict:
             """Re-list the vectors everywhere (after an upload, extraction, rename, ...)."""
-            choices = persona_choices(ctx, session)
-            keys = {k for _, k in choices}
-            heat_choices = library_tab.heatmap_choices(ctx, session)
-            heat_keys = [k for _, k in heat_choices]
-            if heat is None:  # page load: the first few
-                heat_value = heat_keys[: library_tab.MAX_HEATMAP_DEFAULT]
-            else:  # keep the user's choice; a just-added vector (now selected) joins it
-                heat_value = [k for k in heat if k in heat_keys]
-                if selected in heat_keys and selected not in heat_value:
-                    heat_value.append(selected)
-            items = library_tab.item_choices(ctx, session)
-            item_keys = [k for _, k in items]
-            return {
-                st.persona: gr.update(
-                    choices=choices,
-                    value=persona if persona in keys else default_persona_key(ctx, session),
-                ),
-                lib.table: library_tab.table_rows(ctx, session),
-                lib.selected: gr.update(
-                    choices=items,
-                    value=selected if selected in item_keys else (item_keys or [None])[0],
-                ),
-                lib.heat_pick: gr.update(choices=heat_choices, value=heat_value),
-            }
+            return list_updates(ctx, st, lib, ctx.catalog.view(session), persona, selected, heat)
 
         refresh_inputs = [session, st.persona, lib.selected, lib.heat_pick]
         for event in [ex.extracted, *lib.changed]:
@@ -126,11 +124,12 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
 
         def try_in_steer(key: str | None, session: dict | None) -> dict:
             with user_errors():
-                item = ctx.resolve(key, session)
+                view = ctx.catalog.view(session)
+                item = view.resolve(key)
                 return {
                     tabs: gr.Tabs(selected="steer"),
-                    st.persona: gr.update(choices=persona_choices(ctx, session), value=item.key),
-                    **st.controls_for(ctx, item),
+                    st.persona: gr.update(choices=view.persona_choices(), value=item.key),
+                    **st.controls_for(ctx, item, view),
                 }
 
         ex.try_it.click(
@@ -142,7 +141,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
 
         def save_extracted(key: str | None, session: dict | None) -> str:
             with user_errors():
-                item = ctx.resolve(key, session)
+                item = ctx.catalog.view(session).resolve(key)
                 entry = ctx.library.save(item.vector)  # type: ignore[arg-type]
                 gr.Info(f"Saved {entry.name!r} to the library.")
                 return f"Saved **{entry.name}** to the library ({entry.path.name})."
@@ -154,10 +153,9 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
         def on_load(session: dict | None, request: gr.Request) -> dict:
             """Fresh lists (the library may have changed) and any share-link parameters."""
             params = dict(request.query_params) if request is not None else {}
-            shared, persona_key = apply_share_params(ctx, st, params, session)
-            updates = refresh_lists(session, persona_key, None, None)
-            first = updates[lib.selected]["value"]
-            updates[lib.download] = library_tab.download_update(ctx, first, "safetensors", session)
+            view = ctx.catalog.view(session)
+            shared, persona_key = apply_share_params(ctx, st, view, params)
+            updates = list_updates(ctx, st, lib, view, persona_key, None, None)
             if shared:
                 updates |= shared
                 updates[tabs] = gr.Tabs(selected="steer")
@@ -174,7 +172,6 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
                 st.strength,
                 st.persona_info,
                 tabs,
-                lib.download,
             ],
             api_visibility="private",
         ).then(
@@ -186,8 +183,40 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
     return demo
 
 
+def list_updates(
+    ctx: AppContext,
+    st: steer.SteerTab,
+    lib: library_tab.LibraryTab,
+    view: CatalogView,
+    persona: str | None,
+    selected: str | None,
+    heat: list | None,
+) -> dict:
+    """Every list of vectors on the page, from one scan of the catalog."""
+    choices = view.persona_choices()
+    keys = {k for _, k in choices}
+    heat_keys = [k for _, k in view.fitting_choices()]
+    if heat is None:  # page load: the first few
+        heat_value = heat_keys[: library_tab.MAX_HEATMAP_DEFAULT]
+    else:  # keep the user's choice; a just-added vector (now selected) joins it
+        heat_value = [k for k in heat if k in heat_keys]
+        if selected in heat_keys and selected not in heat_value:
+            heat_value.append(selected)
+    item_keys = [k for _, k in view.item_choices()]
+    default = view.default_key(ctx.settings.default_persona)
+    return {
+        st.persona: gr.update(choices=choices, value=persona if persona in keys else default),
+        lib.table: library_tab.table_rows(view),
+        lib.selected: gr.update(
+            choices=view.item_choices(),
+            value=selected if selected in item_keys else (item_keys or [None])[0],
+        ),
+        lib.heat_pick: gr.update(choices=view.fitting_choices(), value=heat_value),
+    }
+
+
 def apply_share_params(
-    ctx: AppContext, st: steer.SteerTab, params: dict[str, str], session: dict | None
+    ctx: AppContext, st: steer.SteerTab, view: CatalogView, params: dict[str, str]
 ) -> tuple[dict, str | None]:
     """Widget updates for ``?prompt=...&persona=...&layer=...&strength=...`` and the persona
     key to select (bad values are skipped with a warning)."""
@@ -195,29 +224,31 @@ def apply_share_params(
     if not known & params.keys():
         return {}, None
     out: dict[Any, Any] = {}
-    limit = ctx.settings.max_prompt_chars
+    limits = ctx.settings.limits
     for key, component in (("prompt", st.prompt), ("system", st.system)):
         if key in params:
             try:
-                out[component] = check_text(params[key], key, limit, required=False)
+                out[component] = check_text(
+                    params[key], key, limits.max_prompt_chars, required=False
+                )
             except InputError as exc:
                 gr.Warning(f"Share link: {exc}")
     item = None
     if "persona" in params:
         try:
-            item = ctx.resolve(params["persona"], session)
+            item = view.resolve(params["persona"])
         except InputError as exc:
             gr.Warning(f"Share link: {exc}")
     layer = strength = None
     try:
         if "layer" in params:
-            layer = ctx.check_layer(params["layer"])
+            layer = check_layer(params["layer"], ctx.model.n_layers)
         if "strength" in params:
-            strength = ctx.check_strength(params["strength"])
+            strength = check_strength(params["strength"], limits)
     except InputError as exc:
         gr.Warning(f"Share link: {exc}")
     if item is None:
-        key = default_persona_key(ctx, session)
-        item = ctx.resolve(key, session) if key else None
-    out |= st.controls_for(ctx, item, layer, strength)
+        key = view.default_key(ctx.settings.default_persona)
+        item = view.resolve(key) if key else None
+    out |= st.controls_for(ctx, item, view, layer, strength)
     return out, item.key if item else None

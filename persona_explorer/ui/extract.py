@@ -7,12 +7,15 @@ tab, saved to the library or downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from ..errors import InputError
 from ..extract import VARIANTS, ExtractionConfig, ExtractionResult, extract_persona
+from ..limits import Limits, check_int, check_text
 from ..personas import (
     PersonaDefinition,
     custom_persona,
@@ -21,7 +24,9 @@ from ..personas import (
 )
 from ..plots import empty_figure, separation_figure
 from . import teaching
-from .common import AppContext, InputError, add_to_session, check_int, check_text, user_errors
+from .catalog import add_to_session
+from .context import AppContext, user_errors
+from .forms import form_endpoint
 
 SOURCES = [("Built-in trait", "trait"), ("Role", "role"), ("Write your own", "custom")]
 VARIANT_CHOICES = [
@@ -29,10 +34,6 @@ VARIANT_CHOICES = [
     ("Prompt tokens (prompt)", "prompt"),
     ("Last prompt token (last)", "last"),
 ]
-MAX_QUESTIONS = 20
-MAX_ROLLOUTS = 200  # a full persona_vectors trait: 5 pairs x 20 questions x pos/neg
-MAX_EXTRACT_TOKENS = 128
-MAX_FIELD_CHARS = 20_000
 N_EXAMPLES = 3
 
 CUSTOM_EXAMPLE = {
@@ -57,9 +58,12 @@ CUSTOM_EXAMPLE = {
 
 @dataclass
 class ExtractTab:
+    state: gr.State  # this session's vectors (shared with the other tabs)
     source: gr.Radio
     trait: gr.Dropdown
     role: gr.Dropdown
+    about: gr.Markdown
+    custom_box: gr.Group
     custom_name: gr.Textbox
     run: gr.Button
     summary: gr.Markdown
@@ -69,33 +73,66 @@ class ExtractTab:
     try_it: gr.Button
     save: gr.Button
     download: gr.DownloadButton
-    extracted: Any  # the extraction event, for chaining list refreshes
+    extracted: Any = None  # the extraction event, for chaining list refreshes
 
 
-def _lines(text: Any, what: str) -> list[str]:
-    body = check_text(text, what, MAX_FIELD_CHARS, required=False)
+def _lines(text: Any, what: str, limits: Limits) -> list[str]:
+    body = check_text(text, what, limits.max_field_chars, required=False)
     return [line.strip() for line in body.splitlines() if line.strip()]
 
 
-def make_persona(
-    source: str, trait: str, role: str, name: str, pos: str, neg: str, questions: str
-) -> PersonaDefinition:
-    if source == "trait":
-        if not trait:
-            raise InputError("Pick a trait from the list.")
-        return load_builtin(trait, "trait")
-    if source == "role":
-        if not role:
-            raise InputError("Pick a role from the list.")
-        return load_builtin(role, "role")
-    if source != "custom":
-        raise InputError(f"Unknown source {source!r}: use trait, role or custom.")
-    qs = _lines(questions, "question list")
-    if not qs:
-        raise InputError("Write at least one question (one per line) for the model to answer.")
-    return custom_persona(
-        name, _lines(pos, "positive prompts"), _lines(neg, "negative prompts"), qs
-    )
+@dataclass(frozen=True)
+class ExtractForm:
+    """The Extract tab's inputs (and the ``/extract`` API's parameters)."""
+
+    source: str
+    trait_name: str
+    role_name: str
+    name: str
+    pos_prompts: str
+    neg_prompts: str
+    question_lines: str
+    n_questions: float = 4
+    max_new_tokens: float = 32
+    variant: str = "response"
+
+    def persona(self, limits: Limits) -> PersonaDefinition:
+        if self.source == "trait":
+            if not self.trait_name:
+                raise InputError("Pick a trait from the list.")
+            return load_builtin(self.trait_name, "trait")
+        if self.source == "role":
+            if not self.role_name:
+                raise InputError("Pick a role from the list.")
+            return load_builtin(self.role_name, "role")
+        if self.source != "custom":
+            raise InputError(f"Unknown source {self.source!r}: use trait, role or custom.")
+        qs = _lines(self.question_lines, "question list", limits)
+        if not qs:
+            raise InputError("Write at least one question (one per line) for the model to answer.")
+        return custom_persona(
+            self.name,
+            _lines(self.pos_prompts, "positive prompts", limits),
+            _lines(self.neg_prompts, "negative prompts", limits),
+            qs,
+        )
+
+    def config(self, persona: PersonaDefinition, limits: Limits) -> ExtractionConfig:
+        n_q = check_int(self.n_questions, "Questions", 1, limits.max_extract_questions)
+        tokens = check_int(self.max_new_tokens, "Max new tokens", 1, extract_token_limit(limits))
+        if self.variant not in VARIANTS:
+            raise InputError(f"variant must be one of {', '.join(VARIANTS)}.")
+        rows = 2 * len(persona.pairs) * len(persona.extraction_questions(n_q))
+        if rows > limits.max_extract_rollouts:
+            raise InputError(
+                f"That is {rows} answers to generate; the limit is "
+                f"{limits.max_extract_rollouts}. Use fewer questions or fewer prompt lines."
+            )
+        return ExtractionConfig(variant=self.variant, n_questions=n_q, max_new_tokens=tokens)  # type: ignore[arg-type]
+
+
+def extract_token_limit(limits: Limits) -> int:
+    return min(limits.max_extract_tokens, limits.max_new_tokens)
 
 
 def preview(persona: PersonaDefinition) -> str:
@@ -150,7 +187,8 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
     roles = list_builtin("role")
     trait0 = "evil" if "evil" in traits else (traits[0] if traits else None)
     role0 = "pirate" if "pirate" in roles else (roles[0] if roles else None)
-    max_tokens = min(MAX_EXTRACT_TOKENS, ctx.settings.max_new_tokens)
+    limits = ctx.settings.limits
+    max_tokens = extract_token_limit(limits)
 
     teaching.panel(teaching.EXTRACT)
     last = gr.State(None)
@@ -192,7 +230,7 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                 )
             with gr.Accordion("Settings", open=True):
                 n_questions = gr.Slider(
-                    1, MAX_QUESTIONS, value=4, step=1, label="Questions",
+                    1, limits.max_extract_questions, value=4, step=1, label="Questions",
                     info="Each is asked once per prompt pair, with and without the persona.",
                     elem_id="pe-n-questions",
                 )  # fmt: skip
@@ -235,57 +273,100 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                 elem_classes="pe-table",
             )
 
-    # ---------------------------------------------------------------- handlers
+    tab = ExtractTab(
+        state=state,
+        source=source,
+        trait=trait,
+        role=role,
+        about=about,
+        custom_box=custom_box,
+        custom_name=name,
+        run=run,
+        summary=result_md,
+        plot=plot,
+        examples=table,
+        last=last,
+        try_it=try_it,
+        save=save,
+        download=download,
+    )
+    private: dict[str, Any] = {"api_visibility": "private", "queue": False}
+    source.change(
+        lambda src: choose_source(tab, src), source, [trait, role, custom_box, about], **private
+    )
+    gr.on(
+        [source.change, trait.change, role.change], show_builtin, [source, trait, role], about,
+        **private,
+    )  # fmt: skip
+    extract = form_endpoint(
+        ExtractForm,
+        lambda form, session, request, progress: run_extract(
+            ctx, tab, form, session, request, progress
+        ),
+        name="extract",
+        doc="Extract a persona vector; it is added to this session's vectors.",
+        request=True,
+        progress=True,
+    )
+    tab.extracted = run.click(
+        extract,
+        inputs=[
+            source, trait, role, name, pos, neg, questions, n_questions, max_new_tokens, variant,
+            state,
+        ],
+        outputs=[state, last, result_md, plot, table, try_it, save, download],
+        api_name="extract",
+        concurrency_limit=ctx.settings.extract_concurrency,
+        concurrency_id="extraction",
+    )  # fmt: skip
 
-    def choose_source(src: str) -> dict:
-        return {
-            trait: gr.update(visible=src == "trait"),
-            role: gr.update(visible=src == "role"),
-            custom_box: gr.update(visible=src == "custom"),
-            about: gr.update(visible=src != "custom"),
-        }
+    def stop_this_session(request: gr.Request) -> str:
+        return stop_extraction(ctx, request)
 
-    def show_builtin(src: str, trait_name: str, role_name: str) -> str:
-        if src not in ("trait", "role"):
-            return ""
-        with user_errors():
-            chosen = trait_name if src == "trait" else role_name
-            return preview(load_builtin(chosen, src)) if chosen else ""
+    # The flag ends a running extraction at its next step; `cancels` drops a queued one.
+    stop.click(stop_this_session, None, result_md, cancels=[tab.extracted], **private)
+    return tab
 
-    def extract(
-        source: str,
-        trait_name: str,
-        role_name: str,
-        name: str,
-        pos_prompts: str,
-        neg_prompts: str,
-        question_lines: str,
-        n_questions: float,
-        max_new_tokens: float,
-        variant: str,
-        session: dict | None,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection idiom)
-    ) -> dict:
-        """Extract a persona vector; it is added to this session's vectors."""
-        with user_errors():
-            persona = make_persona(
-                source, trait_name, role_name, name, pos_prompts, neg_prompts, question_lines
-            )
-            n_q = check_int(n_questions, "Questions", 1, MAX_QUESTIONS)
-            tokens = check_int(max_new_tokens, "Max new tokens", 1, max_tokens)
-            if variant not in VARIANTS:
-                raise InputError(f"variant must be one of {', '.join(VARIANTS)}.")
-            rows = 2 * len(persona.pairs) * len(persona.extraction_questions(n_q))
-            if rows > MAX_ROLLOUTS:
-                raise InputError(
-                    f"That is {rows} answers to generate; the limit is {MAX_ROLLOUTS}. "
-                    "Use fewer questions or fewer prompt lines."
-                )
-            cfg = ExtractionConfig(variant=variant, n_questions=n_q, max_new_tokens=tokens)
-            progress(0.0, desc="Starting")
-            who = request.session_hash or "api"
-            stop_flag = ctx.stop_flag(who)
+
+# --------------------------------------------------------------------------- handlers
+
+
+def choose_source(tab: ExtractTab, src: str) -> dict:
+    return {
+        tab.trait: gr.update(visible=src == "trait"),
+        tab.role: gr.update(visible=src == "role"),
+        tab.custom_box: gr.update(visible=src == "custom"),
+        tab.about: gr.update(visible=src != "custom"),
+    }
+
+
+def show_builtin(src: str, trait_name: str, role_name: str) -> str:
+    if src not in ("trait", "role"):
+        return ""
+    with user_errors():
+        chosen = trait_name if src == "trait" else role_name
+        return preview(load_builtin(chosen, src)) if chosen else ""
+
+
+STOPPED = "Extraction stopped. Press **Extract** to start again."
+
+
+def run_extract(
+    ctx: AppContext,
+    tab: ExtractTab,
+    form: ExtractForm,
+    session: Mapping | None,
+    request: gr.Request | None,
+    progress: Any,
+) -> Iterator[dict]:
+    """Extract a persona vector and add it to this session's vectors (one final update)."""
+    with user_errors():
+        limits = ctx.settings.limits
+        persona = form.persona(limits)
+        cfg = form.config(persona, limits)
+        progress(0.0, desc="Starting")
+        owner = request.session_hash if request is not None else None
+        with ctx.jobs.track(owner) as stop_flag:
             try:
                 result = extract_persona(
                     ctx.model,
@@ -296,76 +377,24 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                 )
             except InterruptedError:
                 gr.Info("Extraction stopped.")
-                return {result_md: "Extraction stopped. Press **Extract** to start again."}
-            finally:
-                ctx.release_stop_flag(who, stop_flag)
-            vec = result.vector
-            new_session, key = add_to_session(session, vec)
-            return {
-                state: new_session,
-                last: key,
-                result_md: summary(result),
-                plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
-                table: examples(result),
-                try_it: gr.update(visible=True),
-                save: gr.update(visible=True),
-                download: gr.update(value=ctx.export(vec, "safetensors"), visible=True),
-            }
+                yield {tab.summary: STOPPED}
+                return
+        vec = result.vector
+        new_session, key = add_to_session(session, vec)
+        # One file per finished extraction, which is itself an explicit, heavy action.
+        path, _ = ctx.exports.write(vec, "safetensors")
+        yield {
+            tab.state: new_session,
+            tab.last: key,
+            tab.summary: summary(result),
+            tab.plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
+            tab.examples: examples(result),
+            tab.try_it: gr.update(visible=True),
+            tab.save: gr.update(visible=True),
+            tab.download: gr.update(value=str(path), visible=True),
+        }
 
-    source.change(
-        choose_source, source, [trait, role, custom_box, about], api_visibility="private",
-        queue=False,
-    )  # fmt: skip
-    gr.on(
-        [source.change, trait.change, role.change],
-        show_builtin,
-        [source, trait, role],
-        about,
-        api_visibility="private",
-        queue=False,
-    )
-    extracted = run.click(
-        extract,
-        inputs=[
-            source,
-            trait,
-            role,
-            name,
-            pos,
-            neg,
-            questions,
-            n_questions,
-            max_new_tokens,
-            variant,
-            state,
-        ],
-        outputs=[state, last, result_md, plot, table, try_it, save, download],
-        api_name="extract",
-        concurrency_limit=ctx.settings.extract_concurrency,
-        concurrency_id="extraction",
-    )
 
-    def stop_extraction(request: gr.Request) -> str:
-        ctx.request_stop(request.session_hash or "api")
-        return "Extraction stopped. Press **Extract** to start again."
-
-    # The flag ends a running extraction at its next step; `cancels` drops a queued one.
-    stop.click(
-        stop_extraction, None, result_md, cancels=[extracted], queue=False,
-        api_visibility="private",
-    )  # fmt: skip
-    return ExtractTab(
-        source=source,
-        trait=trait,
-        role=role,
-        custom_name=name,
-        run=run,
-        summary=result_md,
-        plot=plot,
-        examples=table,
-        last=last,
-        try_it=try_it,
-        save=save,
-        download=download,
-        extracted=extracted,
-    )
+def stop_extraction(ctx: AppContext, request: gr.Request) -> str:
+    ctx.jobs.stop(request.session_hash)
+    return STOPPED

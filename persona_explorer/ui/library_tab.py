@@ -10,22 +10,23 @@ from typing import Any
 import gradio as gr
 import torch
 
+from ..errors import InputError
 from ..library import clean_name
+from ..limits import check_layer
 from ..plots import cosine_heatmap_figure, empty_figure
 from ..projection import cosine_matrix
-from ..vectors import PersonaVector, load
+from ..vector_files import FORMATS, load
+from ..vectors import PersonaVector
 from . import teaching
-from .common import (
-    EXPORT_FORMATS,
-    AppContext,
-    InputError,
+from .catalog import (
+    CatalogView,
     VectorItem,
     add_to_session,
     fmt_strength,
     model_label,
     source_label,
-    user_errors,
 )
+from .context import AppContext, user_errors
 
 TABLE_HEADERS = [
     "Name", "Where", "Model", "Variant", "Layer", "Strength", "Created", "Source", "Fits",
@@ -35,20 +36,23 @@ LAYOUT_CHOICES = [
     ("persona_vectors", "persona_vectors"),
     ("assistant-axis", "assistant_axis"),
 ]
-FORMAT_CHOICES = [(label, key) for key, (label, _, _) in EXPORT_FORMATS.items()]
+FORMAT_CHOICES = [(f.label, key) for key, f in FORMATS.items()]
 UPLOAD_TYPES = [".safetensors", ".pt", ".pth", ".gguf"]
 MAX_HEATMAP_DEFAULT = 12
 
 
 @dataclass
 class LibraryTab:
+    state: gr.State
     table: gr.Dataframe
     selected: gr.Dropdown
     new_name: gr.Textbox
     rename: gr.Button
     delete: gr.Button
+    confirm: gr.Button
     save: gr.Button
     fmt: gr.Radio
+    export: gr.Button
     download: gr.DownloadButton
     upload: gr.File
     layout: gr.Radio
@@ -67,14 +71,13 @@ def _created(vec: PersonaVector) -> str:
     return raw.replace("T", " ")[:16] if raw else "—"
 
 
-def table_rows(ctx: AppContext, session: Mapping[str, PersonaVector] | None) -> list[list]:
+def table_rows(view: CatalogView) -> list[list]:
     rows = []
-    for item in ctx.items(session):
+    for item in view.items:
         vec = item.vector
         if vec is None:
             rows.append([item.name, item.where, "—", "—", "—", "—", "—", "—", "✗ unreadable"])
             continue
-        problem = ctx.fit_problem(vec)
         rows.append(
             [
                 vec.name,
@@ -85,33 +88,13 @@ def table_rows(ctx: AppContext, session: Mapping[str, PersonaVector] | None) -> 
                 fmt_strength(vec.strength),
                 _created(vec),
                 source_label(vec),
-                "✓" if problem is None else "✗ other model",
+                "✓" if view.fits(item) else "✗ other model",
             ]
         )
     return rows
 
 
-def item_choices(ctx: AppContext, session: Mapping[str, PersonaVector] | None) -> list:
-    return [(f"{i.name} · {i.where}", i.key) for i in ctx.items(session) if i.vector is not None]
-
-
-def heatmap_choices(ctx: AppContext, session: Mapping[str, PersonaVector] | None) -> list:
-    return [
-        (f"{i.name} · {i.where}", i.key)
-        for i in ctx.items(session)
-        if i.vector is not None and ctx.fit_problem(i.vector) is None
-    ]
-
-
-def download_update(
-    ctx: AppContext, key: str | None, fmt: str, session: Mapping | None
-) -> dict[str, Any]:
-    """The download button's new state: the selected vector written in ``fmt``."""
-    if not key:
-        return gr.update(value=None, label="Download", interactive=False)
-    item = ctx.resolve(key, session)
-    path = ctx.export(item.vector, fmt)  # type: ignore[arg-type]
-    return gr.update(value=str(path), label=f"Download {path.name}", interactive=True)
+NO_DOWNLOAD = gr.update(value=None, label="Download", interactive=False)
 
 
 def _unique_labels(items: list[VectorItem]) -> list[str]:
@@ -125,20 +108,12 @@ def _unique_labels(items: list[VectorItem]) -> list[str]:
     return labels
 
 
-def heatmap_figure(
-    ctx: AppContext, keys: list[str] | None, layer: Any, session: Mapping | None
-) -> Any:
-    items = []
-    for key in keys or []:
-        try:
-            item = ctx.resolve(key, session)
-        except InputError:
-            continue  # deleted meanwhile
-        if ctx.fit_problem(item.vector) is None:  # type: ignore[arg-type]
-            items.append(item)
+def heatmap_figure(view: CatalogView, keys: list[str] | None, layer: Any) -> Any:
+    items = [view.by_key[k] for k in keys or [] if k in view.by_key]  # deleted ones drop out
+    items = [i for i in items if i.vector is not None and view.fits(i)]
     if len(items) < 2:
         return empty_figure("Pick at least two vectors to compare")
-    at = ctx.check_layer(layer)
+    at = check_layer(layer, view.shape.n_layers)
     rows = torch.stack([i.vector.vectors[at] for i in items])  # type: ignore[union-attr]
     return cosine_heatmap_figure(_unique_labels(items), cosine_matrix(rows).tolist(), at)
 
@@ -148,12 +123,13 @@ def heatmap_figure(
 
 def build(ctx: AppContext, state: gr.State) -> LibraryTab:
     n_layers = ctx.model.n_layers
-    heat = heatmap_choices(ctx, None)
+    view = ctx.catalog.view(None)
+    heat = view.fitting_choices()
     heat_default = [k for _, k in heat][:MAX_HEATMAP_DEFAULT]
 
     teaching.panel(teaching.LIBRARY)
     table = gr.Dataframe(
-        table_rows(ctx, None),
+        table_rows(view),
         headers=TABLE_HEADERS,
         interactive=False,
         wrap=True,
@@ -167,7 +143,7 @@ def build(ctx: AppContext, state: gr.State) -> LibraryTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=300):
             gr.Markdown("#### Selected vector")
-            first = item_choices(ctx, None)
+            first = view.item_choices()
             selected = gr.Dropdown(
                 first,
                 value=first[0][1] if first else None,
@@ -188,9 +164,11 @@ def build(ctx: AppContext, state: gr.State) -> LibraryTab:
                     "Confirm delete", variant="stop", visible=False, elem_id="pe-confirm-delete"
                 )
             fmt = gr.Radio(FORMAT_CHOICES, value="safetensors", label="Download format")
-            download = gr.DownloadButton(
-                "Download", interactive=False, elem_id="pe-library-download"
-            )
+            with gr.Row():
+                export = gr.Button("Prepare download", elem_id="pe-library-export")
+                download = gr.DownloadButton(
+                    "Download", interactive=False, elem_id="pe-library-download"
+                )
         with gr.Column(scale=4, min_width=280):
             gr.Markdown("#### Upload a vector")
             layout = gr.Radio(LAYOUT_CHOICES, value="auto", label=".pt layout", elem_id="pe-layout")
@@ -214,150 +192,177 @@ def build(ctx: AppContext, state: gr.State) -> LibraryTab:
             )  # fmt: skip
         with gr.Column(scale=8, min_width=420):
             heatmap = gr.Plot(
-                heatmap_figure(ctx, heat_default, (2 * n_layers) // 3, None),
+                heatmap_figure(view, heat_default, (2 * n_layers) // 3),
                 show_label=False,
                 elem_id="pe-heatmap",
             )
 
-    # ---------------------------------------------------------------- handlers
+    tab = LibraryTab(
+        state=state, table=table, selected=selected, new_name=new_name, rename=rename,
+        delete=delete, confirm=confirm, save=save, fmt=fmt, export=export, download=download,
+        upload=upload, layout=layout, status=status, heat_pick=heat_pick, heat_layer=heat_layer,
+        heatmap=heatmap, changed=[],
+    )  # fmt: skip
+    private: dict[str, Any] = {"api_visibility": "private"}
 
     def upload_vector(file: str | None, layout: str, session: dict | None) -> dict:
         """Add a vector file (.safetensors, .pt, .gguf) to this session's vectors."""
-        if not file:
-            return {status: ""}
-        with user_errors():
-            path = ctx.check_upload(file)
-            if layout not in ("auto", "persona_vectors", "assistant_axis"):
-                raise InputError("layout must be auto, persona_vectors or assistant_axis.")
-            suffix = path.suffix.lower()
-            is_pt = suffix in (".pt", ".pth")
-            vec = load(
-                path,
-                layout=None if layout == "auto" or not is_pt else layout,  # type: ignore[arg-type]
-                # The model's layer count picks a .pt layout and sizes a GGUF (which does not
-                # store it); a .safetensors file for another model is still accepted: it is
-                # listed, but refused for steering.
-                n_layers=n_layers if (is_pt and layout == "auto") or suffix == ".gguf" else None,
-            )
-            new_session, key = add_to_session(session, vec)
-            problem = ctx.fit_problem(vec)
-            note = f" It cannot steer this model: {problem}" if problem else ""
-            return {
-                state: new_session,
-                selected: gr.update(choices=item_choices(ctx, new_session), value=key),
-                status: f"Added **{vec.name}** to this session's vectors.{note}",
-            }
+        return add_upload(ctx, tab, file, layout, session)
 
-    def rename_vector(key: str, name: str, session: dict | None) -> dict:
-        with user_errors():
-            item = ctx.resolve(key, session)
-            if item.where == "built-in":
-                raise InputError("Built-in vectors are read-only: save a copy to rename it.")
-            if item.where == "library":
-                entry = ctx.library.rename(item.key.split(":", 1)[1], name)
-                new_key, new_session = f"library:{entry.id}", session
-            else:
-                new_session = {k: v for k, v in (session or {}).items() if k != item.key}
-                renamed = item.vector.with_(name=clean_name(name))  # type: ignore[union-attr]
-                new_session, new_key = add_to_session(new_session, renamed)
-            return {
-                state: new_session,
-                selected: gr.update(choices=item_choices(ctx, new_session), value=new_key),
-                new_name: "",
-                status: f"Renamed **{item.name}** to **{name.strip()}**.",
-            }
-
-    def delete_vector(key: str, session: dict | None) -> dict:
-        with user_errors():
-            item = ctx.resolve(key, session)
-            if item.where == "built-in":
-                raise InputError("Built-in vectors cannot be deleted.")
-            new_session = session
-            if item.where == "library":
-                ctx.library.delete(item.key.split(":", 1)[1])
-            else:
-                new_session = {k: v for k, v in (session or {}).items() if k != item.key}
-            return {
-                state: new_session,
-                selected: gr.update(choices=item_choices(ctx, new_session), value=None),
-                status: f"Deleted **{item.name}**.",
-            }
-
-    def save_vector(key: str, session: dict | None) -> dict:
-        with user_errors():
-            item = ctx.resolve(key, session)
-            if item.where == "library":
-                raise InputError(f"{item.name!r} is already in the library.")
-            entry = ctx.library.save(item.vector)  # type: ignore[arg-type]
-            return {
-                selected: gr.update(
-                    choices=item_choices(ctx, session), value=f"library:{entry.id}"
-                ),
-                status: f"Saved **{entry.name}** to the library ({entry.path.name}).",
-            }
-
-    def prepare_download(key: str | None, fmt: str, session: dict | None) -> Any:
-        with user_errors():
-            return download_update(ctx, key, fmt, session)
-
-    def draw_heatmap(keys: list[str], layer: float, session: dict | None) -> Any:
-        with user_errors():
-            return heatmap_figure(ctx, keys, layer, session)
-
-    def select_row(evt: gr.SelectData, session: dict | None) -> Any:
-        items = [i for i in ctx.items(session)]
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if isinstance(row, int) and 0 <= row < len(items) and items[row].vector is not None:
-            return gr.update(value=items[row].key)
-        return gr.update()
-
-    private: dict[str, Any] = {"api_visibility": "private"}
     uploaded = upload.upload(
-        upload_vector,
-        [upload, layout, state],
-        [state, selected, status],
+        upload_vector, [upload, layout, state], [state, selected, status],
         api_name="upload_vector",
-    )
+    )  # fmt: skip
     renamed = rename.click(
-        rename_vector, [selected, new_name, state], [state, selected, new_name, status],
-        **private,
+        lambda key, name, session: rename_vector(ctx, tab, key, name, session),
+        [selected, new_name, state], [state, selected, new_name, status], **private,
     )  # fmt: skip
     # Deleting takes two clicks: "Delete" arms "Confirm delete", any new selection disarms it.
     delete.click(lambda: gr.update(visible=True), None, confirm, queue=False, **private)
     selected.change(lambda: gr.update(visible=False), None, confirm, queue=False, **private)
     deleted = confirm.click(
-        delete_vector, [selected, state], [state, selected, status], **private
-    ).then(lambda: gr.update(visible=False), None, confirm, queue=False, **private)
-    saved = save.click(save_vector, [selected, state], [selected, status], **private)
+        lambda key, session: delete_vector(ctx, tab, key, session),
+        [selected, state], [state, selected, status], **private,
+    ).then(lambda: gr.update(visible=False), None, confirm, queue=False, **private)  # fmt: skip
+    saved = save.click(
+        lambda key, session: save_vector(ctx, tab, key, session),
+        [selected, state], [selected, status], **private,
+    )  # fmt: skip
+    tab.changed = [uploaded, renamed, deleted, saved]
+    # A download file is written only when asked for; a new choice withdraws the old file.
     gr.on(
-        [selected.change, fmt.change],
-        prepare_download,
-        [selected, fmt, state],
-        download,
-        **private,
+        [selected.change, fmt.change], lambda: NO_DOWNLOAD, None, download, queue=False, **private
     )
+    export.click(
+        lambda key, fmt, session: prepare_download(ctx, key, fmt, session),
+        [selected, fmt, state], download, **private,
+    )  # fmt: skip
     gr.on(
         [heat_pick.change, heat_layer.change],
-        draw_heatmap,
-        [heat_pick, heat_layer, state],
-        heatmap,
-        **private,
-    )
-    table.select(select_row, [state], selected, **private)
-    return LibraryTab(
-        table=table,
-        selected=selected,
-        new_name=new_name,
-        rename=rename,
-        delete=delete,
-        save=save,
-        fmt=fmt,
-        download=download,
-        upload=upload,
-        layout=layout,
-        status=status,
-        heat_pick=heat_pick,
-        heat_layer=heat_layer,
-        heatmap=heatmap,
-        changed=[uploaded, renamed, deleted, saved],
-    )
+        lambda keys, layer, session: draw_heatmap(ctx, keys, layer, session),
+        [heat_pick, heat_layer, state], heatmap, **private,
+    )  # fmt: skip
+
+    def on_select(evt: gr.SelectData, session: dict | None) -> Any:
+        return select_row(ctx, evt, session)
+
+    table.select(on_select, [state], selected, **private)
+    return tab
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def add_upload(
+    ctx: AppContext, tab: LibraryTab, file: str | None, layout: str, session: Mapping | None
+) -> dict:
+    if not file:
+        return {tab.status: ""}
+    with user_errors():
+        path = ctx.check_upload(file)
+        if layout not in ("auto", "persona_vectors", "assistant_axis"):
+            raise InputError("layout must be auto, persona_vectors or assistant_axis.")
+        suffix = path.suffix.lower()
+        is_pt = suffix in (".pt", ".pth")
+        n_layers = ctx.model.n_layers
+        vec = load(
+            path,
+            layout=None if layout == "auto" or not is_pt else layout,  # type: ignore[arg-type]
+            # The model's layer count picks a .pt layout and sizes a GGUF (which does not
+            # store it); a .safetensors file for another model is still accepted: it is
+            # listed, but refused for steering.
+            n_layers=n_layers if (is_pt and layout == "auto") or suffix == ".gguf" else None,
+        )
+        new_session, key = add_to_session(session, vec)
+        view = ctx.catalog.view(new_session)
+        problem = view.fit_problem(key)
+        note = f" It cannot steer this model: {problem}" if problem else ""
+        return {
+            tab.state: new_session,
+            tab.selected: gr.update(choices=view.item_choices(), value=key),
+            tab.status: f"Added **{vec.name}** to this session's vectors.{note}",
+        }
+
+
+def rename_vector(
+    ctx: AppContext, tab: LibraryTab, key: str, name: str, session: Mapping | None
+) -> dict:
+    with user_errors():
+        item = ctx.catalog.view(session).resolve(key)
+        if item.where == "built-in":
+            raise InputError("Built-in vectors are read-only: save a copy to rename it.")
+        if item.where == "library":
+            entry = ctx.library.rename(item.key.split(":", 1)[1], name)
+            new_key, new_session = f"library:{entry.id}", dict(session or {})
+        else:
+            new_session = {k: v for k, v in (session or {}).items() if k != item.key}
+            renamed = item.vector.with_(name=clean_name(name))  # type: ignore[union-attr]
+            new_session, new_key = add_to_session(new_session, renamed)
+        return {
+            tab.state: new_session,
+            tab.selected: gr.update(
+                choices=ctx.catalog.view(new_session).item_choices(), value=new_key
+            ),
+            tab.new_name: "",
+            tab.status: f"Renamed **{item.name}** to **{name.strip()}**.",
+        }
+
+
+def delete_vector(ctx: AppContext, tab: LibraryTab, key: str, session: Mapping | None) -> dict:
+    with user_errors():
+        item = ctx.catalog.view(session).resolve(key)
+        if item.where == "built-in":
+            raise InputError("Built-in vectors cannot be deleted.")
+        new_session = dict(session or {})
+        if item.where == "library":
+            ctx.library.delete(item.key.split(":", 1)[1])
+        else:
+            new_session.pop(item.key, None)
+        return {
+            tab.state: new_session,
+            tab.selected: gr.update(
+                choices=ctx.catalog.view(new_session).item_choices(), value=None
+            ),
+            tab.status: f"Deleted **{item.name}**.",
+        }
+
+
+def save_vector(ctx: AppContext, tab: LibraryTab, key: str, session: Mapping | None) -> dict:
+    with user_errors():
+        item = ctx.catalog.view(session).resolve(key)
+        if item.where == "library":
+            raise InputError(f"{item.name!r} is already in the library.")
+        entry = ctx.library.save(item.vector)  # type: ignore[arg-type]
+        return {
+            tab.selected: gr.update(
+                choices=ctx.catalog.view(session).item_choices(), value=f"library:{entry.id}"
+            ),
+            tab.status: f"Saved **{entry.name}** to the library ({entry.path.name}).",
+        }
+
+
+def prepare_download(ctx: AppContext, key: str | None, fmt: str, session: Mapping | None) -> Any:
+    """Write the selected vector in ``fmt`` and offer it; the label says what the format lost."""
+    with user_errors():
+        if not key:
+            return NO_DOWNLOAD
+        item = ctx.catalog.view(session).resolve(key)
+        path, notes = ctx.exports.write(item.vector, fmt)  # type: ignore[arg-type]
+        lost = " (without layer 0)" if any("layer 0" in n for n in notes) else ""
+        for note in notes:
+            gr.Info(note)
+        return gr.update(value=str(path), label=f"Download {path.name}{lost}", interactive=True)
+
+
+def draw_heatmap(ctx: AppContext, keys: list[str], layer: float, session: Mapping | None) -> Any:
+    with user_errors():
+        return heatmap_figure(ctx.catalog.view(session), keys, layer)
+
+
+def select_row(ctx: AppContext, evt: gr.SelectData, session: Mapping | None) -> Any:
+    """The table row a user clicked becomes the selected vector (rows follow the catalog)."""
+    items = ctx.catalog.view(session).items
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    if isinstance(row, int) and 0 <= row < len(items) and items[row].vector is not None:
+        return gr.update(value=items[row].key)
+    return gr.update()

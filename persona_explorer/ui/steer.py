@@ -14,7 +14,16 @@ from typing import Any
 import gradio as gr
 
 from ..compare import SteerOutput, SteerRequest, steer_stream
+from ..errors import InputError
 from ..generation import SamplingConfig
+from ..limits import (
+    check_layer,
+    check_max_new_tokens,
+    check_seed,
+    check_strength,
+    check_temperature,
+    check_text,
+)
 from ..plots import (
     empty_figure,
     layer_projection_figure,
@@ -24,23 +33,13 @@ from ..plots import (
 from ..steering import POSITIONS
 from ..vectors import PersonaVector
 from . import teaching
-from .common import (
-    AppContext,
-    InputError,
-    VectorItem,
-    check_int,
-    check_number,
-    check_text,
-    default_persona_key,
-    persona_choices,
-    source_label,
-    user_errors,
-)
+from .catalog import CatalogView, VectorItem, source_label
+from .context import AppContext, user_errors
+from .forms import form_endpoint
 
 DEFAULT_PROMPT = "I just adopted a puppy. What should I do in the first week?"
 DEFAULT_MAX_NEW_TOKENS = 48
 SWEEP_MULTIPLIERS = (-2.0, 1.0, 2.0, 4.0)  # x the chosen strength; the baseline row adds 0
-MAX_SEED = 2**31 - 1
 POSITION_CHOICES = [("Every token", "all"), ("Answer only", "response")]
 
 SHARE_LINK_JS = """
@@ -85,6 +84,7 @@ class SteerTab:
         self,
         ctx: AppContext,
         item: VectorItem | None,
+        view: CatalogView,
         layer: int | None = None,
         strength: float | None = None,
     ) -> dict[Any, Any]:
@@ -100,7 +100,7 @@ class SteerTab:
         return {
             self.layer: gr.update(value=ctx.default_layer(vec) if layer is None else layer),
             self.strength: gr.update(value=s, minimum=-half, maximum=half),
-            self.persona_info: persona_info(ctx, item),
+            self.persona_info: persona_info(ctx, item, view),
         }
 
 
@@ -110,10 +110,10 @@ NO_PERSONA_INFO = (
 )
 
 
-def persona_info(ctx: AppContext, item: VectorItem) -> str:
+def persona_info(ctx: AppContext, item: VectorItem, view: CatalogView) -> str:
     vec = item.vector
     assert vec is not None
-    problem = ctx.fit_problem(vec)
+    problem = view.fit_problem(item.key)
     if problem:
         return f"⚠️ **{vec.name}** cannot steer this model. {problem}"
     strength = (
@@ -128,45 +128,49 @@ def persona_info(ctx: AppContext, item: VectorItem) -> str:
     )
 
 
-def _request(
-    ctx: AppContext,
-    prompt: Any,
-    persona: Any,
-    layer: Any,
-    strengths: tuple[float, ...],
-    max_new_tokens: Any,
-    system_prompt: Any,
-    positions: Any,
-    temperature: Any,
-    seed: Any,
-    session: Mapping[str, PersonaVector] | None,
-) -> SteerRequest:
-    """Check every widget value and build the engine request (raises InputError & co.)."""
-    limit = ctx.settings.max_prompt_chars
-    text = check_text(prompt, "prompt", limit, required=True)
-    system = check_text(system_prompt, "system prompt", limit, required=False)
-    item = ctx.resolve(persona, session)
-    problem = ctx.fit_problem(item.vector)  # type: ignore[arg-type]
-    if problem:
-        raise InputError(f"{item.name!r} cannot steer this model. {problem}")
-    if positions not in POSITIONS:
-        raise InputError(f"positions must be 'all' or 'response', not {positions!r}.")
-    temp = check_number(temperature, "Temperature")
-    if not 0.0 <= temp <= 2.0:
-        raise InputError(f"Temperature must be between 0 and 2, not {temp:g}.")
-    return SteerRequest(
-        prompt=text,
-        vector=item.vector,  # type: ignore[arg-type]
-        layers=(ctx.check_layer(layer),),
-        strengths=tuple(ctx.check_strength(s) for s in strengths),
-        system=system or None,
-        positions=positions,
-        sampling=SamplingConfig(
-            max_new_tokens=ctx.check_max_new_tokens(max_new_tokens),
-            temperature=temp,
-            seed=check_int(seed, "Seed", 0, MAX_SEED),
-        ),
-    )
+@dataclass(frozen=True)
+class SteerForm:
+    """The Steer tab's inputs, as widgets send them (and as the ``/steer`` API takes them)."""
+
+    prompt: str
+    persona: str
+    layer: float
+    strength: float
+    max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS
+    system_prompt: str = ""
+    positions: str = "all"
+    temperature: float = 0.0
+    seed: float = 0
+
+    def request(
+        self,
+        ctx: AppContext,
+        session: Mapping[str, PersonaVector] | None,
+        strengths: tuple[float, ...] | None = None,
+    ) -> SteerRequest:
+        """Check every value and build the engine request (``strengths``: several rows)."""
+        limits = ctx.settings.limits
+        text = check_text(self.prompt, "prompt", limits.max_prompt_chars, required=True)
+        system = check_text(
+            self.system_prompt, "system prompt", limits.max_prompt_chars, required=False
+        )
+        _, vec = ctx.catalog.view(session).resolve_fitting(self.persona)
+        if self.positions not in POSITIONS:
+            raise InputError(f"positions must be 'all' or 'response', not {self.positions!r}.")
+        rows = strengths if strengths is not None else (self.strength,)
+        return SteerRequest(
+            prompt=text,
+            vector=vec,
+            layers=(check_layer(self.layer, ctx.model.n_layers),),
+            strengths=tuple(check_strength(s, limits) for s in rows),
+            system=system or None,
+            positions=self.positions,  # type: ignore[arg-type]
+            sampling=SamplingConfig(
+                max_new_tokens=check_max_new_tokens(self.max_new_tokens, limits),
+                temperature=check_temperature(self.temperature, limits),
+                seed=check_seed(self.seed),
+            ),
+        )
 
 
 def _status(out: SteerOutput, strength: float) -> str:
@@ -195,10 +199,105 @@ def _token_views(out: SteerOutput) -> tuple[str, str]:
     )
 
 
+# --------------------------------------------------------------------------- handlers
+
+
+def run_steer(
+    ctx: AppContext, tab: SteerTab, form: SteerForm, session: Mapping | None
+) -> Iterator[dict]:
+    """Stream both texts token by token; the last update adds the plots and the status."""
+    with user_errors():
+        req = form.request(ctx, session)
+        first = True
+        for texts, out in steer_stream(ctx.model, req):
+            if out is None:
+                update = {tab.baseline: texts[0], tab.steered: texts[1]}
+                if first:  # clear the previous answer's figures once
+                    update |= {
+                        tab.plot: empty_figure("Generating…"),
+                        tab.tokens_baseline: "",
+                        tab.tokens_steered: "",
+                        tab.status: "Generating…",
+                    }
+                    first = False
+                yield update
+                continue
+            base_html, steered_html = _token_views(out)
+            yield {
+                tab.baseline: out.baseline.text,
+                tab.steered: out.steered[0].text,
+                tab.plot: layer_projection_figure(
+                    out.baseline.layer_projection,
+                    {f"steered ×{req.strengths[0]:g}": out.steered[0].layer_projection},
+                    steered_layers=req.layers,
+                    title=f"Projection onto “{req.vector.name}” at every layer",
+                ),
+                tab.tokens_baseline: base_html,
+                tab.tokens_steered: steered_html,
+                tab.status: _status(out, req.strengths[0]),
+            }
+
+
+def run_sweep(
+    ctx: AppContext, tab: SteerTab, form: SteerForm, session: Mapping | None, progress: Any
+) -> Iterator[dict]:
+    """One batch at -2, 1, 2 and 4 x the strength (plus the baseline at 0).
+
+    A generator, so that Stop (``cancels=``) ends it between decoding steps.
+    """
+    with user_errors():
+        limits = ctx.settings.limits
+        unit = check_strength(form.strength, limits)
+        if unit == 0:
+            _, vec = ctx.catalog.view(session).resolve_fitting(form.persona)
+            unit = ctx.default_strength(vec)
+        strengths = tuple(
+            m * unit for m in SWEEP_MULTIPLIERS if abs(m * unit) <= limits.max_abs_strength
+        )
+        req = form.request(ctx, session, strengths)
+        total = req.sampling.max_new_tokens
+        out = None
+        for step, (_, update) in enumerate(steer_stream(ctx.model, req), start=1):
+            progress((min(step, total), total), desc="Generating", unit="tokens")
+            out = update
+            if out is None:
+                yield {tab.sweep_plot: gr.skip()}  # a chance for Stop to end the sweep
+        assert out is not None
+        at = req.layers[0]
+        rows = sorted(out.rows, key=lambda r: r.strength)
+        yield {
+            tab.sweep_plot: strength_strip_figure(
+                [r.strength for r in rows], [r.layer_projection[at] for r in rows], at
+            ),
+            tab.sweep_table: [
+                [round(r.strength, 3), round(r.layer_projection[at], 3), r.text] for r in rows
+            ],
+        }
+
+
+def pick_persona(ctx: AppContext, tab: SteerTab, persona: str, session: Mapping | None) -> dict:
+    view = ctx.catalog.view(session)
+    try:
+        item = view.resolve(persona)
+    except InputError as exc:
+        return {tab.persona_info: f"⚠️ {exc}"}
+    return tab.controls_for(ctx, item, view)
+
+
+STEER_DOC = """Generate the baseline and the steered answer to one prompt, side by side.
+
+Streams both texts token by token; the last update adds the per-layer projection plot and the
+per-token views. Outputs: baseline text, steered text, plot, token views, status."""
+
+SWEEP_DOC = """The same prompt at -2, 1, 2 and 4 x the strength (plus the baseline), in one
+batch: the projection at the steered layer and each answer."""
+
+
 def build(ctx: AppContext, state: gr.State) -> SteerTab:
     n_layers = ctx.model.n_layers
-    key = default_persona_key(ctx, None)
-    item = ctx.resolve(key) if key else None
+    view = ctx.catalog.view(None)
+    key = view.default_key(ctx.settings.default_persona)
+    item = view.resolve(key) if key else None
     vec = item.vector if item else None
     start_strength = ctx.default_strength(vec) if vec else 2.0
     half = ctx.strength_range(start_strength)
@@ -225,14 +324,14 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
                 )
             persona = gr.Dropdown(
                 label="Persona",
-                choices=persona_choices(ctx, None),
+                choices=view.persona_choices(),
                 value=key,
                 allow_custom_value=True,  # unknown names get a clear error from the handler
                 filterable=True,
                 elem_id="pe-persona",
             )
             info = gr.Markdown(
-                persona_info(ctx, item) if item else NO_PERSONA_INFO, elem_classes="pe-info"
+                persona_info(ctx, item, view) if item else NO_PERSONA_INFO, elem_classes="pe-info"
             )
             layer = gr.Slider(
                 0,
@@ -258,14 +357,19 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
             with gr.Accordion("Generation settings", open=False, elem_id="pe-generation-settings"):
                 max_new_tokens = gr.Slider(
                     1,
-                    ctx.settings.max_new_tokens,
-                    value=min(DEFAULT_MAX_NEW_TOKENS, ctx.settings.max_new_tokens),
+                    ctx.settings.limits.max_new_tokens,
+                    value=min(DEFAULT_MAX_NEW_TOKENS, ctx.settings.limits.max_new_tokens),
                     step=1,
                     label="Max new tokens",
                     elem_id="pe-max-new-tokens",
                 )
                 temperature = gr.Slider(
-                    0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy"
+                    0.0,
+                    ctx.settings.limits.max_temperature,
+                    value=0.0,
+                    step=0.05,
+                    label="Temperature",
+                    info="0 = greedy",
                 )
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             with gr.Row():
@@ -357,107 +461,6 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
         sweep_table=sweep_table,
     )
 
-    # ---------------------------------------------------------------- handlers
-
-    def steer(
-        prompt: str,
-        persona: str,
-        layer: float,
-        strength: float,
-        max_new_tokens: float,
-        system_prompt: str = "",
-        positions: str = "all",
-        temperature: float = 0.0,
-        seed: float = 0,
-        session: dict | None = None,
-    ) -> Iterator[dict]:
-        """Generate the baseline and the steered answer to one prompt, side by side.
-
-        Streams both texts token by token; the last update adds the per-layer projection plot
-        and the per-token views. Outputs: baseline text, steered text, plot, token views, status.
-        """
-        with user_errors():
-            req = _request(
-                ctx, prompt, persona, layer, (strength,), max_new_tokens, system_prompt,
-                positions, temperature, seed, session,
-            )  # fmt: skip
-            first = True
-            for texts, out in steer_stream(ctx.model, req):
-                if out is None:
-                    update = {tab.baseline: texts[0], tab.steered: texts[1]}
-                    if first:  # clear the previous answer's figures once
-                        update |= {
-                            tab.plot: empty_figure("Generating…"),
-                            tab.tokens_baseline: "",
-                            tab.tokens_steered: "",
-                            tab.status: "Generating…",
-                        }
-                        first = False
-                    yield update
-                    continue
-                base_html, steered_html = _token_views(out)
-                yield {
-                    tab.baseline: out.baseline.text,
-                    tab.steered: out.steered[0].text,
-                    tab.plot: layer_projection_figure(
-                        out.baseline.layer_projection,
-                        {f"steered ×{req.strengths[0]:g}": out.steered[0].layer_projection},
-                        steered_layers=req.layers,
-                        title=f"Projection onto “{req.vector.name}” at every layer",
-                    ),
-                    tab.tokens_baseline: base_html,
-                    tab.tokens_steered: steered_html,
-                    tab.status: _status(out, req.strengths[0]),
-                }
-
-    def sweep_strengths(
-        prompt: str,
-        persona: str,
-        layer: float,
-        strength: float,
-        max_new_tokens: float,
-        system_prompt: str = "",
-        positions: str = "all",
-        temperature: float = 0.0,
-        seed: float = 0,
-        session: dict | None = None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection idiom)
-    ) -> dict:
-        """One batch at -2, 1, 2 and 4 x the strength (plus the baseline at 0)."""
-        with user_errors():
-            unit = ctx.check_strength(strength)
-            if unit == 0:
-                unit = ctx.default_strength(ctx.resolve(persona, session).vector)  # type: ignore[arg-type]
-            limit = ctx.settings.max_abs_strength
-            strengths = tuple(m * unit for m in SWEEP_MULTIPLIERS if abs(m * unit) <= limit)
-            req = _request(
-                ctx, prompt, persona, layer, strengths, max_new_tokens, system_prompt,
-                positions, temperature, seed, session,
-            )  # fmt: skip
-            total = req.sampling.max_new_tokens
-            out = None
-            for step, (_, update) in enumerate(steer_stream(ctx.model, req), start=1):
-                progress((min(step, total), total), desc="Generating", unit="tokens")
-                out = update
-            assert out is not None
-            at = req.layers[0]
-            rows = sorted(out.rows, key=lambda r: r.strength)
-            return {
-                tab.sweep_plot: strength_strip_figure(
-                    [r.strength for r in rows], [r.layer_projection[at] for r in rows], at
-                ),
-                tab.sweep_table: [
-                    [round(r.strength, 3), round(r.layer_projection[at], 3), r.text] for r in rows
-                ],
-            }
-
-    def pick_persona(persona: str, session: dict | None) -> dict:
-        try:
-            item = ctx.resolve(persona, session)
-        except InputError as exc:
-            return {tab.persona_info: f"⚠️ {exc}"}
-        return tab.controls_for(ctx, item)
-
     # ---------------------------------------------------------------- wiring
 
     inputs = [
@@ -465,7 +468,18 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
         state,
     ]  # fmt: skip
     outputs = [baseline, steered, plot, tokens_baseline, tokens_steered, status]
-    run = gr.on(
+    steer = form_endpoint(
+        SteerForm, lambda form, session: run_steer(ctx, tab, form, session),
+        name="steer", doc=STEER_DOC,
+    )  # fmt: skip
+    sweep_strengths = form_endpoint(
+        SteerForm,
+        lambda form, session, progress: run_sweep(ctx, tab, form, session, progress),
+        name="sweep_strengths",
+        doc=SWEEP_DOC,
+        progress=True,
+    )
+    steer_event = gr.on(
         [generate.click, prompt.submit],
         steer,
         inputs=inputs,
@@ -474,7 +488,7 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
         concurrency_limit=ctx.settings.steer_concurrency,
         concurrency_id="generation",
     )
-    run_sweep = sweep.click(
+    sweep_event = sweep.click(
         sweep_strengths,
         inputs=inputs,
         outputs=[sweep_plot, sweep_table],
@@ -482,9 +496,9 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
         concurrency_id="generation",
         concurrency_limit=ctx.settings.steer_concurrency,
     )
-    stop.click(None, cancels=[run, run_sweep])
+    stop.click(None, cancels=[steer_event, sweep_event])
     persona.input(
-        pick_persona,
+        lambda persona, session: pick_persona(ctx, tab, persona, session),
         inputs=[persona, state],
         outputs=[layer, strength, info],
         api_visibility="private",

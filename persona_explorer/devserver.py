@@ -1,4 +1,5 @@
-"""Start the real app (``python app.py``) in a subprocess on a free port, for end-to-end tests.
+"""Start the real app (``python app.py``) in a subprocess on a free port: for the end-to-end
+tests and the app benchmark (``bench/bench_app.py``), which both drive a real server.
 
     with AppServer(data_dir=tmp) as url:
         Client(url).predict(...)
@@ -44,8 +45,9 @@ def make_test_vectors(folder: Path) -> Path:
     """Synthetic persona vectors for the embedded model (30 layers, d_model 576)."""
     import torch
 
-    from persona_explorer.model import EMBEDDED_MODEL_ID
-    from persona_explorer.vectors import PersonaVector, save
+    from .model import EMBEDDED_MODEL_ID
+    from .vector_files import save
+    from .vectors import PersonaVector
 
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
@@ -186,8 +188,7 @@ def shared_server() -> AppServer:
     return _SHARED
 
 
-if __name__ == "__main__":  # manual use: python tests/app_server.py
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__":  # manual use: python -m persona_explorer.devserver
     srv = shared_server()
     print(srv.url, "log:", srv.log_path, flush=True)
     with contextlib.suppress(KeyboardInterrupt):

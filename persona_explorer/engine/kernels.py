@@ -8,15 +8,15 @@ copies) and several matrices in one call (q/k/v, gate/up). Every output is one d
 fixed order, so identical batch rows give bit-identical results.
 
 It is compiled on first use with ``torch.utils.cpp_extension`` (about 20-40 s once; cached on disk
-by torch). Where that cannot work (no compiler, no AVX2, ``PERSONA_EXPLORER_KERNEL=0``) decoding
-falls back to oneDNN; nothing else changes.
+by torch). Where that cannot work (no compiler, no AVX2) or the decoder is built without it (the
+``decode_kernel`` setting, ``PERSONA_EXPLORER_KERNEL=0``) decoding falls back to oneDNN; nothing
+else changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -78,17 +78,19 @@ _tried = False
 
 
 def _supported() -> str | None:
-    if os.environ.get("PERSONA_EXPLORER_KERNEL", "1") == "0":
-        return "disabled by PERSONA_EXPLORER_KERNEL=0"
     capability = torch.backends.cpu.get_cpu_capability()
     if "AVX2" not in capability and "AVX512" not in capability:
         return f"CPU capability {capability} has no AVX2"
     return None
 
 
-def load() -> Any:
-    """The compiled module, or None where it cannot be built (logged once)."""
+def load(enabled: bool) -> Any:
+    """The compiled module, or None where it cannot be built (logged once) or is not ``enabled``."""
     global _module, _tried
+    if not enabled:
+        # Not remembered: a later decoder built with the kernel on may still compile it.
+        log.info("decode kernel not used: switched off (decode_kernel setting)")
+        return None
     with _lock:
         if _tried:
             return _module

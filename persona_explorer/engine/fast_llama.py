@@ -1,82 +1,31 @@
-"""Forward passes with a KV cache and a hook on the residual stream after every block.
+"""The fast decoder for the Llama family (Llama, SmolLM, Qwen2, Mistral without a sliding window).
 
-Two decoders share one small interface (:class:`Decoder` / :class:`DecodeSession`):
+It reads the HF weights (``LoadedModel.weights``) and runs a lean forward: fused QKV and gate/up
+projections, weights pre-packed for oneDNN on CPU (plain MKL GEMM re-packs the weight on every
+call, which halves throughput at batch 2), the AVX2 matrix-vector kernel of :mod:`.kernels` at
+batch <= 4, a static KV cache and SDPA. On this project's CPU it runs a batch-2 decoding step
+about 2x faster than HF's forward. :func:`fast_path_problem` says when a model is not one it
+can run exactly; :mod:`.hf` serves those.
 
-* :class:`FastLlamaDecoder` — Llama-family models (Llama, SmolLM, Qwen2, Mistral without a sliding
-  window). It reads the HF weights and runs a lean forward: fused QKV and gate/up projections,
-  weights pre-packed for oneDNN on CPU (plain MKL GEMM re-packs the weight on every call, which
-  halves throughput at batch 2), a static KV cache and SDPA. On this machine's CPU it runs a
-  batch-2 decoding step about 2x faster than HF's forward.
-* :class:`HFDecoder` — any other architecture: the bridge-wrapped HF forward with a
-  ``DynamicCache`` and forward hooks on the bridge's blocks, removed when the session closes.
-
-The residual callback ``resid_fn(layer, h)`` sees ``h`` of shape [batch, seq, d_model] after
-decoder block ``layer`` (FACTS.md's convention: ``blocks.{layer}.hook_resid_post``) and returns
-the tensor to continue with (steering edits it, capture reads it). ``layer == -1`` is the
-embedding output, read-only. Sessions are per request: the shared decoder holds only read-only
-weights, so concurrent users never see each other's steering.
+The weights are packed when the decoder is built: it sees the model as it was then, so a model
+must never be changed in place afterwards (a fine-tuned model is a new ``LoadedModel``, see
+:mod:`persona_explorer.engine`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask
 
 if TYPE_CHECKING:
-    from .model import LoadedModel
+    from ..model import LoadedModel
 
-ResidFn = Callable[[int, torch.Tensor], torch.Tensor]
-EMBED_LAYER = -1
-
-
-def _no_edit(_layer: int, h: torch.Tensor) -> torch.Tensor:
-    return h
-
-
-class DecodeSession(Protocol):
-    def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
-        """Run the prompt; logits [batch, vocab] of the last position (or [batch, seq, vocab])."""
-        ...
-
-    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
-        """Feed one token per row ([batch]); logits [batch, vocab]."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class Decoder(Protocol):
-    name: str
-
-    def session(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int,
-        row_invariant: bool = True,
-    ) -> DecodeSession:
-        """``input_ids``/``attention_mask``: [batch, seq], left-padded.
-
-        ``row_invariant``: identical rows must give bit-identical results (side by side: a
-        strength-0 row equals the baseline), at some cost in speed where a kernel is not.
-        """
-        ...
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Rotary positions that start at 0 on each row's first real token (left padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fast path for the Llama family
-
+__all__ = ["FastLlamaDecoder", "fast_path_problem"]
 
 _FAST_ARCHITECTURES = ("llama", "qwen2", "mistral")
 _LAYER_KEYS = (
@@ -175,6 +124,20 @@ class _Layer:
         self.down = _Proj([w["mlp.down_proj.weight"]], [w["mlp.down_proj.bias"]], gemv)  # type: ignore[list-item]
 
 
+def _static_rope(hf: Any) -> tuple[torch.Tensor, float] | None:
+    """inv_freq and scaling of the model's rotary embedding, if they do not depend on length."""
+    # The bridge wraps the HF rotary module (a ``RotaryEmbeddingBridge`` in the HF tree) and keeps
+    # the original as a submodule sharing its buffers, so the walk still finds the HF one.
+    for module in hf.modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq"):
+            rope_type = str(getattr(module, "rope_type", "default"))
+            if "dynamic" in rope_type or "longrope" in rope_type:
+                return None
+            scale = float(getattr(module, "attention_scaling", 1.0))
+            return module.inv_freq.detach().clone(), scale
+    return None
+
+
 def fast_path_problem(model: LoadedModel) -> str | None:
     """Why the fast decoder cannot run this model exactly, or None if it can."""
     cfg = model.hf_model.config
@@ -182,7 +145,7 @@ def fast_path_problem(model: LoadedModel) -> str | None:
         return f"architecture {model.architecture!r} is not in the Llama family"
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         return "sliding-window attention"
-    if model.rope is None:
+    if _static_rope(model.hf_model) is None:
         return "no static rotary embedding found"
     prefix = "model.layers.0."
     known = {prefix + k for k in _LAYER_KEYS + _OPTIONAL_BIASES}
@@ -200,7 +163,13 @@ def fast_path_problem(model: LoadedModel) -> str | None:
 class FastLlamaDecoder:
     name = "fast-llama"
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, use_kernel: bool = True) -> None:
+        rope = _static_rope(model.hf_model)
+        if rope is None:
+            raise ValueError(
+                f"{model.model_id}: no static rotary embedding (see fast_path_problem)"
+            )
+        self.inv_freq, self.rope_scale = rope
         cfg = model.hf_model.config
         w = model.weights
         self.n_layers = model.n_layers
@@ -212,7 +181,7 @@ class FastLlamaDecoder:
         self.device = model.device
         self.dtype = model.dtype
         cpu_fp32 = model.device.type == "cpu" and model.dtype == torch.float32
-        gemv = kernels.load() if cpu_fp32 else None
+        gemv = kernels.load(use_kernel) if cpu_fp32 else None
         self.kernel = "avx2-gemv" if gemv is not None else "onednn"
         self.layers = [
             _Layer(
@@ -223,8 +192,6 @@ class FastLlamaDecoder:
         self.embed = w["model.embed_tokens.weight"]
         self.norm = w["model.norm.weight"]
         self.lm_head = _Proj([w.get("lm_head.weight", self.embed)], [w.get("lm_head.bias")], gemv)
-        assert model.rope is not None
-        self.inv_freq, self.rope_scale = model.rope
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # Same op order as HF's LlamaRMSNorm (fp32 variance, scale after casting back).
@@ -345,7 +312,7 @@ class _FastSession:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.dec.lm_head(self.dec.rms_norm(h, self.dec.norm))[0]
 
-    def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
+    def prefill(self, resid_fn: ResidFn = no_edit, all_logits: bool = False) -> torch.Tensor:
         s = self.input_ids.shape[1]
         key_ok = self.valid[:, :s]
         causal = torch.ones(s, s, dtype=torch.bool, device=key_ok.device).tril()
@@ -355,7 +322,7 @@ class _FastSession:
         self.next_pos = self.positions[:, -1] + 1
         return self._logits(h) if all_logits else self._logits(h[:, -1])
 
-    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
         end = self.length + 1
         if end > self.total:
             raise RuntimeError("KV cache full: more steps than max_new_tokens")
@@ -368,93 +335,3 @@ class _FastSession:
     def close(self) -> None:
         self.k.clear()
         self.v.clear()
-
-
-# ---------------------------------------------------------------------------------------------
-# Generic path: any architecture the bridge wraps
-
-
-class HFDecoder:
-    name = "hf"
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
-
-    def session(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int,
-        row_invariant: bool = True,
-    ) -> _HFSession:
-        return _HFSession(self.model, input_ids, attention_mask)
-
-
-class _HFSession:
-    def __init__(
-        self, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> None:
-        from transformers import DynamicCache
-
-        self.model = model
-        self.input_ids = input_ids.to(model.device)
-        self.mask = attention_mask.to(model.device).long()
-        self.cache = DynamicCache(config=model.hf_model.config)
-        self.positions = positions_from_mask(self.mask)
-
-    @contextlib.contextmanager
-    def _hooks(self, resid_fn: ResidFn) -> Iterator[None]:
-        def make(layer: int) -> Callable[..., Any]:
-            def hook(_mod: Any, _inp: Any, out: Any) -> Any:
-                if isinstance(out, tuple):
-                    return (resid_fn(layer, out[0]), *out[1:])
-                return resid_fn(layer, out)
-
-            return hook
-
-        def read_embedding(_mod: Any, args: tuple, kwargs: dict) -> None:
-            # The first block's input is the full embedding output (token + position
-            # embeddings where the architecture has them), unlike the token embedding module.
-            h = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(h, torch.Tensor):
-                resid_fn(EMBED_LAYER, h)
-
-        bridge = self.model.bridge
-        handles = [bridge.blocks[0].register_forward_pre_hook(read_embedding, with_kwargs=True)]
-        try:
-            handles += [blk.register_forward_hook(make(i)) for i, blk in enumerate(bridge.blocks)]
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _run(self, ids: torch.Tensor, positions: torch.Tensor, resid_fn: ResidFn) -> torch.Tensor:
-        with self._hooks(resid_fn):
-            out = self.model.hf_model(
-                input_ids=ids,
-                attention_mask=self.mask,
-                position_ids=positions,
-                past_key_values=self.cache,
-                use_cache=True,
-            )
-        return out.logits
-
-    def prefill(self, resid_fn: ResidFn = _no_edit, all_logits: bool = False) -> torch.Tensor:
-        logits = self._run(self.input_ids, self.positions, resid_fn)
-        self.next_pos = self.positions[:, -1] + 1
-        return logits if all_logits else logits[:, -1]
-
-    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = _no_edit) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        logits = self._run(tokens.view(-1, 1), self.next_pos[:, None], resid_fn)
-        self.next_pos = self.next_pos + 1
-        return logits[:, -1]
-
-    def close(self) -> None:
-        self.cache = None
-
-
-def build_decoder(model: LoadedModel, prefer_fast: bool = True) -> Decoder:
-    if prefer_fast and fast_path_problem(model) is None:
-        return FastLlamaDecoder(model)
-    return HFDecoder(model)

@@ -1,0 +1,79 @@
+"""The model a command runs on, loaded once per process.
+
+Several :func:`~persona_explorer.cli.main` calls in one process (tests, notebooks) share
+:data:`_MODELS`, so the model loads once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import render
+
+if TYPE_CHECKING:
+    from ..model import LoadedModel
+
+# Keyed by (resolved model spec, device, dtype).
+_MODELS: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a name given by the user is meant as a file or directory, not an id or name."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights") under --quiet."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def get_model(args: argparse.Namespace) -> LoadedModel:
+    """The model for the ``--model --device --dtype`` options, loaded once per process."""
+    from ..model import ModelLoadError, load_model, resolve_model_spec
+
+    spec = resolve_model_spec(args.model)
+    if (
+        args.model
+        and looks_like_path(spec)
+        and os.sep == "/"
+        and not Path(spec).expanduser().exists()
+    ):
+        raise ModelLoadError(
+            f"no such model directory: {spec} (give a local checkpoint directory or an HF id)"
+        )
+    key = (spec, args.device, args.dtype)
+    if key not in _MODELS:
+        started = time.perf_counter()
+
+        def progress(_fraction: float, message: str) -> None:
+            if not message.startswith("Loaded "):
+                render.status(message + " ...", args.quiet)
+
+        with _quiet_transformers(args.quiet):
+            model = load_model(spec, device=args.device, dtype=args.dtype, progress=progress)
+        render.status(
+            f"Loaded {model.display_name} ({model.n_layers} layers, d_model {model.d_model}, "
+            f"{model.device}, {str(model.dtype).removeprefix('torch.')}) "
+            f"in {time.perf_counter() - started:.1f} s",
+            args.quiet,
+        )
+        _MODELS[key] = model
+    return _MODELS[key]

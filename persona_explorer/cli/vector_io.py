@@ -1,0 +1,53 @@
+"""Reading and writing the vector files a command is given, with what the user should know.
+
+Shared by every command that takes or writes a vector file; the formats themselves are
+:mod:`persona_explorer.vector_files`'. Checks here run before any slow work (a model load, an
+extraction), so a bad output path fails at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InputError
+from ..vector_files import VectorFormat, VectorLayout, format_for_path, load, save, save_notes
+from . import render
+
+if TYPE_CHECKING:
+    from ..vectors import PersonaVector
+
+
+def output_format(path: Path, layout: VectorLayout | None) -> VectorFormat:
+    """The format ``path`` will be written in; refuses a path that cannot be written."""
+    fmt = format_for_path(path, layout)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: the directory {parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a directory")
+    return fmt
+
+
+def read(
+    path: Path, layout: VectorLayout | None, n_layers: int | None = None, warn: bool = True
+) -> PersonaVector:
+    """Load a vector file; say so when a ``.pt`` file's layout had to be guessed."""
+    vec = load(path, layout=layout, n_layers=n_layers)
+    if warn and vec.metadata.get("layout_assumed"):
+        render.warning(
+            f"{path.name}: layout guessed as persona_vectors (row 0 = embedding); "
+            "pass --in-layout/--layout assistant_axis if it has one row per layer"
+        )
+    return vec
+
+
+def write(
+    vec: PersonaVector, path: Path, fmt: VectorFormat, model_hint: str
+) -> tuple[Path, list[str]]:
+    """Save ``vec``; print and return what the format left out (one ``note:`` line each)."""
+    notes = save_notes(vec, fmt)
+    written = save(vec, path, layout=fmt.layout, model_hint=model_hint)
+    for line in notes:
+        render.note(line)
+    return written, notes

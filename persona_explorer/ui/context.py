@@ -1,0 +1,189 @@
+"""What every tab shares: :class:`AppContext` (settings, model, vector catalog, running jobs,
+download files) and :func:`user_errors`, which turns the project's own errors into ``gr.Error``.
+
+Imports: ``..config``, ``..model``, ``..library``, ``..vector_files``, ``..errors``, and
+:mod:`.catalog`; never a tab module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from ..config import Settings
+from ..engine import decoder_for
+from ..errors import InputError, UserError
+from ..library import Library
+from ..model import LoadedModel, load_model
+from ..vector_files import FORMATS, export_stem, save, save_notes
+from ..vectors import PersonaVector
+from .catalog import ModelShape, VectorCatalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRENGTH = 2.0  # FACTS.md: ~2 makes a persona visible on this model; 1 often tone only
+STRENGTH_SLIDER_MIN_RANGE = 8.0
+_EXPORT_MAX_AGE_S = 3600
+BUG_MESSAGE = (
+    "Something went wrong on the server: this is a bug, not something you did. It has been "
+    "logged; try again, and report it if it keeps happening."
+)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Show the project's own errors (:class:`~..errors.UserError`) to the user as they are.
+
+    Anything else is a bug: it is logged with its traceback and the user sees a generic message
+    instead of an internal error dressed up as a mistake of theirs.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except UserError as exc:
+        raise gr.Error(str(exc)) from exc
+    except Exception as exc:
+        log.exception("bug in a request handler")
+        raise gr.Error(BUG_MESSAGE) from exc
+
+
+class Jobs:
+    """Stop flags of running long jobs (extractions), per owner: the browser session.
+
+    A job of one session can only be stopped from that session; an API call without a session
+    gets an owner of its own, so nobody else's Stop reaches it (the queue's cancel still does).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flags: dict[str, set[threading.Event]] = {}
+
+    @contextlib.contextmanager
+    def track(self, owner: str | None) -> Iterator[threading.Event]:
+        key = owner or f"anonymous-{secrets.token_hex(8)}"
+        flag = threading.Event()
+        with self._lock:
+            self._flags.setdefault(key, set()).add(flag)
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                flags = self._flags.get(key, set())
+                flags.discard(flag)
+                if not flags:
+                    self._flags.pop(key, None)
+
+    def stop(self, owner: str | None) -> int:
+        """Ask every running job of ``owner`` to stop; returns how many were asked."""
+        if not owner:
+            return 0
+        with self._lock:
+            flags = list(self._flags.get(owner, ()))
+        for flag in flags:
+            flag.set()
+        return len(flags)
+
+
+class Exports:
+    """Files written for download, each in a fresh folder; folders older than an hour go."""
+
+    def __init__(self, root: Path, model_hint: str) -> None:
+        self.root = root
+        self.model_hint = model_hint or "llama"
+
+    def write(self, vec: PersonaVector, fmt: str) -> tuple[Path, list[str]]:
+        """Write ``vec`` in ``fmt``; returns the file and what the format left out."""
+        if fmt not in FORMATS:
+            raise InputError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
+        spec = FORMATS[fmt]
+        self.prune()
+        folder = self.root / secrets.token_hex(8)
+        folder.mkdir(parents=True)
+        path = save(
+            vec,
+            folder / f"{export_stem(vec, spec)}{spec.suffix}",
+            layout=spec.layout,
+            **({"model_hint": self.model_hint} if fmt == "gguf" else {}),
+        )
+        return path, save_notes(vec, spec)
+
+    def prune(self, max_age_s: float = _EXPORT_MAX_AGE_S) -> None:
+        cutoff = time.time() - max_age_s
+        for folder in self.root.iterdir():
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
+
+
+@dataclass
+class AppContext:
+    """Shared state of one running app: read-only apart from the on-disk library."""
+
+    settings: Settings
+    model: LoadedModel
+    catalog: VectorCatalog
+    jobs: Jobs
+    exports: Exports
+
+    @classmethod
+    def create(cls, settings: Settings, model: LoadedModel | None = None) -> AppContext:
+        if model is None:
+            model = load_model(settings.model or None, device=settings.device)
+        # Build the decoder now, once, rather than inside the first visitor's request.
+        decoder_for(model)
+        shape = ModelShape(model.model_id, model.n_layers, model.d_model)
+        catalog = VectorCatalog(
+            builtins=Library(settings.builtin_vectors_dir, read_only=True),
+            library=Library(settings.library_dir),
+            shape=shape,
+        )
+        exports = Exports(
+            Path(tempfile.mkdtemp(prefix="persona-explorer-exports-")), model.architecture
+        )
+        return cls(settings, model, catalog, Jobs(), exports)
+
+    @property
+    def library(self) -> Library:
+        return self.catalog.library
+
+    # ------------------------------------------------------------ defaults for a vector
+
+    def default_layer(self, vec: PersonaVector) -> int:
+        n = self.model.n_layers
+        for candidate in (vec.layer, vec.best_layer):
+            if candidate is not None and 0 <= candidate < n:
+                return int(candidate)
+        return (2 * n) // 3
+
+    def default_strength(self, vec: PersonaVector) -> float:
+        return float(vec.strength) if vec.strength is not None else DEFAULT_STRENGTH
+
+    def strength_range(self, strength: float) -> float:
+        """Slider half-width: room for 4x the recommended strength, within the limit."""
+        want = max(STRENGTH_SLIDER_MIN_RANGE, math.ceil(abs(4 * strength)))
+        return float(min(want, self.settings.limits.max_abs_strength))
+
+    def check_upload(self, path: str | Path) -> Path:
+        """A received upload, checked for size before anything reads it."""
+        p = Path(path)
+        size = p.stat().st_size
+        limits = self.settings.limits
+        if size > limits.max_upload_bytes:
+            raise InputError(
+                f"{p.name} is {size / 2**20:.1f} MB; uploads are limited to "
+                f"{limits.max_upload_mb} MB. Vector files are usually well under 1 MB: "
+                "is this a model checkpoint?"
+            )
+        return p

@@ -1,0 +1,192 @@
+"""The web app's plumbing on a tiny random model: forms, errors, jobs, the catalog, handlers.
+
+No server and no browser: the tabs are built inside a ``gr.Blocks`` and their module-level
+handlers are called directly, as the pattern in ``persona_explorer/ui/__init__.py`` intends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+from persona_explorer.config import Settings
+from persona_explorer.errors import InputError
+from persona_explorer.library import Library
+from persona_explorer.model import LoadedModel
+from persona_explorer.ui import build_demo, library_tab, list_updates, steer
+from persona_explorer.ui.context import BUG_MESSAGE, AppContext, Jobs, user_errors
+from persona_explorer.ui.forms import form_endpoint
+from persona_explorer.vector_files import save
+from persona_explorer.vectors import PersonaVector
+from tests.tiny_models import D_MODEL, N_LAYERS
+
+
+@pytest.fixture
+def ctx(llama: LoadedModel, tmp_path: Path, one_thread: None) -> AppContext:
+    builtin = tmp_path / "builtin"
+    builtin.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for name, strength in (("tiny-pirate", 2.0), ("tiny-evil", 3.0)):
+        vec = PersonaVector(
+            name=name,
+            vectors=torch.randn(N_LAYERS, D_MODEL, generator=gen),
+            model_id=llama.model_id,
+            layer=2,
+            strength=strength,
+        )
+        save(vec, builtin / f"{name}.safetensors")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        cache_dir=tmp_path / "cache",
+        builtin_vectors_dir=builtin,
+        default_persona="tiny-pirate",
+    )
+    return AppContext.create(settings, llama)
+
+
+def test_form_endpoint_takes_the_forms_fields_as_named_parameters() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Form:
+        prompt: str
+        layer: float = 3
+
+    seen = []
+
+    def run(form: Form, session: dict | None) -> object:
+        seen.append((form, session))
+        yield form.prompt
+
+    fn = form_endpoint(Form, run, name="ask", doc="Ask.")
+    assert list(inspect.signature(fn).parameters) == ["prompt", "layer", "session"]
+    assert inspect.isgeneratorfunction(fn) and fn.__name__ == "ask" and fn.__doc__ == "Ask."
+    assert list(fn("hi", session={"a": 1})) == ["hi"]
+    assert seen == [(Form("hi", 3), {"a": 1})]
+    with_progress = form_endpoint(Form, run, name="ask", doc="", progress=True, request=True)
+    params = inspect.signature(with_progress).parameters
+    assert list(params) == ["prompt", "layer", "session", "request", "progress"]
+    assert isinstance(params["progress"].default, gr.Progress)
+
+
+def test_user_errors_shows_user_errors_and_hides_bugs(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(gr.Error, match="Layer 9 is out of range"), user_errors():
+        raise InputError("Layer 9 is out of range")
+    # A plain ValueError is a bug, not the user's mistake: generic message, logged traceback.
+    with caplog.at_level(logging.ERROR), pytest.raises(gr.Error) as info, user_errors():
+        raise ValueError("internal detail")
+    assert info.value.message == BUG_MESSAGE
+    assert "internal detail" not in info.value.message
+    assert any("bug in a request handler" in r.message for r in caplog.records)
+
+
+def test_stop_reaches_only_the_jobs_of_the_same_session() -> None:
+    jobs = Jobs()
+    with (
+        jobs.track("alice") as a,
+        jobs.track("bob") as b,
+        jobs.track(None) as anon,
+        jobs.track(None) as anon2,
+    ):
+        assert jobs.stop("bob") == 1
+        assert jobs.stop(None) == 0  # an API caller without a session stops nobody
+        assert b.is_set() and not a.is_set()
+        assert not anon.is_set() and not anon2.is_set()
+    assert jobs.stop("alice") == 0  # finished jobs are forgotten
+
+    # Many threads tracking and stopping at once leave the registry consistent.
+    def worker(i: int) -> None:
+        for _ in range(200):
+            with jobs.track(f"user{i % 3}"):
+                jobs.stop(f"user{(i + 1) % 3}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert jobs._flags == {}
+
+
+def test_one_refresh_scans_the_library_once(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    original = Library.entries
+
+    def counting(self: Library) -> list:
+        calls.append(self.root)
+        return original(self)
+
+    monkeypatch.setattr(Library, "entries", counting)
+    with gr.Blocks():
+        state = gr.State({})
+        st = steer.build(ctx, state)
+        lib = library_tab.build(ctx, state)
+    calls.clear()
+    updates = list_updates(ctx, st, lib, ctx.catalog.view(None), None, None, None)
+    assert len(calls) == 2  # the built-ins and the library, once each
+    assert updates[st.persona]["value"] == "builtin:tiny-pirate"
+    assert [row[0] for row in updates[lib.table]] == ["tiny-evil", "tiny-pirate"]
+
+
+def test_steer_handler_streams_and_checks_input(ctx: AppContext) -> None:
+    with gr.Blocks():
+        tab = steer.build(ctx, gr.State({}))
+    form = steer.SteerForm("Hi!", "tiny-pirate", layer=2, strength=2.0, max_new_tokens=4)
+    updates = list(steer.run_steer(ctx, tab, form, None))
+    assert len(updates) >= 2 and tab.status in updates[-1]
+    for bad, message in (
+        (dataclasses.replace(form, prompt="  "), "empty"),
+        (dataclasses.replace(form, layer=N_LAYERS), "out of range"),
+        (dataclasses.replace(form, strength=float("nan")), "finite"),
+        (dataclasses.replace(form, strength=1e6), "too large"),
+        (dataclasses.replace(form, temperature=5), "Temperature"),
+        (dataclasses.replace(form, max_new_tokens=10_000), "Max new tokens"),
+        (dataclasses.replace(form, persona="nobody"), "Unknown persona"),
+    ):
+        with pytest.raises(gr.Error, match=message):
+            list(steer.run_steer(ctx, tab, bad, None))
+
+
+def test_the_strength_sweep_is_a_stream_that_stop_can_end(ctx: AppContext) -> None:
+    """``cancels=`` only acts between yields: the sweep must yield while it generates."""
+    with gr.Blocks():
+        tab = steer.build(ctx, gr.State({}))
+    form = steer.SteerForm("Hi!", "tiny-pirate", layer=2, strength=1.0, max_new_tokens=6)
+    steps = []
+    sweep = steer.run_sweep(ctx, tab, form, None, lambda *a, **k: steps.append(a))
+    next(sweep)
+    next(sweep)
+    sweep.close()  # what a cancel does: the generation stops here, its session closed
+    assert 1 <= len(steps) < 6
+
+
+def test_demo_builds_with_named_api_parameters(ctx: AppContext) -> None:
+    demo = build_demo(ctx.settings, ctx.model)
+    info = demo.get_api_info()
+    named = info["named_endpoints"]
+    assert [p["parameter_name"] for p in named["/steer"]["parameters"]] == [
+        "prompt", "persona", "layer", "strength", "max_new_tokens", "system_prompt",
+        "positions", "temperature", "seed",
+    ]  # fmt: skip
+    assert [p["parameter_name"] for p in named["/sweep_strengths"]["parameters"]][:4] == [
+        "prompt", "persona", "layer", "strength",
+    ]  # fmt: skip
+    assert "/extract" in named and "/upload_vector" in named
+
+
+def test_the_wired_endpoints_run_through_the_demo(ctx: AppContext) -> None:
+    """Call the functions Gradio itself calls (what the API reaches), not just the handlers."""
+    demo = build_demo(ctx.settings, ctx.model)
+    fns = {f.api_name: f.fn for f in demo.fns.values() if f.api_name}
+    args = ("Hi!", "tiny-pirate", 2, 1.0, 3)
+    steer_out = list(fns["steer"](*args))
+    assert len(steer_out) >= 2
+    sweep_out = list(fns["sweep_strengths"](*args, progress=lambda *a, **k: None))
+    assert sweep_out and any(sweep_out[-1].values())
