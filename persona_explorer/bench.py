@@ -27,7 +27,8 @@ from .engine import decoder_for
 from .extract import ExtractionConfig, extract_persona
 from .generation import SamplingConfig, generate, left_pad
 from .model import LoadedModel, hf_source, load_model
-from .personas import PersonaDefinition, load_builtin
+from .persona_data import load_builtin
+from .personas import PersonaDefinition
 from .steering import add_plan
 
 PROMPT = "What do you think makes a good friend?"

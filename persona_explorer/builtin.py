@@ -84,7 +84,7 @@ def build(
 
     from .extract import ExtractionConfig, extract_persona
     from .model import load_model
-    from .personas import load_builtin
+    from .persona_data import load_builtin
 
     model = load_model()
     for spec in specs:

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Literal
 
 import torch
 
 from .errors import InputError
 from .generation import GenerationResult, SamplingConfig, generate_stream
-from .limits import MAX_BATCH_SIZE, MAX_SAMPLES, check_int
+from .limits import MAX_BATCH_SIZE, MAX_SAMPLES, check_int, check_prompt_tokens
 from .model import LoadedModel
 from .personas import PersonaDefinition, assistant_prefixed, format_system_prompt
 from .projection import layer_projections
@@ -116,6 +117,9 @@ class ExtractionConfig:
     top_p: float = 0.95
     seed: int = 0
     batch_size: int = 64  # the batch the extraction benchmark measures
+    # Policy cap on each rollout prompt in tokens (``Limits.max_prompt_tokens``); None: only
+    # the model's context length.
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -134,6 +138,7 @@ class ExtractionConfig:
             top_p=self.top_p,
             seed=self.seed + seed_offset,
             shared_noise=False,
+            max_prompt_tokens=self.max_prompt_tokens,
         )
 
 
@@ -153,6 +158,20 @@ class ExtractionResult:
     seconds: float
     cross_validated: bool
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def portable_source(source: str) -> str:
+    """A persona file's path without the machine's directories (``traits/evil.json``): a
+    vector's metadata travels to other machines and to visitors."""
+    if not source or "/" not in source.replace("\\", "/"):
+        return source
+    parts = Path(source.replace("\\", "/")).parts
+    kind_dirs = [i for i, p in enumerate(parts) if p in ("traits", "roles")]
+    return (
+        "/".join(p for p in parts[kind_dirs[-1] :] if p != "instructions")
+        if kind_dirs
+        else parts[-1]
+    )
 
 
 def system_prompt_pairs(persona: PersonaDefinition, model_name: str) -> list[tuple[str, str]]:
@@ -182,12 +201,26 @@ def extract_persona(
     started = time.perf_counter()
     questions = persona.extraction_questions(cfg.n_questions)
     rows: list[tuple[Literal["pos", "neg"], str, str]] = []
-    for pos, neg in system_prompt_pairs(persona, model.display_name):
-        for question in questions:
+    # Each distinct prompt is tokenized and checked once, before any rollout runs: a persona
+    # field too long for the model fails at once, naming the prompt, not batches later.
+    ids_of: dict[tuple[str, str], list[int]] = {}
+    for k, (pos, neg) in enumerate(system_prompt_pairs(persona, model.display_name), start=1):
+        for j, question in enumerate(questions, start=1):
+            for side, system in (("pos", pos), ("neg", neg)):
+                if (system, question) not in ids_of:
+                    ids = model.chat_ids(question, system=system or None)
+                    check_prompt_tokens(
+                        len(ids),
+                        cfg.max_new_tokens,
+                        model.context_length,
+                        cfg.max_prompt_tokens,
+                        what=f"prompt of question {j} with the {side} system prompt of pair {k}",
+                    )
+                    ids_of[system, question] = ids
             for _ in range(cfg.samples):
                 rows.append(("pos", pos, question))
                 rows.append(("neg", neg, question))
-    prompts = [model.chat_ids(q, system=s or None) for _, s, q in rows]
+    prompts = [ids_of[s, q] for _, s, q in rows]
     # Similar lengths in one batch waste less work on padding.
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     n = len(rows)
@@ -252,7 +285,7 @@ def extract_persona(
             separation=sep,
             embedding=embedding,
             metadata={
-                "source": persona.source or persona.kind,
+                "source": portable_source(persona.source) or persona.kind,
                 "persona_kind": persona.kind,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "counts": {

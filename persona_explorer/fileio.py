@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "is_temp_name"]
+__all__ = ["TMP_SUFFIX", "atomic_write", "fsync_dir", "is_temp_name"]
 
 PathLike = str | os.PathLike[str]
 TMP_SUFFIX = ".tmp"
@@ -27,7 +27,7 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every platform lets a directory be opened.
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -84,5 +84,5 @@ def atomic_write(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     return target

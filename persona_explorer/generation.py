@@ -9,6 +9,11 @@ come from these, never from extra generations.
 Sampling uses the Gumbel-max trick. With ``shared_noise`` (side by side) every row draws the same
 noise at each step, so rows that differ only by a zero-strength edit pick identical tokens, and
 differences between rows come from steering rather than luck.
+
+The prompt pass runs in chunks of at most :data:`PREFILL_CHUNK` positions, each under the
+model's compute lock on its own: between chunks Stop is honoured and other requests take their
+turn, so one long prompt holds the model for one chunk at a time, not for its whole length.
+A prompt of one chunk or less runs exactly as a single pass.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ import torch
 
 from .engine import EMBED_LAYER, decoder_for
 from .errors import InputError
-from .limits import check_max_new_tokens, check_temperature, check_top_p
+from .limits import (
+    check_int,
+    check_max_new_tokens,
+    check_prompt_tokens,
+    check_temperature,
+    check_top_p,
+)
 from .model import LoadedModel
 from .steering import LayerEdit, RowPlan, compile_plan
 
@@ -33,6 +44,9 @@ class SamplingConfig:
     seed: int = 0
     stop_at_eos: bool = True
     shared_noise: bool = True
+    # The policy cap on a templated prompt, in tokens (``Limits.max_prompt_tokens``, passed by
+    # the app and the CLI); None: only the model's context length bounds it.
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # What would make sampling wrong; how much a user may ask for is checked where input
@@ -40,6 +54,8 @@ class SamplingConfig:
         check_max_new_tokens(self.max_new_tokens)
         check_temperature(self.temperature)
         check_top_p(self.top_p)
+        if self.max_prompt_tokens is not None:
+            check_int(self.max_prompt_tokens, "max_prompt_tokens", 1)
 
 
 @dataclass
@@ -97,6 +113,11 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
 
 
 _NUCLEUS_CANDIDATES = 512
+# Prompt positions per forward of the prompt pass. Small enough that the lock changes hands
+# about every half second on a 2-core CPU (the 135M model runs 256 positions of a 2,000-token
+# prompt in 0.4-0.7 s; in one pass, other requests waited 6-7 s), large enough that the usual
+# chat prompt is one chunk and runs exactly as before.
+PREFILL_CHUNK = 256
 
 
 def _gumbel(u: torch.Tensor) -> torch.Tensor:
@@ -137,8 +158,25 @@ def _sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | No
     return idx.gather(-1, (top + noise).argmax(-1, keepdim=True)).squeeze(-1)
 
 
+def _all_position_edits(edits: dict[int, LayerEdit]) -> dict[int, LayerEdit]:
+    """The parts of ``edits`` that apply at every position: what a prompt chunk before the last
+    gets, since response-position edits touch only the prompt's last token."""
+    out: dict[int, LayerEdit] = {}
+    for layer, edit in edits.items():
+        caps = [cap for cap in edit.caps if not cap.response_only]
+        if edit.add_all is not None or caps:
+            out[layer] = LayerEdit(add_all=edit.add_all, caps=caps)
+    return out
+
+
 class _Recorder:
-    """The residual callback: applies steering edits, then records activations."""
+    """The residual callback: applies steering edits, then records activations.
+
+    The prompt pass may come in chunks (:meth:`begin_chunk` before each, :meth:`end_prompt`
+    after the last): prompt means are summed over chunks and divided once at the end, and the
+    last prompt token is read from the final chunk. With one chunk every number is computed by
+    the same operations as a single pass.
+    """
 
     def __init__(
         self,
@@ -150,10 +188,14 @@ class _Recorder:
     ) -> None:
         n, d, dev = model.n_layers, model.d_model, model.device
         self.edits = edits
+        self.body_edits = _all_position_edits(edits)
         self.prompt_mask = prompt_mask.to(dev, torch.float32)  # [batch, seq]
-        self.prompt_count = self.prompt_mask.sum(-1).clamp(min=1)
+        self.chunk_mask = self.prompt_mask
+        self.final_chunk = True
+        self.prompt_seen = torch.zeros(batch, device=dev)  # real prompt tokens run so far
         z = torch.zeros
         self.cap = Capture(
+            # prompt_mean and embed_prompt_mean hold sums until end_prompt().
             prompt_mean=z(batch, n, d, device=dev),
             prompt_last=z(batch, n, d, device=dev),
             response_sum=z(batch, n, d, device=dev),
@@ -169,19 +211,36 @@ class _Recorder:
         self.step_embed = z(batch, d, device=dev)
         self.prompt_pass = True
 
+    def begin_chunk(self, start: int, end: int, final: bool) -> None:
+        """The next prompt pass runs positions ``[start, end)``; ``final``: the last one."""
+        self.chunk_mask = self.prompt_mask[:, start:end]
+        self.final_chunk = final
+        self.prompt_seen += self.chunk_mask.sum(-1)
+
+    def end_prompt(self) -> None:
+        """Turn the prompt sums into means (over the tokens that ran, should Stop cut the prompt
+        pass short) and switch to response tokens."""
+        count = self.prompt_seen.clamp(min=1)
+        self.cap.prompt_mean /= count[:, None, None]
+        self.cap.embed_prompt_mean /= count[:, None]
+        self.prompt_pass = False
+
     def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        edit = self.edits.get(layer)
+        edits = self.edits if self.final_chunk or not self.prompt_pass else self.body_edits
+        edit = edits.get(layer)
         if edit is not None:
             h = edit.apply(h, prompt_pass=self.prompt_pass)
         if self.prompt_pass:
             hf = h.float()
-            mean = (hf * self.prompt_mask[..., None]).sum(1) / self.prompt_count[:, None]
+            total = (hf * self.chunk_mask[..., None]).sum(1)
             if layer == EMBED_LAYER:
-                self.cap.embed_prompt_mean.copy_(mean)
-                self.cap.embed_prompt_last.copy_(hf[:, -1])
+                self.cap.embed_prompt_mean += total
+                if self.final_chunk:
+                    self.cap.embed_prompt_last.copy_(hf[:, -1])
             else:
-                self.cap.prompt_mean[:, layer] = mean
-                self.cap.prompt_last[:, layer] = hf[:, -1]
+                self.cap.prompt_mean[:, layer] += total
+                if self.final_chunk:
+                    self.cap.prompt_last[:, layer] = hf[:, -1]
         elif layer == EMBED_LAYER:
             self.step_embed.copy_(h[:, -1])
         else:
@@ -215,6 +274,7 @@ def generate_stream(
     keep_tokens: bool = True,
     should_stop: Callable[[], bool] | None = None,
     row_invariant: bool = True,
+    prefill_chunk: int | None = None,
 ) -> Iterator[StreamUpdate]:
     """Generate every row together, yielding after each decoding step; the last update has
     ``done=True`` and the :class:`GenerationResult`.
@@ -223,9 +283,24 @@ def generate_stream(
     bit-identical results, as side by side needs; extraction turns it off for speed. With
     ``keep_tokens`` the capture keeps every response token's
     residual at every layer (for per-token views); otherwise only sums (cheap for big batches).
+
+    A prompt longer than the model's context (less ``cfg.max_new_tokens``) or than
+    ``cfg.max_prompt_tokens`` is refused with an :class:`InputError` before any work. The prompt
+    pass runs in chunks of ``prefill_chunk`` positions (default :data:`PREFILL_CHUNK`);
+    ``should_stop`` is asked between chunks and after every decoding step. Stopped during the
+    prompt pass, the result has no tokens (``steps == 0``) and prompt means over the chunks that
+    ran.
     """
     if len(prompts) != len(plans):
         raise ValueError("One steering plan per prompt row is needed.")
+    chunk = PREFILL_CHUNK if prefill_chunk is None else check_int(prefill_chunk, "prefill_chunk", 1)
+    if prompts:  # checked before padding: a refused prompt allocates nothing
+        check_prompt_tokens(
+            max(len(p) for p in prompts),
+            cfg.max_new_tokens,
+            model.context_length,
+            cfg.max_prompt_tokens,
+        )
     batch = len(prompts)
     ids, mask = left_pad(prompts, model.pad_token_id)
     edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
@@ -238,15 +313,26 @@ def generate_stream(
     decoder = decoder_for(model)
     session = decoder.session(ids, mask, cfg.max_new_tokens, row_invariant)
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    # Inference mode is entered per forward, never across a yield: the consumer's code between
-    # updates (possibly on another thread, as Gradio does) must not run inside it.
+    done = torch.zeros(batch, dtype=torch.bool, device=model.device)
+    step = 0
+    width = ids.shape[1]
+    # The lock and inference mode are taken per forward (a prompt chunk or a step), never across
+    # a yield or a stop check: the consumer's code between updates (possibly on another thread,
+    # as Gradio does) must not run inside inference mode, and other requests get their turn.
     try:
-        with model.compute_lock, torch.inference_mode():
-            logits = session.prefill(rec)
-        rec.prompt_pass = False
-        done = torch.zeros(batch, dtype=torch.bool, device=model.device)
-        step = 0
-        for step in range(1, cfg.max_new_tokens + 1):
+        stopped = False
+        for start in range(0, width, chunk):
+            if start > 0 and should_stop is not None and should_stop():
+                stopped = True
+                break
+            end = min(start + chunk, width)
+            with model.compute_lock, torch.inference_mode():
+                rec.begin_chunk(start, end, final=end == width)
+                logits = session.prefill(rec, start=start, end=end)
+        with torch.inference_mode():
+            rec.end_prompt()
+        n_steps = 0 if stopped else cfg.max_new_tokens
+        for step in range(1, n_steps + 1):
             with model.compute_lock, torch.inference_mode():
                 nxt = _sample(logits, cfg, gen)
                 is_eos = torch.isin(nxt, eos) if cfg.stop_at_eos else torch.zeros_like(done)
@@ -283,8 +369,11 @@ def generate(
     plans: Sequence[RowPlan],
     cfg: SamplingConfig = SamplingConfig(),
     keep_tokens: bool = True,
+    prefill_chunk: int | None = None,
 ) -> GenerationResult:
-    for update in generate_stream(model, prompts, plans, cfg, keep_tokens):
+    for update in generate_stream(
+        model, prompts, plans, cfg, keep_tokens, prefill_chunk=prefill_chunk
+    ):
         if update.result is not None:
             return update.result
     raise RuntimeError("generation ended without a result")

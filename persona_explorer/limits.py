@@ -34,11 +34,13 @@ __all__ = [
     "MAX_PERSONA_QUESTIONS",
     "MAX_SAMPLES",
     "MAX_SEED",
+    "PROMPT_TOKENS_SETTING",
     "Limits",
     "check_finite",
     "check_int",
     "check_layer",
     "check_max_new_tokens",
+    "check_prompt_tokens",
     "check_seed",
     "check_strength",
     "check_temperature",
@@ -53,7 +55,10 @@ MAX_BATCH_SIZE = 1024  # rows of one generation batch
 # What a persona definition file may declare (personas.py); bounds for hostile files.
 MAX_PERSONA_PAIRS = 200
 MAX_PERSONA_QUESTIONS = 2000
-MAX_PERSONA_FILE_BYTES = 64 * 1024 * 1024
+# The shipped ones are under 20 KB; 1 MiB holds the limits above many times over.
+MAX_PERSONA_FILE_BYTES = 1024 * 1024
+# The variable that sets ``Limits.max_prompt_tokens``, named in the message that enforces it.
+PROMPT_TOKENS_SETTING = "PERSONA_EXPLORER_MAX_PROMPT_TOKENS"
 # Hard ceilings of the limits themselves: a setting beyond these is a typo, not a deployment.
 _CEILINGS: dict[str, tuple[float, float]] = {
     "max_prompt_chars": (1, 1_000_000),
@@ -231,6 +236,40 @@ def check_max_new_tokens(value: Any, limits: Limits | None = None) -> int:
 
 def check_seed(value: Any) -> int:
     return check_int(value, "Seed", 0, MAX_SEED)
+
+
+def check_prompt_tokens(
+    n_tokens: int,
+    max_new_tokens: int,
+    context_length: int | None,
+    limit: int | None,
+    what: str = "prompt",
+) -> None:
+    """Refuse a templated prompt of ``n_tokens`` tokens that is over the policy ``limit``
+    (``Limits.max_prompt_tokens``; None: no policy) or that leaves no room in the model's
+    ``context_length`` (None: unknown) for ``max_new_tokens``.
+
+    Characters are checked where text is typed (:func:`check_text`), but only tokens say what a
+    prompt costs: the system prompt, the chat template and a persona's fields all add to them.
+    """
+    if limit is not None and n_tokens > limit:
+        raise InputError(
+            f"The {what} is {n_tokens:,} tokens; the limit is {limit:,} "
+            f"({PROMPT_TOKENS_SETTING}). Shorten it and try again."
+        )
+    # Every generated token is fed back (the last one too, to read its residuals), so the last
+    # sits at position n_tokens + max_new_tokens - 1, which must be inside the context.
+    if context_length is not None and n_tokens + max_new_tokens > context_length:
+        room = context_length - max_new_tokens
+        fix = (
+            f"shorten it to at most {room:,} tokens or ask for fewer new tokens"
+            if room > 0
+            else "ask for fewer new tokens"
+        )
+        raise InputError(
+            f"The {what} is {n_tokens:,} tokens and {max_new_tokens:,} new tokens are asked for; "
+            f"the model reads at most {context_length:,} tokens (its context length): {fix}."
+        )
 
 
 # --------------------------------------------------------------------------- text

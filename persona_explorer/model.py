@@ -123,6 +123,9 @@ class LoadedModel:
     # before the bridge renames modules (sharing storage with the model). The fast decoder reads
     # these, the bench sizes a decoding step from them, and fine-tuning starts from them.
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # The most tokens (prompt + response) the model was built to read, from its config; None
+    # where the config does not say. Generation refuses prompts that would not fit.
+    context_length: int | None = None
     # Held for each forward pass: requests share the model by taking turns (see FairLock).
     compute_lock: FairLock = field(default_factory=FairLock, repr=False)
 
@@ -335,6 +338,27 @@ def _boot_bridge(model_id: str, hf: Any, tok: Any, dev: torch.device, dt: torch.
         ) from exc
 
 
+# Where configs keep their context length (``max_position_embeddings`` for most, GPT-2 style
+# ``n_positions``/``n_ctx``, and the names some remote-code models use).
+_CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+)
+
+
+def context_length_of(cfg: Any) -> int | None:
+    """The context length an HF config declares, or None."""
+    for obj in (cfg, getattr(cfg, "text_config", None)):
+        for key in _CONTEXT_KEYS:
+            value = getattr(obj, key, None) if obj is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
 def model_from_hf(hf: Any, tokenizer: Any, model_id: str = "test") -> LoadedModel:
     """Wrap a built HF model in the bridge (tests build tiny random ones from a config)."""
     hf = hf.eval()
@@ -360,4 +384,5 @@ def model_from_hf(hf: Any, tokenizer: Any, model_id: str = "test") -> LoadedMode
         eos_token_ids=eos_ids,
         pad_token_id=int(pad),
         weights=weights,
+        context_length=context_length_of(cfg),
     )

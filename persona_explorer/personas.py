@@ -12,11 +12,9 @@ Everything here is stdlib only so that the UI and the tests can use it without t
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +29,14 @@ __all__ = [
     "MAX_PAIRS",
     "MAX_PROMPT_CHARS",
     "MAX_QUESTIONS",
-    "PERSONA_DATA_ENV",
     "PersonaDefinition",
     "PersonaError",
     "PromptPair",
     "assistant_prefixed",
     "custom_persona",
     "format_system_prompt",
-    "list_builtin",
-    "load_builtin",
     "load_persona",
     "parse_persona",
-    "shared_data_dir",
 ]
 
 PersonaKind = Literal["trait", "role", "custom"]
@@ -71,14 +65,10 @@ _MAX_EVAL_PROMPT_CHARS = 100_000
 _MAX_FILE_BYTES = MAX_PERSONA_FILE_BYTES
 _MAX_NAME_CHARS = 200
 
-PERSONA_DATA_ENV = "PERSONA_EXPLORER_PERSONA_DATA"
-
 # Only the assistant-axis `default.json` legitimately has an empty `pos` (= no system prompt)
 # and no questions of its own.
-_DEFAULT_NAME = "default"
+DEFAULT_NAME = "default"
 
-_BUILTIN_SUBDIR: dict[str, str] = {"trait": "traits", "role": "roles"}
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _MODEL_NAME_FIELD = "{model_name}"
 
 
@@ -180,7 +170,7 @@ class PersonaDefinition:
             instruction.append(item)
         data: dict[str, Any] = {"instruction": instruction}
         # default.json has no questions; leaving the key out keeps it loadable as it was.
-        if self.questions or self.name != _DEFAULT_NAME:
+        if self.questions or self.name != DEFAULT_NAME:
             data["questions"] = list(self.questions)
         if self.eval_prompt is not None:
             data["eval_prompt"] = self.eval_prompt
@@ -247,7 +237,7 @@ def _validate(
     data: object, name: str, where: str
 ) -> tuple[tuple[PromptPair, ...], tuple[str, ...], str | None]:
     """Check ``data`` against the file format; return its pairs, questions and eval prompt."""
-    is_default = name == _DEFAULT_NAME
+    is_default = name == DEFAULT_NAME
     if not isinstance(data, Mapping):
         raise PersonaError(
             f"{where}: expected a JSON object with 'instruction' and 'questions', "
@@ -390,31 +380,45 @@ def load_persona(path: str | os.PathLike[str]) -> PersonaDefinition:
     if not p.is_file():
         raise PersonaError(f"{where}: not a file")
     if stat.st_size > _MAX_FILE_BYTES:
-        raise PersonaError(
-            f"{where}: the file is {stat.st_size:,} bytes; persona files are limited to "
-            f"{_MAX_FILE_BYTES:,} bytes"
-        )
+        raise PersonaError(_too_large(where))
     return _load_cached(str(p.resolve()), stat.st_mtime_ns, stat.st_size, where)
+
+
+def _too_large(where: str) -> str:
+    return (
+        f"{where}: the file is larger than {_MAX_FILE_BYTES:,} bytes, the limit for persona files"
+    )
 
 
 @functools.lru_cache(maxsize=1024)
 def _load_cached(resolved: str, mtime_ns: int, size: int, where: str) -> PersonaDefinition:
     # Keyed on mtime and size so an edited file is re-read; the result is immutable.
     del mtime_ns, size
-    p = Path(resolved)
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        with open(resolved, "rb") as fh:
+            # Bounded again here: the file may have grown since load_persona's stat.
+            raw = fh.read(_MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PersonaError(f"{where}: cannot read the file ({exc.strerror or exc})") from exc
+    if len(raw) > _MAX_FILE_BYTES:
+        raise PersonaError(_too_large(where))
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PersonaError(
             f"{where}: not valid UTF-8 text (byte {exc.start}: {exc.reason})"
         ) from None
-    except OSError as exc:
-        raise PersonaError(f"{where}: cannot read the file ({exc.strerror or exc})") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PersonaError(
             f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except RecursionError:
+        # A persona nests three levels deep; json.loads recurses once per level.
+        raise PersonaError(
+            f"{where}: the JSON is nested too deeply; a persona file is an object with lists "
+            'of strings and of {"pos", "neg"} objects'
         ) from None
     return parse_persona(data, Path(where).stem, source=where)
 
@@ -475,85 +479,3 @@ def custom_persona(
     return PersonaDefinition(
         name=name, kind="custom", pairs=pairs, questions=q, eval_prompt=ep, source="custom"
     )
-
-
-# --------------------------------------------------------------------------- built-in data
-
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def _as_data_dir(candidate: Path) -> Path | None:
-    """``candidate`` itself, or its ``data/`` child, if it holds traits/ or roles/."""
-    for d in (candidate, candidate / "data"):
-        if any((d / sub / "instructions").is_dir() for sub in _BUILTIN_SUBDIR.values()):
-            return d
-    return None
-
-
-def shared_data_dir() -> Path | None:
-    """The directory holding ``traits/instructions`` and ``roles/instructions``, or None.
-
-    Looked up in order: ``$PERSONA_EXPLORER_PERSONA_DATA``, ``<repo>/assets/personas``,
-    ``<repo>/../shared/data/assistant-axis/data``. Each may also point one level up (at a
-    folder whose ``data/`` holds them). A set but unusable environment variable is skipped.
-    """
-    from .config import load_settings
-
-    root = _repo_root()
-    # The setting is $PERSONA_EXPLORER_PERSONA_DATA, or assets/personas when it is unset.
-    candidates = [load_settings().persona_data_dir, root / "assets" / "personas"]
-    candidates.append(root.parent / "shared" / "data" / "assistant-axis" / "data")
-    for c in candidates:
-        found = _as_data_dir(c)
-        if found is not None:
-            return found
-    return None
-
-
-def _check_kind(kind: object) -> str:
-    if kind not in _BUILTIN_SUBDIR:
-        raise PersonaError(f"kind must be 'trait' or 'role', got {kind!r}")
-    return _BUILTIN_SUBDIR[str(kind)]
-
-
-def list_builtin(kind: BuiltinKind = "trait", *, include_default: bool = False) -> list[str]:
-    """Sorted names of the shipped traits or roles ([] when no data directory is found).
-
-    The ``default`` role (the Assistant itself) is left out unless ``include_default``: as a
-    persona it would be contrasted with itself.
-    """
-    sub = _check_kind(kind)
-    base = shared_data_dir()
-    if base is None:
-        return []
-    folder = base / sub / "instructions"
-    if not folder.is_dir():
-        return []
-    names = sorted(p.stem for p in folder.glob("*.json") if p.is_file())
-    if not include_default:
-        names = [n for n in names if n != _DEFAULT_NAME]
-    return names
-
-
-def load_builtin(name: str, kind: BuiltinKind = "trait") -> PersonaDefinition:
-    """Load a shipped trait or role by name (e.g. ``"evil"``, or ``"pirate"`` as a role)."""
-    sub = _check_kind(kind)
-    # Names may come from the UI: never let them walk out of the data directory.
-    if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise PersonaError(f"invalid {kind} name {name!r}: use letters, digits, '_' and '-' only")
-    base = shared_data_dir()
-    if base is None:
-        raise PersonaError(
-            "no built-in persona data found: set "
-            f"{PERSONA_DATA_ENV} to the assistant-axis 'data' folder, or install it under "
-            "assets/personas"
-        )
-    path = base / sub / "instructions" / f"{name}.json"
-    if not path.is_file():
-        known = list_builtin(kind, include_default=True)
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise PersonaError(f"unknown {kind} {name!r} in {base / sub}{hint}")
-    return load_persona(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -86,6 +87,10 @@ def _same_length(name: str, values: Sequence[float], expected: int, reference: s
         raise ValueError(
             f"{name} has {len(values)} values but {reference} has {expected}; they must match"
         )
+
+
+def _text(label: str) -> str:
+    return html.escape(label, quote=False)
 
 
 # --------------------------------------------------------------------------- layout
@@ -241,7 +246,7 @@ def layer_projection_figure(
             go.Scatter(
                 x=xs,
                 y=vals,
-                name=label,
+                name=_text(label),
                 mode="lines+markers",
                 line={"color": STEERED_COLORS[k % len(STEERED_COLORS)], "width": 2.5},
                 marker={"size": 5},
@@ -339,7 +344,7 @@ def cosine_heatmap_figure(
         if not isinstance(label, str) or not label:
             raise ValueError(f"names[{i}] must be a non-empty string, got {label!r}")
     # Plotly merges equal category labels, which would silently fold rows together.
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    dupes = sorted(x for x, k in Counter(labels).items() if k > 1)
     if dupes:
         raise ValueError(f"names must be unique; repeated: {', '.join(dupes)}")
     if isinstance(layer, bool) or not isinstance(layer, int):
@@ -363,8 +368,9 @@ def cosine_heatmap_figure(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=labels,
-            y=labels,
+            # Plotly renders a subset of HTML in labels: names are user text, never markup.
+            x=[_text(x) for x in labels],
+            y=[_text(y) for y in labels],
             zmin=-1.0,
             zmax=1.0,
             zmid=0.0,

@@ -241,3 +241,20 @@ def test_prompt_variants_match_a_hand_computation(qwen2: LoadedModel) -> None:
 def test_extraction_can_be_stopped(llama: LoadedModel) -> None:
     with pytest.raises(InterruptedError):
         extract_persona(llama, PERSONA, extraction(), should_stop=lambda: True)
+
+
+def test_vector_metadata_holds_no_machine_paths() -> None:
+    """Metadata travels to other machines and to visitors: no absolute paths in it."""
+    import json
+    from pathlib import Path
+
+    from persona_explorer.extract import portable_source
+    from persona_explorer.vector_files import load
+
+    assert portable_source("/home/me/assets/personas/traits/instructions/evil.json") == (
+        "traits/evil.json"
+    )
+    assert portable_source("/tmp/mine.json") == "mine.json"
+    for path in sorted(Path("assets/vectors").glob("*.safetensors")):
+        text = json.dumps(load(path).metadata)
+        assert "/work/" not in text and "/home/" not in text and "/root/" not in text, path

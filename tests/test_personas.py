@@ -5,25 +5,27 @@ from pathlib import Path
 
 import pytest
 
-from persona_explorer import personas
+from persona_explorer import persona_data
+from persona_explorer.persona_data import (
+    PERSONA_DATA_ENV,
+    list_builtin,
+    load_builtin,
+    shared_data_dir,
+)
 from persona_explorer.personas import (
     DEFAULT_ASSISTANT_PROMPTS,
     EXTRACTION_QUESTION_COUNT,
     MAX_PAIRS,
     MAX_PROMPT_CHARS,
     MAX_QUESTIONS,
-    PERSONA_DATA_ENV,
     PersonaDefinition,
     PersonaError,
     PromptPair,
     assistant_prefixed,
     custom_persona,
     format_system_prompt,
-    list_builtin,
-    load_builtin,
     load_persona,
     parse_persona,
-    shared_data_dir,
 )
 
 DATA_DIR = shared_data_dir()
@@ -158,7 +160,7 @@ def test_unusable_env_var_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_no_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(personas, "shared_data_dir", lambda: None)
+    monkeypatch.setattr(persona_data, "shared_data_dir", lambda: None)
     assert list_builtin("trait") == []
     with pytest.raises(PersonaError, match=PERSONA_DATA_ENV):
         load_builtin("evil")

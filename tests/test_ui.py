@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import re
 import threading
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_one_refresh_scans_the_library_once(
     with gr.Blocks():
         state = gr.State({})
         st = steer.build(ctx, state)
-        lib = library_tab.build(ctx, state)
+        lib = library_tab.build(ctx, state, gr.BrowserState(None))
     calls.clear()
     updates = list_updates(ctx, st, lib, ctx.catalog.view(None), None, None, None)
     assert len(calls) == 2  # the built-ins and the library, once each
@@ -190,3 +191,156 @@ def test_the_wired_endpoints_run_through_the_demo(ctx: AppContext) -> None:
     assert len(steer_out) >= 2
     sweep_out = list(fns["sweep_strengths"](*args, progress=lambda *a, **k: None))
     assert sweep_out and any(sweep_out[-1].values())
+
+
+# --------------------------------------------------------------------------- public safety
+
+
+def test_user_text_is_never_markup() -> None:
+    from persona_explorer.ui.markup import md, plain
+
+    hostile = "<img src=x onerror=alert(1)> [link](javascript:x) **bold** `code` # head"
+    out = md(hostile)
+    assert "<img" not in out and "](" not in out and " # " not in out
+    assert re.search(r"(?<!\\)[`*\[\]]", out) is None  # every markup character escaped
+    assert "&lt;img" in out and "onerror=alert" in out  # still readable, as text
+    assert "<" not in plain("<b>x</b>") and len(md("x" * 10_000)) < 300
+    assert "\n" not in md("line\n# heading")
+
+
+def test_one_visitor_may_hold_only_a_few_jobs() -> None:
+    from persona_explorer.ui.fairness import PER_ADDRESS_FACTOR, refusal
+
+    pending = [("alice", "1.1.1.1")] * 3 + [("bob", "2.2.2.2")]
+    assert refusal("alice", "1.1.1.1", pending, 3) is not None
+    assert refusal("bob", "2.2.2.2", pending, 3) is None
+    assert refusal("carol", "1.1.1.1", pending, 3) is None  # same address, fresh session
+    # A script inventing sessions is capped per address.
+    many = [(f"s{i}", "3.3.3.3") for i in range(3 * PER_ADDRESS_FACTOR)]
+    assert "address" in (refusal("new", "3.3.3.3", many, 3) or "")
+
+
+def test_the_queue_limit_is_installed_on_gradios_queue(ctx: AppContext) -> None:
+    """Pins the two Gradio internals fairness.py relies on."""
+    from persona_explorer.ui import configure_queue
+
+    demo = configure_queue(build_demo(ctx.settings, ctx.model), ctx.settings)
+    assert demo._queue.push.__name__ == "push"
+    assert isinstance(demo._queue.event_ids_to_events, dict)
+    heavy = {f.concurrency_id for f in demo.fns.values() if f.api_name in ("steer", "extract")}
+    assert heavy == {"generation", "extraction"}
+
+
+def test_heatmap_input_is_capped_and_deduplicated() -> None:
+    assert library_tab.heatmap_keys(["a", "b", "a", 3, "b"], 24) == ["a", "b"]
+    assert library_tab.heatmap_keys(None, 24) == []
+    with pytest.raises(InputError, match="at most 24"):
+        library_tab.heatmap_keys(["k"] * 1600, 24)
+    with pytest.raises(InputError, match="at most 2"):
+        library_tab.heatmap_keys(["a", "b", "c"], 2)
+
+
+def test_a_session_holds_a_bounded_number_of_vectors() -> None:
+    from persona_explorer.ui.catalog import add_to_session
+
+    vec = PersonaVector(name="v", vectors=torch.ones(2, 4))
+    session: dict = {}
+    for _ in range(3):
+        session, _key = add_to_session(session, vec, limit=3)
+    assert len(session) == 3
+    with pytest.raises(InputError, match="already holds 3 vectors"):
+        add_to_session(session, vec, limit=3)
+
+
+def test_share_links_are_bounded_like_form_input(ctx: AppContext) -> None:
+    from persona_explorer.ui import apply_share_params
+
+    with gr.Blocks():
+        st = steer.build(ctx, gr.State({}))
+    view = ctx.catalog.view(None)
+    hostile = {
+        "prompt": "x" * 100_000,
+        "persona": "<img src=x onerror=alert(1)>",
+        "layer": "999",
+        "strength": "1e308",
+    }
+    updates, key = apply_share_params(ctx, st, view, hostile)
+    assert key == "builtin:tiny-pirate"  # fell back to the default persona
+    assert st.prompt not in updates  # too long: left as it was
+    assert updates[st.strength]["value"] == 2.0 and updates[st.layer]["value"] == 2
+
+
+def test_download_files_are_capped(ctx: AppContext) -> None:
+    vec = ctx.catalog.view(None).load(ctx.catalog.view(None).resolve("tiny-pirate"))
+    ctx.exports.MAX_EXPORTS = 3
+    for _ in range(6):
+        path, notes = ctx.exports.write(vec, "gguf")
+        assert path.exists()
+    assert len(list(ctx.exports.root.iterdir())) <= 3
+    assert any("layer 0" in n for n in notes)
+
+
+def test_owner_tokens_and_the_browser_secret(tmp_path: Path) -> None:
+    from persona_explorer.ui.context import browser_secret, check_owner, new_owner_token
+
+    token = new_owner_token()
+    assert check_owner(token) == token
+    for bad in (None, "", "short", "x" * 65, "a b c d e f g h i j k l m n o", 42):
+        with pytest.raises(InputError, match="owner token"):
+            check_owner(bad)
+    first = browser_secret(tmp_path)
+    assert browser_secret(tmp_path) == first  # kept across restarts
+    assert (tmp_path / ".browser-secret").stat().st_mode & 0o077 == 0
+
+
+def test_session_names_are_cleaned_and_bounded() -> None:
+    from persona_explorer.ui.catalog import add_to_session
+
+    vec = PersonaVector(name="evil\u202egnp.exe\u200b" + "x" * 500, vectors=torch.ones(2, 4))
+    session, key = add_to_session({}, vec, limit=3)
+    name = session[key].name
+    assert "\u202e" not in name and "\u200b" not in name and len(name) <= 80
+
+
+def test_only_the_browser_that_saved_a_vector_may_change_it(ctx: AppContext) -> None:
+    with gr.Blocks():
+        state = gr.State({})
+        lib = library_tab.build(ctx, state, gr.BrowserState(None))
+    alice, mallory = "a" * 24, "m" * 24
+    vec = ctx.catalog.view(None).load(ctx.catalog.view(None).resolve("tiny-pirate"))
+    session, key = catalog_add(vec)
+    library_tab.save_vector(ctx, lib, key, session, alice)
+    saved = next(i for i in ctx.catalog.view(None).items if i.where == "library")
+    for handler, args in (
+        (library_tab.rename_vector, (saved.key, "stolen", None, mallory)),
+        (library_tab.delete_vector, (saved.key, None, mallory)),
+    ):
+        with pytest.raises(gr.Error, match="Only the browser"):
+            handler(ctx, lib, *args)
+    with pytest.raises(gr.Error, match="owner token"):  # a script without a token
+        library_tab.delete_vector(ctx, lib, saved.key, None, None)
+    library_tab.rename_vector(ctx, lib, saved.key, "mine", None, alice)
+    renamed = next(i for i in ctx.catalog.view(None).items if i.where == "library")
+    library_tab.delete_vector(ctx, lib, renamed.key, None, alice)
+    assert not [i for i in ctx.catalog.view(None).items if i.where == "library"]
+    with pytest.raises(gr.Error, match="cannot be deleted"):
+        library_tab.delete_vector(ctx, lib, "builtin:tiny-pirate", None, alice)
+
+
+def catalog_add(vec: PersonaVector) -> tuple[dict, str]:
+    from persona_explorer.ui.catalog import add_to_session
+
+    return add_to_session({}, vec, limit=4)
+
+
+def test_public_mode_makes_the_shared_library_read_only(
+    llama: LoadedModel, tmp_path: Path, one_thread: None
+) -> None:
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "c", public=True)
+    ctx = AppContext.create(settings, llama)
+    with gr.Blocks():
+        lib = library_tab.build(ctx, gr.State({}), gr.BrowserState(None))
+    vec = PersonaVector(name="v", vectors=torch.ones(N_LAYERS, D_MODEL), model_id=llama.model_id)
+    session, key = catalog_add(vec)
+    with pytest.raises(gr.Error, match="read-only"):
+        library_tab.save_vector(ctx, lib, key, session, "a" * 24)

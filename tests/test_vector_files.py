@@ -26,10 +26,11 @@ from persona_explorer.vector_files import (
     export_stem,
     format_for_path,
     load,
+    read_info,
     save,
     save_notes,
 )
-from persona_explorer.vectors import PersonaVector, VectorMismatchError, check_fits
+from persona_explorer.vectors import PersonaVector, VectorInfo, VectorMismatchError, check_fits
 from tests.test_vectors import D_MODEL, N_LAYERS, full_vec, planted
 
 
@@ -232,9 +233,10 @@ def test_hostile_pickle_is_not_executed(tmp_path, writer):
     else:
         with open(path, "wb") as fh:
             pickle.dump(payload, fh)
-    with pytest.raises(VectorFileError, match="not a tensor file torch can load safely"):
+    with pytest.raises(VectorFileError, match="not a tensor file torch can load safely") as info:
         load(path, layout="assistant_axis")
     assert not sentinel.exists()
+    assert "weights_only" not in str(info.value)  # torch's advice must never reach the user
 
 
 @pytest.mark.parametrize("ext", [".pt", ".safetensors", ".gguf"])
@@ -563,3 +565,79 @@ def test_format_is_a_frozen_value():
 def test_vector_file_error_is_an_input_error():
     assert issubclass(VectorFileError, InputError)
     assert issubclass(VectorMismatchError, InputError)
+
+
+# --------------------------------------------------------------------------- read_info
+
+
+@pytest.mark.parametrize(
+    ("ext", "layout", "vec"),
+    [
+        (".safetensors", None, full_vec()),
+        (".safetensors", None, full_vec(embedding=None, separation=None, layer=None)),
+        (".pt", "persona_vectors", full_vec()),
+        (".gguf", None, gguf_only_vec()),
+    ],
+)
+def test_read_info_is_what_load_gives(tmp_path, ext, layout, vec):
+    path = save(vec, tmp_path / f"v{ext}", layout=layout)
+    info = read_info(path)
+    assert info == VectorInfo.of(load(path))
+    assert (info.n_layers, info.d_model) == (N_LAYERS, D_MODEL)
+
+
+def test_read_info_of_a_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "sycophancy.safetensors"
+    safetensors.torch.save_file({"anything": planted().half()}, str(path), metadata={"a": "b"})
+    info = read_info(path)
+    assert info == VectorInfo.of(load(path))
+    assert info.variant == "imported"
+    assert info.metadata["safetensors_metadata"] == {"a": "b"}
+
+
+def test_read_info_applies_max_bytes(tmp_path):
+    path = save(full_vec(), tmp_path / "v.safetensors")
+    with pytest.raises(VectorFileError, match="PERSONA_EXPLORER_MAX_VECTOR_MB"):
+        read_info(path, max_bytes=256)
+    assert read_info(path, max_bytes=4096).d_model == D_MODEL
+
+
+# --------------------------------------------------------------------------- against the model
+
+
+@pytest.mark.parametrize(("ext", "layout"), [(".safetensors", None), (".pt", "assistant_axis")])
+def test_load_checks_d_model(tmp_path, ext, layout):
+    path = save(gguf_only_vec(), tmp_path / f"v{ext}", layout=layout)
+    assert load(path, layout=layout, d_model=D_MODEL).d_model == D_MODEL
+    with pytest.raises(VectorMismatchError, match="d_model is 64"):
+        load(path, layout=layout, d_model=64)
+
+
+def test_gguf_d_model_check_and_padding(tmp_path):
+    path = save(gguf_only_vec(), tmp_path / "v.gguf")
+    assert load(path, n_layers=N_LAYERS, d_model=D_MODEL).n_layers == N_LAYERS
+    with pytest.raises(VectorMismatchError, match="d_model is 64"):
+        load(path, d_model=64)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"d_model": 0}, "d_model"),
+        ({"d_model": True}, "d_model"),
+        ({"n_layers": 5000}, "n_layers"),
+        ({"max_bytes": -1}, "max_bytes"),
+        ({"max_bytes": 1.5}, "max_bytes"),
+    ],
+)
+def test_load_argument_checks(tmp_path, kwargs, match):
+    path = save(full_vec(), tmp_path / "v.safetensors")
+    with pytest.raises(ValueError, match=match):
+        load(path, **kwargs)
+
+
+def test_pt_layout_given_with_wrong_layer_count(tmp_path):
+    path = save(full_vec(), tmp_path / "v.pt", layout="persona_vectors")
+    assert load(path, layout="persona_vectors", n_layers=N_LAYERS).n_layers == N_LAYERS
+    with pytest.raises(VectorMismatchError, match=f"holds {N_LAYERS + 1} layers"):
+        load(path, layout="assistant_axis", n_layers=N_LAYERS)

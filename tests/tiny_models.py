@@ -250,29 +250,43 @@ def record_prefill(
     model: LoadedModel,
     prompts: list[list[int]],
     plans: list[tuple] | None = None,
+    chunk: int | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Prefill a left-padded batch with the model's decoder, steered per row like generate()
     steers it; returns residuals per layer after the edits ([batch, seq, d_model], key -1 is
-    the embedding), all logits and the attention mask."""
+    the embedding), all logits and the attention mask.
+
+    ``chunk``: run the prompt in slices of that many positions (unsteered only: which edits a
+    slice gets is generate()'s business) and join what each slice saw.
+    """
     from persona_explorer.generation import left_pad
     from persona_explorer.steering import compile_plan
 
+    assert chunk is None or plans is None
     ids, mask = left_pad(prompts, model.pad_token_id)
     edits = compile_plan(
         plans or [()] * len(prompts), model.n_layers, model.d_model, model.device, model.dtype
     )
-    seen: dict[int, torch.Tensor] = {}
+    seen: dict[int, list[torch.Tensor]] = {}
 
     def resid_fn(layer: int, h: torch.Tensor) -> torch.Tensor:
         if layer in edits:
             h = edits[layer].apply(h, prompt_pass=True)
-        seen[layer] = h.detach().clone()
+        seen.setdefault(layer, []).append(h.detach().clone())
         return h
 
+    width = ids.shape[1]
+    step = chunk or width
     session = decoder_for(model).session(ids, mask, 1)
     try:
         with torch.no_grad():
-            logits = session.prefill(resid_fn, all_logits=True)
+            logits = torch.cat(
+                [
+                    session.prefill(resid_fn, all_logits=True, start=a, end=min(a + step, width))
+                    for a in range(0, width, step)
+                ],
+                dim=1,
+            )
     finally:
         session.close()
-    return seen, logits, mask
+    return {layer: torch.cat(parts, dim=1) for layer, parts in seen.items()}, logits, mask

@@ -65,7 +65,8 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 def resolve_persona(spec: str, kind: BuiltinKind) -> PersonaDefinition:
     """A persona file, or a built-in trait/role by name."""
-    from ..personas import load_builtin, load_persona
+    from ..persona_data import load_builtin
+    from ..personas import load_persona
 
     path = Path(spec).expanduser()
     if spec.lower().endswith(".json") or path.is_file() or looks_like_path(spec):
@@ -74,6 +75,7 @@ def resolve_persona(spec: str, kind: BuiltinKind) -> PersonaDefinition:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import load_settings
     from ..extract import ExtractionConfig, extract_persona
 
     out = Path(args.out).expanduser()
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         batch_size=args.batch_size,
+        max_prompt_tokens=load_settings().limits.max_prompt_tokens,
     )
     persona = resolve_persona(args.persona, args.kind)
     model = get_model(args)

@@ -91,6 +91,7 @@ def _strengths(args: argparse.Namespace, vec: PersonaVector) -> tuple[float, ...
 
 def run(args: argparse.Namespace) -> int:
     from ..compare import SteerRequest, steer
+    from ..config import load_settings
     from ..generation import SamplingConfig
     from ..vectors import check_fits
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_at_eos=not args.ignore_eos,
+        max_prompt_tokens=load_settings().limits.max_prompt_tokens,
     )
     # Read the file once before the (slow) model load: a bad file or a missing layer/strength
     # fails at once. It is read again below with the model's layer count, which picks a .pt

@@ -1,8 +1,9 @@
 """The inference engine: forward passes with a KV cache and a callback on the residual stream.
 
-What it owns: the decoders and their sessions (prefill, one step per generated token, close),
-which decoder serves which model, and the compiled CPU kernel. It knows nothing about personas,
-steering or capture; those live in the residual callback its callers pass in.
+What it owns: the decoders and their sessions (prefill, whole or in slices of the prompt, one
+step per generated token, close), which decoder serves which model, and the compiled CPU kernel.
+It knows nothing about personas, steering or capture; those live in the residual callback its
+callers pass in.
 
 * :mod:`.base` — the :class:`Decoder` / :class:`DecodeSession` interface, :data:`ResidFn`,
   :data:`EMBED_LAYER`, :func:`positions_from_mask`.

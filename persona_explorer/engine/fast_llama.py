@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask
+from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask, prefill_slice
 
 if TYPE_CHECKING:
     from ..model import LoadedModel
@@ -312,17 +312,32 @@ class _FastSession:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.dec.lm_head(self.dec.rms_norm(h, self.dec.norm))[0]
 
-    def prefill(self, resid_fn: ResidFn = no_edit, all_logits: bool = False) -> torch.Tensor:
-        s = self.input_ids.shape[1]
-        key_ok = self.valid[:, :s]
-        causal = torch.ones(s, s, dtype=torch.bool, device=key_ok.device).tril()
+    def prefill(
+        self,
+        resid_fn: ResidFn = no_edit,
+        all_logits: bool = False,
+        start: int = 0,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        width = self.input_ids.shape[1]
+        end = prefill_slice(self.length, width, start, end)
+        dev = self.valid.device
+        # Queries [start, end) against the keys cached so far and their own: [b, 1, chunk, end],
+        # so a long prompt never builds a prompt x prompt mask.
+        query = torch.arange(start, end, device=dev)[:, None]
+        key = torch.arange(end, device=dev)[None, :]
         # A padding query attends to itself only, so its (ignored) row stays finite.
-        mask = (causal & key_ok[:, None, :]) | torch.eye(s, dtype=torch.bool, device=key_ok.device)
-        h = self._forward(self.input_ids, self.positions, mask[:, None], resid_fn)
-        self.next_pos = self.positions[:, -1] + 1
+        mask = ((key <= query) & self.valid[:, None, :end]) | (key == query)
+        h = self._forward(
+            self.input_ids[:, start:end], self.positions[:, start:end], mask[:, None], resid_fn
+        )
+        if end == width:
+            self.next_pos = self.positions[:, -1] + 1
         return self._logits(h) if all_logits else self._logits(h[:, -1])
 
     def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
+        if self.length < self.input_ids.shape[1]:
+            raise RuntimeError("step() before the whole prompt was prefilled")
         end = self.length + 1
         if end > self.total:
             raise RuntimeError("KV cache full: more steps than max_new_tokens")

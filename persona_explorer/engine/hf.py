@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask
+from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask, prefill_slice
 
 if TYPE_CHECKING:
     from ..model import LoadedModel
@@ -52,6 +52,7 @@ class _HFSession:
         self.mask = attention_mask.to(dec.device).long()
         self.cache: Any = DynamicCache(config=dec.hf_model.config)
         self.positions = positions_from_mask(self.mask)
+        self.done = 0  # prompt positions already in the cache
 
     @contextlib.contextmanager
     def _hooks(self, resid_fn: ResidFn) -> Iterator[None]:
@@ -79,25 +80,43 @@ class _HFSession:
             for handle in handles:
                 handle.remove()
 
-    def _run(self, ids: torch.Tensor, positions: torch.Tensor, resid_fn: ResidFn) -> torch.Tensor:
+    def _run(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, resid_fn: ResidFn
+    ) -> torch.Tensor:
+        """``mask`` [batch, cached + new] covers the cached keys and the new ones."""
         with self._hooks(resid_fn):
             out = self.dec.hf_model(
                 input_ids=ids,
-                attention_mask=self.mask,
+                attention_mask=mask,
                 position_ids=positions,
                 past_key_values=self.cache,
                 use_cache=True,
             )
         return out.logits
 
-    def prefill(self, resid_fn: ResidFn = no_edit, all_logits: bool = False) -> torch.Tensor:
-        logits = self._run(self.input_ids, self.positions, resid_fn)
-        self.next_pos = self.positions[:, -1] + 1
+    def prefill(
+        self,
+        resid_fn: ResidFn = no_edit,
+        all_logits: bool = False,
+        start: int = 0,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        width = self.input_ids.shape[1]
+        end = prefill_slice(self.done, width, start, end)
+        # The cache holds positions [0, start): HF continues it and builds the chunk x keys mask.
+        logits = self._run(
+            self.input_ids[:, start:end], self.positions[:, start:end], self.mask[:, :end], resid_fn
+        )
+        self.done = end
+        if end == width:
+            self.next_pos = self.positions[:, -1] + 1
         return logits if all_logits else logits[:, -1]
 
     def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
+        if self.done < self.input_ids.shape[1]:
+            raise RuntimeError("step() before the whole prompt was prefilled")
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        logits = self._run(tokens.view(-1, 1), self.next_pos[:, None], resid_fn)
+        logits = self._run(tokens.view(-1, 1), self.next_pos[:, None], self.mask, resid_fn)
         self.next_pos = self.next_pos + 1
         return logits[:, -1]
 

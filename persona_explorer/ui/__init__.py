@@ -42,9 +42,13 @@ from ..limits import check_layer, check_strength, check_text
 from ..model import LoadedModel
 from . import extract, library_tab, steer
 from .catalog import CatalogView
-from .context import AppContext, user_errors
+from .context import AppContext, check_owner, new_owner_token, user_errors
+from .fairness import limit_jobs_per_visitor
+from .markup import md, plain
 
-__all__ = ["build_demo", "launch_kwargs", "theme"]
+__all__ = ["build_demo", "configure_queue", "launch_kwargs", "theme"]
+
+QUEUE_SIZE = 64
 
 CSS_PATH = REPO_ROOT / "assets" / "style.css"
 TITLE = "Persona Explorer"
@@ -69,6 +73,15 @@ def theme() -> gr.themes.Base:
         button_primary_background_fill="*primary_600",
         button_primary_background_fill_hover="*primary_700",
     )
+
+
+def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
+    """The queue every event goes through, with a cap on each visitor's heavy jobs."""
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=4)
+    limit_jobs_per_visitor(
+        demo, settings.limits.max_pending_per_visitor, trust_forwarded=settings.public
+    )
+    return demo
 
 
 def launch_kwargs(settings: Settings) -> dict[str, Any]:
@@ -101,6 +114,11 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
     ctx = AppContext.create(settings, model)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         session = gr.State({})
+        # A random token in this browser marks the vectors it saves in the shared library:
+        # only it may rename or delete them. Encrypted with a key kept across restarts.
+        owner = gr.BrowserState(
+            None, storage_key="persona-explorer-owner", secret=ctx.browser_secret
+        )
         gr.HTML(header_html(ctx))
         with gr.Tabs(selected="steer", elem_id="pe-tabs") as tabs:
             with gr.Tab("Steer", id="steer", elem_id="pe-tab-steer"):
@@ -108,7 +126,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             with gr.Tab("Extract", id="extract", elem_id="pe-tab-extract"):
                 ex = extract.build(ctx, session)
             with gr.Tab("Library", id="library", elem_id="pe-tab-library"):
-                lib = library_tab.build(ctx, session)
+                lib = library_tab.build(ctx, session, owner)
 
         list_outputs = [st.persona, lib.table, lib.selected, lib.heat_pick]
 
@@ -139,23 +157,28 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             api_visibility="private",
         )
 
-        def save_extracted(key: str | None, session: dict | None) -> str:
+        def save_extracted(key: str | None, session: dict | None, token: object) -> str:
             with user_errors():
-                item = ctx.catalog.view(session).resolve(key)
-                entry = ctx.library.save(item.vector)  # type: ignore[arg-type]
-                gr.Info(f"Saved {entry.name!r} to the library.")
-                return f"Saved **{entry.name}** to the library ({entry.path.name})."
+                view = ctx.catalog.view(session)
+                entry = ctx.save_to_library(view.load(view.resolve(key)), token)
+                gr.Info(f"Saved {plain(entry.name)} to the library.")
+                return f"Saved **{md(entry.name)}** to the library ({md(entry.path.name)})."
 
         ex.save.click(
-            save_extracted, [ex.last, session], lib.status, api_visibility="private"
+            save_extracted, [ex.last, session, owner], lib.status, api_visibility="private"
         ).then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
 
-        def on_load(session: dict | None, request: gr.Request) -> dict:
-            """Fresh lists (the library may have changed) and any share-link parameters."""
+        def on_load(session: dict | None, token: object, request: gr.Request) -> dict:
+            """Fresh lists (the library may have changed), any share-link parameters, and an
+            owner token for a browser that has none."""
             params = dict(request.query_params) if request is not None else {}
             view = ctx.catalog.view(session)
             shared, persona_key = apply_share_params(ctx, st, view, params)
             updates = list_updates(ctx, st, lib, view, persona_key, None, None)
+            try:
+                check_owner(token)
+            except InputError:
+                updates[owner] = new_owner_token()
             if shared:
                 updates |= shared
                 updates[tabs] = gr.Tabs(selected="steer")
@@ -163,8 +186,9 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
 
         demo.load(
             on_load,
-            [session],
+            [session, owner],
             [
+                owner,
                 *list_outputs,
                 st.prompt,
                 st.system,
@@ -202,6 +226,7 @@ def list_updates(
         heat_value = [k for k in heat if k in heat_keys]
         if selected in heat_keys and selected not in heat_value:
             heat_value.append(selected)
+        heat_value = heat_value[: ctx.settings.limits.max_heatmap_vectors]
     item_keys = [k for _, k in view.item_choices()]
     default = view.default_key(ctx.settings.default_persona)
     return {
@@ -232,13 +257,13 @@ def apply_share_params(
                     params[key], key, limits.max_prompt_chars, required=False
                 )
             except InputError as exc:
-                gr.Warning(f"Share link: {exc}")
+                gr.Warning(f"Share link: {plain(exc)}")
     item = None
     if "persona" in params:
         try:
             item = view.resolve(params["persona"])
         except InputError as exc:
-            gr.Warning(f"Share link: {exc}")
+            gr.Warning(f"Share link: {plain(exc)}")
     layer = strength = None
     try:
         if "layer" in params:
@@ -246,7 +271,7 @@ def apply_share_params(
         if "strength" in params:
             strength = check_strength(params["strength"], limits)
     except InputError as exc:
-        gr.Warning(f"Share link: {exc}")
+        gr.Warning(f"Share link: {plain(exc)}")
     if item is None:
         key = view.default_key(ctx.settings.default_persona)
         item = view.resolve(key) if key else None

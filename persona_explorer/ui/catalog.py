@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import InputError
-from ..library import Library, slugify
-from ..vectors import PersonaVector, VectorMismatchError, check_fits
+from ..library import Library
+from ..names import MAX_NAME_CHARS, clean_name, slugify
+from ..vectors import PersonaVector, VectorInfo, VectorMismatchError, check_fits
 
 __all__ = [
     "CatalogView",
@@ -40,14 +41,23 @@ Where = Literal["built-in", "library", "session"]
 
 @dataclass(frozen=True)
 class VectorItem:
+    """One vector as listed: what it is (``info``, read from the file's header alone), or why
+    it cannot be read. Session vectors also carry the vector itself; the others are loaded
+    from disk when used (:meth:`CatalogView.load`)."""
+
     key: str
     where: Where
-    vector: PersonaVector | None
+    info: VectorInfo | None
     error: str | None = None
+    vector: PersonaVector | None = None
+
+    @property
+    def id(self) -> str:
+        return self.key.split(":", 1)[1]
 
     @property
     def name(self) -> str:
-        return self.vector.name if self.vector is not None else self.key.split(":", 1)[1]
+        return self.info.name if self.info is not None else self.id
 
     @property
     def label(self) -> str:
@@ -64,10 +74,10 @@ class ModelShape:
 
 
 def _fit_problem(item: VectorItem, shape: ModelShape) -> str | None:
-    if item.vector is None:
+    if item.info is None:
         return item.error or "unreadable"
     try:
-        check_fits(item.vector, shape.n_layers, shape.d_model, shape.model_id)
+        check_fits(item.info, shape.n_layers, shape.d_model, shape.model_id)
     except VectorMismatchError as exc:
         return str(exc)
     return None
@@ -76,8 +86,10 @@ def _fit_problem(item: VectorItem, shape: ModelShape) -> str | None:
 class CatalogView:
     """One scan of every vector a session can see, and the lists built from it."""
 
-    def __init__(self, items: list[VectorItem], shape: ModelShape) -> None:
+    def __init__(self, items: list[VectorItem], catalog: VectorCatalog) -> None:
         self.items = items
+        self.catalog = catalog
+        shape = catalog.shape
         self.shape = shape
         self.by_key = {i.key: i for i in items}
         self._problems = {i.key: _fit_problem(i, shape) for i in items}
@@ -88,6 +100,18 @@ class CatalogView:
 
     def fits(self, item: VectorItem) -> bool:
         return self.fit_problem(item.key) is None
+
+    def find(self, ref: object) -> VectorItem:
+        """The item a dropdown key refers to, readable or not (unreadable files can be deleted)."""
+        item = self.by_key.get(ref) if isinstance(ref, str) else None
+        return item if item is not None else self.resolve(ref)
+
+    def load(self, item: VectorItem) -> PersonaVector:
+        """The vector itself (read from disk for built-in and library items)."""
+        if item.vector is not None:
+            return item.vector
+        source = self.catalog.builtins if item.where == "built-in" else self.catalog.library
+        return source.get(item.id)
 
     def resolve(self, ref: object) -> VectorItem:
         """The readable vector a dropdown key or a plain name refers to."""
@@ -110,13 +134,13 @@ class CatalogView:
                 None,
             )
         if found is None:
-            names = sorted({i.name for i in self.items if i.vector is not None})
+            names = sorted({i.name for i in self.readable()})
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
             raise InputError(
                 f"Unknown persona {ref[:80]!r}. Available: {shown or 'none yet'}. Extract a "
                 "new one in the Extract tab or upload one in the Library tab."
             )
-        if found.vector is None:
+        if found.info is None:
             raise InputError(f"The vector file for {found.name!r} cannot be read: {found.error}")
         return found
 
@@ -126,13 +150,12 @@ class CatalogView:
         problem = self.fit_problem(item.key)
         if problem:
             raise InputError(f"{item.name!r} cannot steer this model. {problem}")
-        assert item.vector is not None
-        return item, item.vector
+        return item, self.load(item)
 
     # ------------------------------------------------------------ lists
 
     def readable(self) -> list[VectorItem]:
-        return [i for i in self.items if i.vector is not None]
+        return [i for i in self.items if i.info is not None]
 
     def persona_choices(self) -> list[tuple[str, str]]:
         """(label, key) for the persona dropdown: readable vectors, fitting ones first."""
@@ -141,7 +164,11 @@ class CatalogView:
         return fits + other
 
     def item_choices(self) -> list[tuple[str, str]]:
-        return [(i.label, i.key) for i in self.readable()]
+        """Every item, unreadable ones too: they must stay selectable to be deleted."""
+        return [
+            (i.label if i.info is not None else f"{i.label} · unreadable", i.key)
+            for i in self.items
+        ]
 
     def fitting_choices(self) -> list[tuple[str, str]]:
         return [(i.label, i.key) for i in self.readable() if self.fits(i)]
@@ -166,25 +193,41 @@ class VectorCatalog:
 
     def view(self, session: Mapping[str, PersonaVector] | None = None) -> CatalogView:
         items = [
-            VectorItem(f"builtin:{e.id}", "built-in", e.vector, e.error)
+            VectorItem(f"builtin:{e.id}", "built-in", e.info, e.error)
             for e in self.builtins.entries()
         ]
         items += [
-            VectorItem(f"library:{e.id}", "library", e.vector, e.error)
+            VectorItem(f"library:{e.id}", "library", e.info, e.error)
             for e in self.library.entries()
         ]
-        items += [VectorItem(k, "session", v) for k, v in (session or {}).items()]
-        return CatalogView(items, self.shape)
+        items += [
+            VectorItem(k, "session", VectorInfo.of(v), vector=v) for k, v in (session or {}).items()
+        ]
+        return CatalogView(items, self)
 
 
 # --------------------------------------------------------------------------- session vectors
 
 
 def add_to_session(
-    session: Mapping[str, PersonaVector] | None, vec: PersonaVector
+    session: Mapping[str, PersonaVector] | None, vec: PersonaVector, limit: int
 ) -> tuple[SessionVectors, str]:
-    """A new session dict with ``vec`` added under a fresh key; returns (dict, key)."""
+    """A new session dict with ``vec`` added under a fresh key; returns (dict, key).
+
+    At most ``limit`` vectors: the session lives in the server's memory.
+    """
     new = dict(session or {})
+    try:  # a file's stored name can be anything: keep names short, single-line and visible
+        name = clean_name(vec.name[:MAX_NAME_CHARS])
+    except InputError:
+        name = "vector"
+    if name != vec.name:
+        vec = vec.with_(name=name)
+    if len(new) >= limit:
+        raise InputError(
+            f"This browser session already holds {len(new)} vectors, the limit: delete some "
+            "in the Library tab (or download them) first."
+        )
     base = slugify(vec.name)
     key, n = f"session:{base}", 1
     while key in new:
@@ -201,7 +244,7 @@ def model_label(model_id: str) -> str:
     return model_id.removeprefix("embedded:") if model_id else "unknown model"
 
 
-def source_label(vec: PersonaVector) -> str:
+def source_label(vec: PersonaVector | VectorInfo) -> str:
     """Where a vector came from, in a few words ("role pirate", "imported gguf", ...)."""
     meta = vec.metadata
     kind, source = meta.get("persona_kind"), str(meta.get("source") or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import secrets
 import shutil
 import tempfile
@@ -24,11 +25,13 @@ import gradio as gr
 from ..config import Settings
 from ..engine import decoder_for
 from ..errors import InputError, UserError
-from ..library import Library
+from ..fileio import atomic_write
+from ..library import Library, LibraryEntry
 from ..model import LoadedModel, load_model
 from ..vector_files import FORMATS, export_stem, save, save_notes
-from ..vectors import PersonaVector
+from ..vectors import PersonaVector, VectorInfo
 from .catalog import ModelShape, VectorCatalog
+from .markup import plain
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,47 @@ def user_errors() -> Iterator[None]:
     except gr.Error:
         raise
     except UserError as exc:
-        raise gr.Error(str(exc)) from exc
+        # Gradio renders an error's message as (sanitised) HTML: user text in it is escaped.
+        raise gr.Error(plain(exc, 1000)) from exc
     except Exception as exc:
         log.exception("bug in a request handler")
         raise gr.Error(BUG_MESSAGE) from exc
+
+
+_OWNER_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+
+
+def new_owner_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def check_owner(token: object) -> str:
+    """The visitor's owner token (kept in their browser), checked before any library write."""
+    if not isinstance(token, str) or not _OWNER_TOKEN.match(token):
+        raise InputError(
+            "This browser has no valid owner token, which marks the vectors it saves: reload "
+            "the page and try again."
+        )
+    return token
+
+
+def browser_secret(data_dir: Path) -> str:
+    """The key that encrypts owner tokens in browsers, kept across restarts (a new key would
+    make every visitor lose the vectors they saved)."""
+    path = data_dir / ".browser-secret"
+    with contextlib.suppress(OSError):
+        text = path.read_text().strip()
+        if len(text) >= 32:
+            return text
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(secret)
+        tmp.chmod(0o600)
+
+    atomic_write(path, write)
+    return secret
 
 
 class Jobs:
@@ -96,19 +136,46 @@ class Jobs:
         return len(flags)
 
 
+@dataclass(frozen=True)
+class JobTimer:
+    """A job's deadline; ``expired`` is a ``should_stop`` callback for the engine."""
+
+    deadline: float
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
 class Exports:
-    """Files written for download, each in a fresh folder; folders older than an hour go."""
+    """Files written for download, each in a fresh folder.
+
+    Folders older than an hour go, checked on every write and every ten minutes by a daemon
+    thread; at most ``MAX_EXPORTS`` folders are kept (the oldest go first), so clicking
+    "Prepare download" in a loop cannot fill the disk.
+    """
+
+    MAX_EXPORTS = 200
+    PRUNE_EVERY_S = 600.0
 
     def __init__(self, root: Path, model_hint: str) -> None:
         self.root = root
         self.model_hint = model_hint or "llama"
+        self._lock = threading.Lock()
+
+    def start_pruning(self) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(self.PRUNE_EVERY_S)
+                self.prune()
+
+        threading.Thread(target=loop, name="prune-exports", daemon=True).start()
 
     def write(self, vec: PersonaVector, fmt: str) -> tuple[Path, list[str]]:
         """Write ``vec`` in ``fmt``; returns the file and what the format left out."""
         if fmt not in FORMATS:
             raise InputError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
         spec = FORMATS[fmt]
-        self.prune()
+        self.prune(keep=self.MAX_EXPORTS - 1)
         folder = self.root / secrets.token_hex(8)
         folder.mkdir(parents=True)
         path = save(
@@ -119,12 +186,20 @@ class Exports:
         )
         return path, save_notes(vec, spec)
 
-    def prune(self, max_age_s: float = _EXPORT_MAX_AGE_S) -> None:
-        cutoff = time.time() - max_age_s
-        for folder in self.root.iterdir():
-            with contextlib.suppress(OSError):
-                if folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder)
+    def prune(self, max_age_s: float = _EXPORT_MAX_AGE_S, keep: int | None = None) -> None:
+        """Remove folders older than ``max_age_s``, and the oldest beyond ``keep``."""
+        keep = self.MAX_EXPORTS if keep is None else keep
+        with self._lock:
+            folders = []
+            for folder in self.root.iterdir():
+                with contextlib.suppress(OSError):
+                    folders.append((folder.stat().st_mtime, folder))
+            folders.sort()
+            cutoff = time.time() - max_age_s
+            excess = max(0, len(folders) - keep)
+            for i, (mtime, folder) in enumerate(folders):
+                if mtime < cutoff or i < excess:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -136,6 +211,7 @@ class AppContext:
     catalog: VectorCatalog
     jobs: Jobs
     exports: Exports
+    browser_secret: str
 
     @classmethod
     def create(cls, settings: Settings, model: LoadedModel | None = None) -> AppContext:
@@ -144,30 +220,45 @@ class AppContext:
         # Build the decoder now, once, rather than inside the first visitor's request.
         decoder_for(model)
         shape = ModelShape(model.model_id, model.n_layers, model.d_model)
+        limits = settings.limits
         catalog = VectorCatalog(
-            builtins=Library(settings.builtin_vectors_dir, read_only=True),
-            library=Library(settings.library_dir),
+            builtins=Library(settings.builtin_vectors_dir, read_only=True, limits=limits),
+            # Public mode: visitors keep what they make in their session (and download it).
+            library=Library(settings.library_dir, read_only=settings.public, limits=limits),
             shape=shape,
         )
         exports = Exports(
             Path(tempfile.mkdtemp(prefix="persona-explorer-exports-")), model.architecture
         )
-        return cls(settings, model, catalog, Jobs(), exports)
+        exports.start_pruning()
+        return cls(settings, model, catalog, Jobs(), exports, browser_secret(settings.data_dir))
 
     @property
     def library(self) -> Library:
         return self.catalog.library
 
+    def save_to_library(self, vec: PersonaVector, owner: object) -> LibraryEntry:
+        """Save for the visitor whose browser holds ``owner`` (quotas and ownership apply)."""
+        if self.library.read_only:
+            raise InputError(
+                "This is a public server: its shared library is read-only. Your vectors stay in "
+                "this browser session; download them to keep them."
+            )
+        return self.library.save(vec, owner=check_owner(owner))
+
+    def job_timer(self) -> JobTimer:
+        return JobTimer(time.monotonic() + self.settings.limits.job_timeout_s)
+
     # ------------------------------------------------------------ defaults for a vector
 
-    def default_layer(self, vec: PersonaVector) -> int:
+    def default_layer(self, vec: PersonaVector | VectorInfo) -> int:
         n = self.model.n_layers
         for candidate in (vec.layer, vec.best_layer):
             if candidate is not None and 0 <= candidate < n:
                 return int(candidate)
         return (2 * n) // 3
 
-    def default_strength(self, vec: PersonaVector) -> float:
+    def default_strength(self, vec: PersonaVector | VectorInfo) -> float:
         return float(vec.strength) if vec.strength is not None else DEFAULT_STRENGTH
 
     def strength_range(self, strength: float) -> float:

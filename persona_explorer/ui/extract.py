@@ -16,17 +16,14 @@ import gradio as gr
 from ..errors import InputError
 from ..extract import VARIANTS, ExtractionConfig, ExtractionResult, extract_persona
 from ..limits import Limits, check_int, check_text
-from ..personas import (
-    PersonaDefinition,
-    custom_persona,
-    list_builtin,
-    load_builtin,
-)
+from ..persona_data import list_builtin, load_builtin
+from ..personas import PersonaDefinition, custom_persona
 from ..plots import empty_figure, separation_figure
 from . import teaching
 from .catalog import add_to_session
 from .context import AppContext, user_errors
 from .forms import form_endpoint
+from .markup import md
 
 SOURCES = [("Built-in trait", "trait"), ("Role", "role"), ("Write your own", "custom")]
 VARIANT_CHOICES = [
@@ -128,7 +125,12 @@ class ExtractForm:
                 f"That is {rows} answers to generate; the limit is "
                 f"{limits.max_extract_rollouts}. Use fewer questions or fewer prompt lines."
             )
-        return ExtractionConfig(variant=self.variant, n_questions=n_q, max_new_tokens=tokens)  # type: ignore[arg-type]
+        return ExtractionConfig(
+            variant=self.variant,  # type: ignore[arg-type]
+            n_questions=n_q,
+            max_new_tokens=tokens,
+            max_prompt_tokens=limits.max_prompt_tokens,
+        )
 
 
 def extract_token_limit(limits: Limits) -> int:
@@ -139,8 +141,9 @@ def preview(persona: PersonaDefinition) -> str:
     pair = persona.pairs[0]
     neg = pair.neg if pair.neg is not None else "(the default Assistant's own prompts)"
     return (
-        f"**{persona.name}** · {len(persona.pairs)} prompt pairs · {len(persona.questions)} "
-        f"questions\n\n*With the persona:* {pair.pos}\n\n*Without:* {neg}"
+        f"**{md(persona.name)}** · {len(persona.pairs)} prompt pairs · "
+        f"{len(persona.questions)} questions\n\n*With the persona:* {md(pair.pos, 600)}\n\n"
+        f"*Without:* {md(neg, 600)}"
     )
 
 
@@ -150,7 +153,7 @@ def summary(result: ExtractionResult) -> str:
     best = vec.layer if vec.layer is not None else 0
     sep = vec.separation[best] if vec.separation else float("nan")
     text = (
-        f"**{vec.name}**: {counts.get('pos', '?')} answers with the persona and "
+        f"**{md(vec.name)}**: {counts.get('pos', '?')} answers with the persona and "
         f"{counts.get('neg', '?')} without, in {result.seconds:.0f} s. Suggested layer "
         f"**{best}** (separation d = {sep:.2f})."
     )
@@ -366,6 +369,7 @@ def run_extract(
         cfg = form.config(persona, limits)
         progress(0.0, desc="Starting")
         owner = request.session_hash if request is not None else None
+        timer = ctx.job_timer()
         with ctx.jobs.track(owner) as stop_flag:
             try:
                 result = extract_persona(
@@ -373,14 +377,19 @@ def run_extract(
                     persona,
                     cfg,
                     progress=lambda f, msg: progress(f, desc=msg),
-                    should_stop=stop_flag.is_set,
+                    should_stop=lambda: stop_flag.is_set() or timer.expired(),
                 )
             except InterruptedError:
+                if timer.expired():
+                    raise InputError(
+                        f"The extraction ran past the time limit for one job "
+                        f"({limits.job_timeout_s} s): use fewer questions or fewer tokens."
+                    ) from None
                 gr.Info("Extraction stopped.")
                 yield {tab.summary: STOPPED}
                 return
         vec = result.vector
-        new_session, key = add_to_session(session, vec)
+        new_session, key = add_to_session(session, vec, ctx.settings.limits.max_session_vectors)
         # One file per finished extraction, which is itself an explicit, heavy action.
         path, _ = ctx.exports.write(vec, "safetensors")
         yield {
@@ -390,7 +399,7 @@ def run_extract(
             tab.plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
             tab.examples: examples(result),
             tab.try_it: gr.update(visible=True),
-            tab.save: gr.update(visible=True),
+            tab.save: gr.update(visible=not ctx.library.read_only),
             tab.download: gr.update(value=str(path), visible=True),
         }
 

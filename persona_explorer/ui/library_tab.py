@@ -11,8 +11,8 @@ import gradio as gr
 import torch
 
 from ..errors import InputError
-from ..library import clean_name
 from ..limits import check_layer
+from ..names import clean_name
 from ..plots import cosine_heatmap_figure, empty_figure
 from ..projection import cosine_matrix
 from ..vector_files import FORMATS, load
@@ -26,7 +26,8 @@ from .catalog import (
     model_label,
     source_label,
 )
-from .context import AppContext, user_errors
+from .context import AppContext, check_owner, user_errors
+from .markup import md, plain
 
 TABLE_HEADERS = [
     "Name", "Where", "Model", "Variant", "Layer", "Strength", "Created", "Source", "Fits",
@@ -74,7 +75,7 @@ def _created(vec: PersonaVector) -> str:
 def table_rows(view: CatalogView) -> list[list]:
     rows = []
     for item in view.items:
-        vec = item.vector
+        vec = item.info
         if vec is None:
             rows.append([item.name, item.where, "—", "—", "—", "—", "—", "—", "✗ unreadable"])
             continue
@@ -108,20 +109,32 @@ def _unique_labels(items: list[VectorItem]) -> list[str]:
     return labels
 
 
-def heatmap_figure(view: CatalogView, keys: list[str] | None, layer: Any) -> Any:
-    items = [view.by_key[k] for k in keys or [] if k in view.by_key]  # deleted ones drop out
-    items = [i for i in items if i.vector is not None and view.fits(i)]
+def heatmap_keys(keys: Any, limit: int) -> list[str]:
+    """The requested keys, deduplicated, at most ``limit`` (a script may send thousands)."""
+    if keys is None:
+        return []
+    if not isinstance(keys, (list, tuple)) or len(keys) > 10 * limit:
+        raise InputError(f"Pick at most {limit} vectors to compare.")
+    unique = list(dict.fromkeys(k for k in keys if isinstance(k, str)))
+    if len(unique) > limit:
+        raise InputError(f"Pick at most {limit} vectors to compare (got {len(unique)}).")
+    return unique
+
+
+def heatmap_figure(view: CatalogView, keys: list[str], layer: Any) -> Any:
+    items = [view.by_key[k] for k in keys if k in view.by_key]  # deleted ones drop out
+    items = [i for i in items if i.info is not None and view.fits(i)]
     if len(items) < 2:
         return empty_figure("Pick at least two vectors to compare")
     at = check_layer(layer, view.shape.n_layers)
-    rows = torch.stack([i.vector.vectors[at] for i in items])  # type: ignore[union-attr]
+    rows = torch.stack([view.load(i).vectors[at] for i in items])
     return cosine_heatmap_figure(_unique_labels(items), cosine_matrix(rows).tolist(), at)
 
 
 # --------------------------------------------------------------------------- the tab
 
 
-def build(ctx: AppContext, state: gr.State) -> LibraryTab:
+def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTab:
     n_layers = ctx.model.n_layers
     view = ctx.catalog.view(None)
     heat = view.fitting_choices()
@@ -158,7 +171,10 @@ def build(ctx: AppContext, state: gr.State) -> LibraryTab:
                 )  # fmt: skip
                 rename = gr.Button("Rename", scale=1, elem_id="pe-rename")
             with gr.Row():
-                save = gr.Button("Save to library", elem_id="pe-library-save")
+                # Hidden on a public server (the handler refuses there too: a script may call it).
+                save = gr.Button(
+                    "Save to library", visible=not ctx.library.read_only, elem_id="pe-library-save"
+                )
                 delete = gr.Button("Delete", elem_id="pe-delete")
                 confirm = gr.Button(
                     "Confirm delete", variant="stop", visible=False, elem_id="pe-confirm-delete"
@@ -214,19 +230,19 @@ def build(ctx: AppContext, state: gr.State) -> LibraryTab:
         api_name="upload_vector",
     )  # fmt: skip
     renamed = rename.click(
-        lambda key, name, session: rename_vector(ctx, tab, key, name, session),
-        [selected, new_name, state], [state, selected, new_name, status], **private,
+        lambda key, name, session, token: rename_vector(ctx, tab, key, name, session, token),
+        [selected, new_name, state, owner], [state, selected, new_name, status], **private,
     )  # fmt: skip
     # Deleting takes two clicks: "Delete" arms "Confirm delete", any new selection disarms it.
     delete.click(lambda: gr.update(visible=True), None, confirm, queue=False, **private)
     selected.change(lambda: gr.update(visible=False), None, confirm, queue=False, **private)
     deleted = confirm.click(
-        lambda key, session: delete_vector(ctx, tab, key, session),
-        [selected, state], [state, selected, status], **private,
+        lambda key, session, token: delete_vector(ctx, tab, key, session, token),
+        [selected, state, owner], [state, selected, status], **private,
     ).then(lambda: gr.update(visible=False), None, confirm, queue=False, **private)  # fmt: skip
     saved = save.click(
-        lambda key, session: save_vector(ctx, tab, key, session),
-        [selected, state], [selected, status], **private,
+        lambda key, session, token: save_vector(ctx, tab, key, session, token),
+        [selected, state, owner], [selected, status], **private,
     )  # fmt: skip
     tab.changed = [uploaded, renamed, deleted, saved]
     # A download file is written only when asked for; a new choice withdraws the old file.
@@ -273,49 +289,58 @@ def add_upload(
             # listed, but refused for steering.
             n_layers=n_layers if (is_pt and layout == "auto") or suffix == ".gguf" else None,
         )
-        new_session, key = add_to_session(session, vec)
+        new_session, key = add_to_session(session, vec, ctx.settings.limits.max_session_vectors)
         view = ctx.catalog.view(new_session)
         problem = view.fit_problem(key)
-        note = f" It cannot steer this model: {problem}" if problem else ""
+        note = f" It cannot steer this model: {md(problem, 400)}" if problem else ""
         return {
             tab.state: new_session,
             tab.selected: gr.update(choices=view.item_choices(), value=key),
-            tab.status: f"Added **{vec.name}** to this session's vectors.{note}",
+            tab.status: f"Added **{md(vec.name)}** to this session's vectors.{note}",
         }
 
 
 def rename_vector(
-    ctx: AppContext, tab: LibraryTab, key: str, name: str, session: Mapping | None
+    ctx: AppContext,
+    tab: LibraryTab,
+    key: str,
+    name: str,
+    session: Mapping | None,
+    owner: object,
 ) -> dict:
     with user_errors():
         item = ctx.catalog.view(session).resolve(key)
         if item.where == "built-in":
             raise InputError("Built-in vectors are read-only: save a copy to rename it.")
         if item.where == "library":
-            entry = ctx.library.rename(item.key.split(":", 1)[1], name)
+            entry = ctx.library.rename(item.key.split(":", 1)[1], name, owner=check_owner(owner))
             new_key, new_session = f"library:{entry.id}", dict(session or {})
         else:
             new_session = {k: v for k, v in (session or {}).items() if k != item.key}
             renamed = item.vector.with_(name=clean_name(name))  # type: ignore[union-attr]
-            new_session, new_key = add_to_session(new_session, renamed)
+            new_session, new_key = add_to_session(
+                new_session, renamed, ctx.settings.limits.max_session_vectors
+            )
         return {
             tab.state: new_session,
             tab.selected: gr.update(
                 choices=ctx.catalog.view(new_session).item_choices(), value=new_key
             ),
             tab.new_name: "",
-            tab.status: f"Renamed **{item.name}** to **{name.strip()}**.",
+            tab.status: f"Renamed **{md(item.name)}** to **{md(name)}**.",
         }
 
 
-def delete_vector(ctx: AppContext, tab: LibraryTab, key: str, session: Mapping | None) -> dict:
+def delete_vector(
+    ctx: AppContext, tab: LibraryTab, key: str, session: Mapping | None, owner: object
+) -> dict:
     with user_errors():
-        item = ctx.catalog.view(session).resolve(key)
+        item = ctx.catalog.view(session).find(key)
         if item.where == "built-in":
             raise InputError("Built-in vectors cannot be deleted.")
         new_session = dict(session or {})
         if item.where == "library":
-            ctx.library.delete(item.key.split(":", 1)[1])
+            ctx.library.delete(item.key.split(":", 1)[1], owner=check_owner(owner))
         else:
             new_session.pop(item.key, None)
         return {
@@ -323,21 +348,24 @@ def delete_vector(ctx: AppContext, tab: LibraryTab, key: str, session: Mapping |
             tab.selected: gr.update(
                 choices=ctx.catalog.view(new_session).item_choices(), value=None
             ),
-            tab.status: f"Deleted **{item.name}**.",
+            tab.status: f"Deleted **{md(item.name)}**.",
         }
 
 
-def save_vector(ctx: AppContext, tab: LibraryTab, key: str, session: Mapping | None) -> dict:
+def save_vector(
+    ctx: AppContext, tab: LibraryTab, key: str, session: Mapping | None, owner: object
+) -> dict:
     with user_errors():
-        item = ctx.catalog.view(session).resolve(key)
+        view = ctx.catalog.view(session)
+        item = view.resolve(key)
         if item.where == "library":
-            raise InputError(f"{item.name!r} is already in the library.")
-        entry = ctx.library.save(item.vector)  # type: ignore[arg-type]
+            raise InputError("That vector is already in the library.")
+        entry = ctx.save_to_library(view.load(item), owner)
         return {
             tab.selected: gr.update(
                 choices=ctx.catalog.view(session).item_choices(), value=f"library:{entry.id}"
             ),
-            tab.status: f"Saved **{entry.name}** to the library ({entry.path.name}).",
+            tab.status: f"Saved **{md(entry.name)}** to the library ({md(entry.path.name)}).",
         }
 
 
@@ -346,23 +374,24 @@ def prepare_download(ctx: AppContext, key: str | None, fmt: str, session: Mappin
     with user_errors():
         if not key:
             return NO_DOWNLOAD
-        item = ctx.catalog.view(session).resolve(key)
-        path, notes = ctx.exports.write(item.vector, fmt)  # type: ignore[arg-type]
+        view = ctx.catalog.view(session)
+        path, notes = ctx.exports.write(view.load(view.resolve(key)), fmt)
         lost = " (without layer 0)" if any("layer 0" in n for n in notes) else ""
         for note in notes:
-            gr.Info(note)
+            gr.Info(plain(note, 400))
         return gr.update(value=str(path), label=f"Download {path.name}{lost}", interactive=True)
 
 
 def draw_heatmap(ctx: AppContext, keys: list[str], layer: float, session: Mapping | None) -> Any:
     with user_errors():
-        return heatmap_figure(ctx.catalog.view(session), keys, layer)
+        limit = ctx.settings.limits.max_heatmap_vectors
+        return heatmap_figure(ctx.catalog.view(session), heatmap_keys(keys, limit), layer)
 
 
 def select_row(ctx: AppContext, evt: gr.SelectData, session: Mapping | None) -> Any:
     """The table row a user clicked becomes the selected vector (rows follow the catalog)."""
     items = ctx.catalog.view(session).items
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    if isinstance(row, int) and 0 <= row < len(items) and items[row].vector is not None:
+    if isinstance(row, int) and 0 <= row < len(items):
         return gr.update(value=items[row].key)
     return gr.update()

@@ -36,6 +36,7 @@ from . import teaching
 from .catalog import CatalogView, VectorItem, source_label
 from .context import AppContext, user_errors
 from .forms import form_endpoint
+from .markup import md
 
 DEFAULT_PROMPT = "I just adopted a puppy. What should I do in the first week?"
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -92,9 +93,9 @@ class SteerTab:
 
         Explicit ``layer``/``strength`` (a share link) win over the vector's recommendations.
         """
-        if item is None or item.vector is None:
+        if item is None or item.info is None:
             return {self.persona_info: NO_PERSONA_INFO}
-        vec = item.vector
+        vec = item.info
         s = ctx.default_strength(vec) if strength is None else strength
         half = max(ctx.strength_range(ctx.default_strength(vec)), abs(s))
         return {
@@ -111,11 +112,11 @@ NO_PERSONA_INFO = (
 
 
 def persona_info(ctx: AppContext, item: VectorItem, view: CatalogView) -> str:
-    vec = item.vector
+    vec = item.info
     assert vec is not None
     problem = view.fit_problem(item.key)
     if problem:
-        return f"⚠️ **{vec.name}** cannot steer this model. {problem}"
+        return f"⚠️ **{md(vec.name)}** cannot steer this model. {md(problem, 400)}"
     strength = (
         f"strength {vec.strength:g}"
         if vec.strength is not None
@@ -123,8 +124,8 @@ def persona_info(ctx: AppContext, item: VectorItem, view: CatalogView) -> str:
     )
     about = vec.metadata.get("description")
     return (
-        f"**{vec.name}** · {item.where} · {source_label(vec)} · recommended layer "
-        f"{ctx.default_layer(vec)}, {strength}" + (f"  \n{about}" if about else "")
+        f"**{md(vec.name)}** · {item.where} · {md(source_label(vec))} · recommended layer "
+        f"{ctx.default_layer(vec)}, {strength}" + (f"  \n{md(about, 500)}" if about else "")
     )
 
 
@@ -169,17 +170,20 @@ class SteerForm:
                 max_new_tokens=check_max_new_tokens(self.max_new_tokens, limits),
                 temperature=check_temperature(self.temperature, limits),
                 seed=check_seed(self.seed),
+                max_prompt_tokens=limits.max_prompt_tokens,
             ),
         )
 
 
-def _status(out: SteerOutput, strength: float) -> str:
+def _status(out: SteerOutput, strength: float, timed_out: bool = False) -> str:
     base, steered = out.baseline, out.steered[0]
     line = (
         f"{out.new_tokens} tokens in {out.seconds:.1f} s ({out.tokens_per_second:.1f} tok/s for "
         f"both columns) · layer {out.layers[0]}, strength {strength:g}"
     )
-    if strength == 0:
+    if timed_out:
+        line += " · stopped at the time limit for one job: ask for fewer tokens."
+    elif strength == 0:
         line += " · strength 0 means no steering: both columns are the same."
     elif steered.text == base.text:
         line += (
@@ -209,7 +213,8 @@ def run_steer(
     with user_errors():
         req = form.request(ctx, session)
         first = True
-        for texts, out in steer_stream(ctx.model, req):
+        timer = ctx.job_timer()
+        for texts, out in steer_stream(ctx.model, req, should_stop=timer.expired):
             if out is None:
                 update = {tab.baseline: texts[0], tab.steered: texts[1]}
                 if first:  # clear the previous answer's figures once
@@ -234,7 +239,7 @@ def run_steer(
                 ),
                 tab.tokens_baseline: base_html,
                 tab.tokens_steered: steered_html,
-                tab.status: _status(out, req.strengths[0]),
+                tab.status: _status(out, req.strengths[0], timer.expired()),
             }
 
 
@@ -257,7 +262,9 @@ def run_sweep(
         req = form.request(ctx, session, strengths)
         total = req.sampling.max_new_tokens
         out = None
-        for step, (_, update) in enumerate(steer_stream(ctx.model, req), start=1):
+        timer = ctx.job_timer()
+        stream = steer_stream(ctx.model, req, should_stop=timer.expired)
+        for step, (_, update) in enumerate(stream, start=1):
             progress((min(step, total), total), desc="Generating", unit="tokens")
             out = update
             if out is None:
@@ -280,7 +287,7 @@ def pick_persona(ctx: AppContext, tab: SteerTab, persona: str, session: Mapping 
     try:
         item = view.resolve(persona)
     except InputError as exc:
-        return {tab.persona_info: f"⚠️ {exc}"}
+        return {tab.persona_info: f"⚠️ {md(exc, 400)}"}
     return tab.controls_for(ctx, item, view)
 
 
@@ -298,7 +305,7 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
     view = ctx.catalog.view(None)
     key = view.default_key(ctx.settings.default_persona)
     item = view.resolve(key) if key else None
-    vec = item.vector if item else None
+    vec = item.info if item else None
     start_strength = ctx.default_strength(vec) if vec else 2.0
     half = ctx.strength_range(start_strength)
 

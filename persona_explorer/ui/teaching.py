@@ -63,8 +63,10 @@ LIBRARY = (
     PERSONA_SELECTION
     + """
 **The library** holds every vector you can steer with: the built-in ones, those saved here (they
-survive restarts and are shared by everyone using this server) and those you extracted or
-uploaded in this browser session. A vector belongs to the model it was extracted from: one made
+survive restarts and everyone using this server can steer with them, but only the browser that
+saved one can rename or delete it) and those you extracted or uploaded in this browser
+session. On a public server the shared library is read-only: keep your vectors by downloading
+them. A vector belongs to the model it was extracted from: one made
 for another model is listed, but steering with it is refused.
 
 **Files.** Upload `.safetensors` (this app's format, with metadata), `.pt` from persona_vectors

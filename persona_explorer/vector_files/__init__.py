@@ -12,33 +12,38 @@ One module per format, each translating its own row layout to the project's laye
 
 :mod:`.common` holds what they share (:class:`VectorFileError`, size limits, our JSON fields).
 This ``__init__`` is the only entry point the rest of the project uses: :func:`load`,
-:func:`save`, the format table :data:`FORMATS` with :func:`format_for_path`, and for offering a
-download :func:`save_notes` (what a format loses) and :func:`export_stem` (its file name).
+:func:`read_info` (a file's fields and shape without its tensors), :func:`save`, the format
+table :data:`FORMATS` with :func:`format_for_path`, and for offering a download
+:func:`save_notes` (what a format loses) and :func:`export_stem` (its file name).
 Every failure a file or a user's choice can cause is a :class:`VectorFileError` (or, for a
 vector that does not fit the model, :class:`~persona_explorer.vectors.VectorMismatchError`).
 
-Imports: :mod:`..vectors`, :mod:`..fileio`, :mod:`..errors` (and torch, safetensors, gguf);
-never the model, the library, the UI or the CLI.
+Every file is treated as hostile: each reader checks what the file declares (tensor count,
+shapes, dtypes, byte spans, the size of its JSON) against the target model and the byte budget
+``max_bytes`` (``Limits.max_vector_bytes``, 16 MiB by default) before it allocates or copies
+anything, so a small file cannot cost more memory or time than a vector of that budget.
+
+Imports: :mod:`..vectors`, :mod:`..fileio`, :mod:`..errors`, :mod:`..limits` (and torch,
+safetensors, gguf, numpy); never the model, the library, the UI or the CLI.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from ..vectors import PersonaVector, VectorMismatchError
+from ..names import slugify
+from ..vectors import PersonaVector, VectorInfo, VectorMismatchError
 from . import control_vector, native, torch_pt
 from .common import (
-    _MAX_LAYERS,
     MAX_VECTOR_FILE_BYTES,
     PathLike,
     VectorFileError,
     VectorLayout,
     _check_file,
+    _expect,
 )
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "export_stem",
     "format_for_path",
     "load",
+    "read_info",
     "save",
     "save_notes",
 ]
@@ -77,7 +83,6 @@ FORMATS: dict[str, VectorFormat] = {
 }
 
 _PT_SUFFIXES = (".pt", ".pth")
-_MAX_STEM_CHARS = 64
 
 
 def format_for_path(path: str | os.PathLike[str], layout: str | None = None) -> VectorFormat:
@@ -120,30 +125,52 @@ def load(
     path: PathLike,
     layout: VectorLayout | None = None,
     n_layers: int | None = None,
+    d_model: int | None = None,
+    max_bytes: int | None = None,
 ) -> PersonaVector:
     """Read a vector file; the format follows the extension.
 
     ``layout`` applies to ``.pt`` only. ``n_layers``, the target model's layer count if
     known, picks the ``.pt`` layout when ``layout`` is None, pads GGUF files (which do
     not record their layer count) and is checked against every format's result.
+    ``n_layers`` and ``d_model`` are checked against the shapes a file declares before any
+    tensor data is read (:class:`~persona_explorer.vectors.VectorMismatchError`), and
+    ``max_bytes`` (default ``Limits.max_vector_bytes``) caps what the vector's tensors may
+    take, in the file and as the float32 copy it becomes (:class:`VectorFileError`).
     """
     src = Path(path)
     fmt = format_for_path(src, layout)
-    if n_layers is not None and not 1 <= n_layers <= _MAX_LAYERS:
-        raise ValueError(f"n_layers must be between 1 and {_MAX_LAYERS}, got {n_layers}")
+    expect = _expect(n_layers, d_model, max_bytes)
     _check_file(src)
     if fmt.key == "safetensors":
-        vec = native.load(src)
+        vec = native.load(src, expect)
     elif fmt.key == "gguf":
-        vec = control_vector.load(src, n_layers)
+        vec = control_vector.load(src, expect)
     else:
         # No layout given: the .pt reader tells the two apart by n_layers, or assumes.
-        vec = torch_pt.load(src, fmt.layout if layout is not None else None, n_layers)
+        vec = torch_pt.load(src, fmt.layout if layout is not None else None, expect)
     if n_layers is not None and vec.n_layers != n_layers:
         raise VectorMismatchError(
             f"{src.name} holds {vec.n_layers} layers; the model has {n_layers} layers"
         )
     return vec
+
+
+def read_info(path: PathLike, max_bytes: int | None = None) -> VectorInfo:
+    """What :func:`load` would give for ``path``, without the tensors.
+
+    A native ``.safetensors`` file is answered from its header alone (our JSON fields and the
+    shape of ``vectors``): no tensor data is read, so listing a folder of vectors stays cheap
+    whatever the files claim. Other formats hold no such header and are loaded (within
+    ``max_bytes``, like :func:`load`). Raises what :func:`load` raises for a bad header.
+    """
+    src = Path(path)
+    fmt = format_for_path(src)
+    expect = _expect(None, None, max_bytes)
+    _check_file(src)
+    if fmt.key == "safetensors":
+        return native.read_info(src, expect)
+    return VectorInfo.of(load(src, max_bytes=max_bytes))
 
 
 def save(
@@ -222,14 +249,6 @@ def save_notes(vec: PersonaVector, fmt: str | VectorFormat) -> list[str]:
     return notes
 
 
-def _slug(name: str) -> str:
-    # The same rule as the library's file names (library.slugify), kept here so this package
-    # does not depend on the library.
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9_-]+", "-", ascii_name.lower()).strip("-_")
-    return slug[:_MAX_STEM_CHARS].strip("-_") or "vector"
-
-
 def export_stem(vec: PersonaVector, fmt: str | VectorFormat) -> str:
     """A safe file name stem for a download of ``vec`` as ``fmt``.
 
@@ -238,7 +257,7 @@ def export_stem(vec: PersonaVector, fmt: str | VectorFormat) -> str:
     the name and variant.
     """
     fmt = _resolve(fmt)
-    slug = _slug(vec.name)
+    slug = slugify(vec.name)
     if fmt.key == "persona_vectors":
         return torch_pt.persona_vectors_stem(slug, vec.variant) or slug
     return slug
