@@ -80,6 +80,52 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+# Gradio's status trackers stay in the page when idle, made transparent: what counts is what
+# a person can see (no transparent ancestor, a size on screen).
+SEEN_TRACKERS_JS = """(selector) => Array.from(document.querySelectorAll(selector)).filter(el => {
+  const box = el.getBoundingClientRect();
+  if (!box.width || !box.height) return false;
+  for (let e = el; e; e = e.parentElement) {
+    const style = getComputedStyle(e);
+    if (style.opacity === "0" || style.visibility === "hidden" || style.display === "none")
+      return false;
+  }
+  return true;
+}).map(el => (el.closest("[id^=pe-]") || {}).id || "?")"""
+
+
+def seen(page: Page, selector: str) -> list[str]:
+    """The elem_ids of the blocks holding visible elements that match ``selector``."""
+    return page.evaluate(SEEN_TRACKERS_JS, selector)
+
+
+def error_badges(page: Page) -> list[str]:
+    return seen(page, "[data-testid='status-tracker'] .error")
+
+
+def progress_indicators(page: Page) -> list[str]:
+    """Where progress shows, once it does (trackers fade in)."""
+    deadline = time.monotonic() + 10
+    while not (found := _progress_indicators(page)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def _progress_indicators(page: Page) -> list[str]:
+    return seen(
+        page,
+        "[data-testid='status-tracker'] .progress-text, [data-testid='status-tracker'] .eta-bar",
+    )
+
+
+def options(page: Page, dropdown: str, label: str) -> int:
+    """How many of a dropdown's choices match ``label``."""
+    page.locator(f"{dropdown} input").click()
+    count = page.get_by_role("option", name=re.compile(re.escape(label))).count()
+    page.keyboard.press("Escape")
+    return count
+
+
 def test_steer_shows_both_answers_and_the_plot(page: Page) -> None:
     open_app(page)
     page.locator("#pe-prompt textarea").fill("What would you do with a free afternoon?")
@@ -98,7 +144,7 @@ def test_steer_shows_both_answers_and_the_plot(page: Page) -> None:
     steered = page.locator("#pe-steered textarea").input_value()
     assert baseline.strip() and steered.strip() and baseline != steered
     expect(page.locator("#pe-plot .js-plotly-plot")).to_be_visible()
-    expect(page.locator("#pe-plot")).to_contain_text("steered here")
+    expect(page.locator("#pe-plot")).to_contain_text("injected at 12")
     expect(page.locator("#pe-tokens-steered .pe-tok").first).to_be_visible()
 
     share = page.locator("#pe-share textarea").input_value()
@@ -133,15 +179,26 @@ def test_extract_a_small_custom_persona_with_progress(page: Page) -> None:
         box.press("Enter")
     page.locator("#pe-extract").click()
 
-    # The progress bar (Gradio's status tracker with our description) shows while it runs.
-    progress = page.locator("#pe-extract-summary .progress-text, #pe-separation .progress-text")
+    # One progress bar (Gradio's status tracker with our description), on the summary.
+    progress = page.locator("#pe-extract-summary .progress-text")
     expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator("#pe-extract-summary")).to_contain_text(
-        "Suggested layer", timeout=TIMEOUT_MS
+        "Recommended layer", timeout=TIMEOUT_MS
     )
+    expect(page.locator("#pe-extract-summary")).to_contain_text("strength")
     expect(page.locator("#pe-separation .js-plotly-plot")).to_be_visible()
     expect(page.locator("#pe-examples")).to_contain_text("coffee")
     expect(page.locator("#pe-download")).to_be_visible()
+    # Long answers wrap inside columns that share the width (no column squeezed to a word).
+    cell = page.locator("#pe-examples [role=gridcell] span").first
+    assert cell.evaluate("e => getComputedStyle(e).whiteSpace") not in ("nowrap", "pre")
+    grid = page.locator("#pe-examples [role=grid]")
+    widths = [
+        page.locator(f"#pe-examples [role=gridcell][data-col='{c}']").first.bounding_box()["width"]
+        for c in range(3)
+    ]
+    assert min(widths) > 0.15 * sum(widths)
+    assert grid.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
     screenshot(page, "extract")
 
     page.locator("#pe-try").click()
@@ -185,6 +242,8 @@ def test_save_rename_and_delete_in_the_library(page: Page, tmp_path: Path) -> No
     page.locator("#pe-library-save").click()
     expect(status).to_contain_text("Saved lighthouse to the library")
     expect(page.locator("#pe-library-selected input")).to_have_value("lighthouse · library")
+    # The saved copy replaces the session one: listed once.
+    assert options(page, "#pe-library-selected", "lighthouse") == 1
 
     page.locator("#pe-new-name textarea, #pe-new-name input").first.fill("Beacon")
     page.locator("#pe-rename").click()
@@ -195,16 +254,57 @@ def test_save_rename_and_delete_in_the_library(page: Page, tmp_path: Path) -> No
     page.locator("#pe-confirm-delete").click()
     expect(status).to_contain_text("Deleted Beacon")
     expect(page.locator("#pe-library-table")).not_to_contain_text("Beacon")
-    # The session copy made by the upload is still there.
-    expect(page.locator("#pe-library-table")).to_contain_text("lighthouse")
+    expect(page.locator("#pe-library-table")).not_to_contain_text("lighthouse")
+    # Nothing is selected after a delete, and the actions wait for a new selection.
+    expect(page.locator("#pe-library-selected input")).to_have_value("")
+    for button in ("#pe-rename", "#pe-delete", "#pe-library-save", "#pe-library-export"):
+        expect(page.locator(button)).to_be_disabled()
+    choose(page, "#pe-library-selected", f"{MILD} · built-in")
+    expect(page.locator("#pe-rename")).to_be_enabled()
+
+
+def test_a_failed_library_action_shows_a_toast_and_no_error_badge(
+    page: Page, tmp_path: Path
+) -> None:
+    path = tmp_path / "anchor_response_avg_diff.pt"
+    torch.save(torch.randn(31, 576), path)
+    open_app(page)
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#pe-upload input[type=file]").set_input_files(str(path))
+    status = page.locator("#pe-library-status")
+    expect(status).to_contain_text("Added anchor")
+    choose(page, "#pe-library-selected", f"{MILD} · built-in")
+    page.locator("#pe-new-name textarea, #pe-new-name input").first.fill("renamed")
+    page.locator("#pe-rename").click()
+    expect(page.locator(".toast-body.error")).to_contain_text("read-only")
+    time.sleep(0.5)  # a badge, if any, is drawn with the toast
+    assert error_badges(page) == []
+    expect(status.get_by_test_id("markdown")).to_have_text(
+        ""
+    )  # the upload's message was not this one's
+
+
+def test_a_failed_extraction_leaves_no_badge_and_no_stale_buttons(page: Page) -> None:
+    open_app(page)
+    page.get_by_role("tab", name="Extract").click()
+    page.get_by_label("Write your own").check()
+    page.locator("#pe-custom-questions textarea").fill("")
+    page.locator("#pe-extract").click()
+    expect(page.locator(".toast-body.error")).to_contain_text("at least one question")
+    expect(page.locator("#pe-extract-summary")).to_contain_text("did not finish")
+    assert error_badges(page) == []
+    expect(page.locator("#pe-try")).to_be_hidden()
+    expect(page.locator("#pe-save")).to_be_hidden()
 
 
 def test_a_running_extraction_can_be_stopped(page: Page) -> None:
     open_app(page)
     page.get_by_role("tab", name="Extract").click()
     page.locator("#pe-extract").click()  # the default: a built-in trait, 40 answers
-    progress = page.locator("#pe-extract-summary .progress-text, #pe-separation .progress-text")
+    progress = page.locator("#pe-extract-summary .progress-text")
     expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
+    # One progress bar for one job: the summary's, none on the plot or the table.
+    assert progress_indicators(page) == ["pe-extract-summary"]
     started = time.monotonic()
     page.locator("#pe-extract-stop").click()
     expect(page.locator("#pe-extract-summary")).to_contain_text("stopped")

@@ -51,7 +51,7 @@ def assert_still_serving(client: Client) -> None:
 
 
 def test_steer_returns_baseline_and_a_different_steered_text(client: Client) -> None:
-    baseline, steered, plot, tokens_baseline, tokens_steered, status = steer(client)
+    baseline, steered, plot, tokens_baseline, tokens_steered, status, *_files = steer(client)
     assert baseline.strip() and steered.strip()
     assert baseline != steered
     assert plot is not None  # the per-layer projection figure
@@ -147,7 +147,7 @@ def raw_call(url: str, api_name: str, body: str) -> tuple[str, str]:
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_strength_sent_as_raw_json_is_refused(client: Client, value: str) -> None:
     body = (
-        '{"data": ["Hello", "%s", 12, %s, 4, "", "all", 0, 0]}' % (STRONG, value)  # noqa: UP031
+        '{"data": ["Hello", "%s", 12, %s, 4, "", "all", 0, 0, -1]}' % (STRONG, value)  # noqa: UP031
     )
     event, text = raw_call(shared_server().url, "steer", body)
     assert event == "error"

@@ -601,7 +601,13 @@ def test_steer_json_on_the_embedded_model(random_vector: Path, capsys) -> None:
     for key in ("baseline", "steered"):
         assert len(record["projections"][key]) == N_LAYERS
         assert isinstance(record["token_projections"][key], list)
-    assert record["projection_layer"] == 15
+    # Per-token projections are read after the steered layer, not where the vector was added.
+    assert record["projection_layer"] == record["readout_layer"] == 16
+    assert record["stopped"] is False
+    first = record["steered_all"][0]
+    assert len(first["injected"]) == N_LAYERS and first["injected"][:15] == [0.0] * 15
+    assert first["token_injected"] == first["injected"][16]
+    assert record["steered_all"][1]["injected"] == [0.0] * N_LAYERS  # strength 0
     # The vector is added at layer 15: the steered projection there is far above the baseline.
     assert record["projections"]["steered"][15] > record["projections"]["baseline"][15] + 50
     assert record["tokens_per_second"] > 0 and record["decoder"]
@@ -639,7 +645,7 @@ def test_steer_plain_uses_the_vectors_recommendations(tmp_path: Path, capsys) ->
     assert err == ""  # --quiet
     assert "prompt 1/1: Hello!" in out
     assert "[baseline]" in out and "[steered x0.5 at layer 12]" in out
-    assert "L12:" in out and "tok/s" in out
+    assert "L13:" in out and "added directly" in out and "tok/s" in out
 
 
 @pytest.mark.integration

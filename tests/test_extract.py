@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from persona_explorer.extract import (
+    REFERENCE_RATIO,
+    STRENGTH_STEP,
     ExtractionConfig,
     cohens_d,
     extract_persona,
     mean_difference,
+    recommend_strength,
     separation_scores,
     suggest_layer,
     system_prompt_pairs,
@@ -258,3 +261,93 @@ def test_vector_metadata_holds_no_machine_paths() -> None:
     for path in sorted(Path("assets/vectors").glob("*.safetensors")):
         text = json.dumps(load(path).metadata)
         assert "/work/" not in text and "/home/" not in text and "/root/" not in text, path
+
+
+# ---------------------------------------------------------------------------------------------
+# Recommended layer and strength
+
+# R(L) on the embedded model, as recommend_strength's docstring reports it.
+REFERENCE_RESIDUAL_NORMS = {10: 106.1, 14: 113.1, 18: 156.8, 22: 253.2}
+
+
+def shipped_builtins() -> list[PersonaVector]:
+    from pathlib import Path
+
+    from persona_explorer.vector_files import load
+
+    vecs = [load(p) for p in sorted(Path("assets/vectors").glob("*.safetensors"))]
+    if not vecs:
+        pytest.skip("no shipped built-in vectors")
+    return vecs
+
+
+def test_recommend_strength_scales_with_the_residual_and_rounds() -> None:
+    assert recommend_strength(10.0, 100.0, ratio=0.3) == 3.0
+    assert recommend_strength(20.0, 100.0, ratio=0.3) == 1.5  # twice the vector, half as strong
+    assert recommend_strength(7.0, 100.0, ratio=0.3) == 4.25  # 4.29 to the nearest quarter
+    assert recommend_strength(1000.0, 1.0) == STRENGTH_STEP  # never rounds down to nothing
+    assert recommend_strength(1e-30, 100.0) == 100.0  # capped, not infinite
+    for vector_norm, residual_norm in ((0.0, 100.0), (1.0, 0.0), (math.nan, 1.0), (1.0, math.inf)):
+        assert recommend_strength(vector_norm, residual_norm) is None
+
+
+def test_recommended_strength_reproduces_the_builtins() -> None:
+    """The rule, fed the measured residual norms, lands within a factor of 2 of every strength
+    that was chosen by reading outputs."""
+    for vec in shipped_builtins():
+        assert vec.layer in REFERENCE_RESIDUAL_NORMS and vec.strength, vec.name
+        norm = float(vec.vectors[vec.layer].norm())
+        got = recommend_strength(norm, REFERENCE_RESIDUAL_NORMS[vec.layer])
+        assert got is not None and vec.strength / 2 <= got <= vec.strength * 2, (vec.name, got)
+        ratio = vec.strength * norm / REFERENCE_RESIDUAL_NORMS[vec.layer]
+        assert 0.5 * REFERENCE_RATIO < ratio < 2 * REFERENCE_RATIO, vec.name
+
+
+def test_suggested_layer_stays_near_the_builtins_recorded_layers() -> None:
+    vecs = shipped_builtins()
+    recorded = [v.layer for v in vecs if v.layer is not None]
+    for vec in vecs:
+        assert vec.separation is not None
+        n = len(vec.separation)
+        layer = suggest_layer(vec.separation)
+        assert n // 6 <= layer < n - n // 6
+        assert min(recorded) - 2 <= layer <= max(recorded) + 2, (vec.name, layer)
+
+
+@pytest.mark.parametrize("variant", ["response", "last"])
+def test_extraction_records_a_strength_and_how_it_was_chosen(
+    llama: LoadedModel, variant: str
+) -> None:
+    res = extract_persona(llama, PERSONA, extraction(variant=variant))
+    for vec in (res.vector, *res.by_variant.values()):
+        assert vec.strength is not None and math.isfinite(vec.strength) and vec.strength > 0
+        rule = vec.metadata["strength_rule"]
+        assert rule["layer"] == vec.layer and rule["ratio"] == REFERENCE_RATIO
+        assert "residual norm" in rule["rule"]
+        assert vec.strength == recommend_strength(rule["vector_norm"], rule["residual_norm"])
+    assert len(res.residual_norms) == llama.n_layers
+    assert res.vector.metadata["strength_rule"]["residual_norm"] == pytest.approx(
+        res.residual_norms[res.vector.layer], abs=0.01
+    )
+
+
+@pytest.mark.integration
+def test_residual_norms_measured_while_extracting_match_the_reference() -> None:
+    """On the embedded model a small extraction measures the same scale the rule was calibrated
+    on, so its strength for a built-in's vector matches the built-in's recorded one."""
+    from persona_explorer.model import load_model
+    from persona_explorer.persona_data import load_builtin
+
+    model = load_model()
+    res = extract_persona(
+        model, load_builtin("pirate", "role"), ExtractionConfig(n_questions=2, max_new_tokens=16)
+    )
+    for layer, reference in REFERENCE_RESIDUAL_NORMS.items():
+        assert res.residual_norms[layer] == pytest.approx(reference, rel=0.15), layer
+    for vec in shipped_builtins():
+        assert vec.layer is not None and vec.strength is not None
+        got = recommend_strength(
+            float(vec.vectors[vec.layer].norm()), res.residual_norms[vec.layer]
+        )
+        assert got is not None and vec.strength / 2 <= got <= vec.strength * 2, (vec.name, got)
+    assert res.vector.strength is not None and 0.25 <= res.vector.strength <= 12

@@ -14,12 +14,19 @@ import pytest
 import torch
 
 from persona_explorer import steering
-from persona_explorer.compare import SteerRequest, steer
+from persona_explorer.compare import (
+    RowOutput,
+    SteerRequest,
+    default_readout_layer,
+    injected_components,
+    steer,
+)
 from persona_explorer.engine import decoder_for
 from persona_explorer.errors import InputError
 from persona_explorer.generation import Capture, GenerationResult, SamplingConfig, generate
 from persona_explorer.limits import DEFAULT_LIMITS, check_strength, parse_layers
 from persona_explorer.model import LoadedModel
+from persona_explorer.projection import unit_rows
 from persona_explorer.steering import (
     Add,
     Cap,
@@ -465,7 +472,8 @@ def test_the_leak_detector_sees_a_leaked_hook(gpt2: LoadedModel) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Side by side (compare.steer): baseline row + one row per strength, in one batch
+# Side by side (compare.steer): baseline row + one row per strength, in one batch; projections
+# at a read-out layer, with the added vector's direct part (compare.py's docstring)
 
 
 def test_side_by_side_rows(any_model: LoadedModel) -> None:
@@ -484,10 +492,15 @@ def test_side_by_side_rows(any_model: LoadedModel) -> None:
     assert out.rows[1].tokens == out.baseline.tokens  # strength 0 = the baseline, exactly
     assert out.rows[1].layer_projection == out.baseline.layer_projection
     assert out.rows[2].tokens != out.baseline.tokens
-    assert out.projection_layer == LAYER and out.decoder == decoder_for(model).name
+    # Read after the steered layer by default (the older name still answers).
+    assert out.readout_layer == out.projection_layer == LAYER + 1
+    assert out.decoder == decoder_for(model).name and out.stopped is False
+    assert out.prompt == req.prompt and out.model_id == model.model_id
     for row in out.rows:
-        assert len(row.layer_projection) == model.n_layers
+        assert len(row.layer_projection) == len(row.layer_injected) == model.n_layers
         assert len(row.token_projection) == len(row.tokens) == len(row.token_strings)
+        assert row.readout_layer == LAYER + 1 and row.vector_name == "tiny"
+    assert out.baseline.layers == () and out.rows[2].layers == (LAYER,)
     # The baseline row is what an unsteered generate() of the same prompt gives.
     alone = run(model, [model.chat_ids(req.prompt)], [()])
     assert out.baseline.tokens == alone.tokens[0]
@@ -495,6 +508,114 @@ def test_side_by_side_rows(any_model: LoadedModel) -> None:
         steer(model, SteerRequest(req.prompt, vec, (model.n_layers,), (1.0,), sampling=GREEDY))
     with pytest.raises(SteeringError, match="at least one strength"):
         steer(model, SteerRequest(req.prompt, vec, (LAYER,), (), sampling=GREEDY))
+
+
+def expected_injected(
+    rows: torch.Tensor, layers: tuple[int, ...], strength: float, at: int
+) -> float:
+    """The added vectors' direct part of a projection at layer ``at``, written out."""
+    unit = unit_rows(rows)[at].double()
+    dots = [float(rows[layer].double() @ unit) for layer in layers if layer <= at]
+    return strength * math.fsum(dots) if dots else 0.0
+
+
+def same_as_baseline(row: RowOutput, base: RowOutput) -> None:
+    """Everything but the label, strength and layers is bit-identical to the baseline."""
+    assert row.text == base.text and row.tokens == base.tokens
+    assert row.token_strings == base.token_strings and row.finished == base.finished
+    assert row.layer_projection == base.layer_projection
+    assert row.token_projection == base.token_projection
+    assert row.baseline_layer_projection == base.layer_projection
+    assert row.baseline_token_projection == base.token_projection
+    assert row.layer_injected == base.layer_injected == [0.0] * len(base.layer_projection)
+    assert row.token_injected == base.token_injected == 0.0
+
+
+@pytest.mark.parametrize("readout", range(N_LAYERS))
+def test_injected_component_at_every_read_out_layer(any_model: LoadedModel, readout: int) -> None:
+    model = any_model
+    rows = vectors(model)
+    vec = PersonaVector(name="tiny", vectors=rows, model_id=model.model_id)
+    req = SteerRequest(
+        "What is the capital of France?",
+        vec,
+        (LAYER,),
+        (0.0, STRENGTH, -STRENGTH),
+        sampling=GREEDY,
+        projection_layer=readout,
+    )
+    out = steer(model, req)
+    base, zero, plus, minus = out.rows
+    assert out.readout_layer == readout and {r.readout_layer for r in out.rows} == {readout}
+    same_as_baseline(zero, base)  # strength 0: no steering, and nothing injected
+    for row in (plus, minus):
+        want = [expected_injected(rows, (LAYER,), row.strength, at) for at in range(N_LAYERS)]
+        assert row.layer_injected == pytest.approx(want, rel=1e-12, abs=0)
+        assert row.token_injected == row.layer_injected[readout]
+        # Nothing is injected before the steered layer: exactly 0.0 (not -0.0).
+        assert all(str(x) == "0.0" for x in row.layer_injected[:LAYER])
+        assert row.baseline_layer_projection == base.layer_projection
+        assert row.baseline_token_projection == base.token_projection
+    assert plus.layer_injected == [-x for x in minus.layer_injected]
+    assert plus.layer_injected[LAYER] == pytest.approx(STRENGTH * float(rows[LAYER].norm()))
+
+
+def test_injected_component_sums_over_the_steered_layers(llama: LoadedModel) -> None:
+    model = llama
+    rows = vectors(model)
+    vec = PersonaVector(name="tiny", vectors=rows, model_id=model.model_id)
+    layers = (0, 2)
+    out = steer(model, SteerRequest("Hi!", vec, layers, (STRENGTH,), sampling=GREEDY))
+    row = out.steered[0]
+    assert out.readout_layer == 3
+    want = [expected_injected(rows, layers, STRENGTH, at) for at in range(N_LAYERS)]
+    assert row.layer_injected == pytest.approx(want, rel=1e-12, abs=0)
+    # Layer 3 carries both added vectors: <v0, u3> + <v2, u3>.
+    u3 = unit_rows(rows)[3].double()
+    both = STRENGTH * (float(rows[0].double() @ u3) + float(rows[2].double() @ u3))
+    assert row.token_injected == pytest.approx(both, rel=1e-12)
+    assert injected_components(rows, layers, 0.0) == [0.0] * N_LAYERS
+    # A layer given twice is added twice.
+    twice = injected_components(rows, (LAYER, LAYER), STRENGTH)
+    once = injected_components(rows, (LAYER,), STRENGTH)
+    assert twice == pytest.approx([2 * x for x in once], rel=1e-12)
+
+
+def test_injected_component_is_the_added_vector_at_the_steered_layer(llama: LoadedModel) -> None:
+    """Read at the steered layer itself, a token whose prefix the steering left unchanged has
+    exactly the baseline's residual plus the added vector: projection - injected = baseline."""
+    model = llama
+    vec = PersonaVector(name="tiny", vectors=vectors(model), model_id=model.model_id)
+    req = SteerRequest(
+        "What is the capital of France?", vec, (LAYER,), (1.0,), sampling=GREEDY,
+        projection_layer=LAYER,
+    )  # fmt: skip
+    base, row = steer(model, req).rows
+    same = 0
+    while same < len(row.tokens) and row.tokens[same] == base.tokens[same]:
+        same += 1
+    assert same >= 1  # the prompt and strength were picked so that the first token agrees
+    assert abs(row.token_injected) > 1.0
+    own = [v - row.token_injected for v in row.token_projection[:same]]
+    assert own == pytest.approx(base.token_projection[:same], abs=1e-4)
+
+
+def test_default_read_out_layer(llama: LoadedModel) -> None:
+    model = llama
+    last = model.n_layers - 1
+    assert default_readout_layer((LAYER,), model.n_layers) == LAYER + 1
+    assert default_readout_layer((2, 0), model.n_layers) == 3  # after the last, not the first
+    assert default_readout_layer((last,), model.n_layers) == last  # capped
+    vec = PersonaVector(name="tiny", vectors=vectors(model), model_id=model.model_id)
+    for layers, want in (((0,), 1), ((0, 2), 3), ((last,), last)):
+        out = steer(model, SteerRequest("Hi!", vec, layers, (1.0,), sampling=GREEDY))
+        assert out.readout_layer == want
+        assert [r.readout_layer for r in out.rows] == [want, want]
+    with pytest.raises(InputError, match="Read-out layer 4 is out of range"):
+        steer(
+            model,
+            SteerRequest("Hi!", vec, (LAYER,), (1.0,), sampling=GREEDY, projection_layer=4),
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -505,7 +626,9 @@ def test_side_by_side_on_cuda() -> None:
     assert res.capture.prompt_last.device.type == "cuda"
     vec = PersonaVector(name="tiny", vectors=rows, model_id=model.model_id)
     out = steer(model, SteerRequest("Hi!", vec, (LAYER,), (0.0, STRENGTH), sampling=GREEDY))
-    assert out.rows[1].tokens == out.baseline.tokens
+    same_as_baseline(out.rows[1], out.baseline)
+    want = [expected_injected(rows, (LAYER,), STRENGTH, at) for at in range(model.n_layers)]
+    assert out.rows[2].layer_injected == pytest.approx(want, rel=1e-12, abs=0)
 
 
 def test_steering_hooks_hold_the_model_so_other_requests_wait(llama: LoadedModel) -> None:

@@ -6,11 +6,13 @@ handlers are called directly, as the pattern in ``persona_explorer/ui/__init__.p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -21,7 +23,7 @@ from persona_explorer.config import Settings
 from persona_explorer.errors import InputError
 from persona_explorer.library import Library
 from persona_explorer.model import LoadedModel
-from persona_explorer.ui import build_demo, library_tab, list_updates, steer
+from persona_explorer.ui import build_demo, extract, library_tab, list_updates, steer
 from persona_explorer.ui.context import BUG_MESSAGE, AppContext, Jobs, user_errors
 from persona_explorer.ui.forms import form_endpoint
 from persona_explorer.vector_files import save
@@ -140,7 +142,7 @@ def test_steer_handler_streams_and_checks_input(ctx: AppContext) -> None:
     with gr.Blocks():
         tab = steer.build(ctx, gr.State({}))
     form = steer.SteerForm("Hi!", "tiny-pirate", layer=2, strength=2.0, max_new_tokens=4)
-    updates = list(steer.run_steer(ctx, tab, form, None))
+    updates = list(steer.run_steer(ctx, tab, form, None, None))
     assert len(updates) >= 2 and tab.status in updates[-1]
     for bad, message in (
         (dataclasses.replace(form, prompt="  "), "empty"),
@@ -152,7 +154,7 @@ def test_steer_handler_streams_and_checks_input(ctx: AppContext) -> None:
         (dataclasses.replace(form, persona="nobody"), "Unknown persona"),
     ):
         with pytest.raises(gr.Error, match=message):
-            list(steer.run_steer(ctx, tab, bad, None))
+            list(steer.run_steer(ctx, tab, bad, None, None))
 
 
 def test_the_strength_sweep_is_a_stream_that_stop_can_end(ctx: AppContext) -> None:
@@ -161,7 +163,7 @@ def test_the_strength_sweep_is_a_stream_that_stop_can_end(ctx: AppContext) -> No
         tab = steer.build(ctx, gr.State({}))
     form = steer.SteerForm("Hi!", "tiny-pirate", layer=2, strength=1.0, max_new_tokens=6)
     steps = []
-    sweep = steer.run_sweep(ctx, tab, form, None, lambda *a, **k: steps.append(a))
+    sweep = steer.run_sweep(ctx, tab, form, None, None, lambda *a, **k: steps.append(a))
     next(sweep)
     next(sweep)
     sweep.close()  # what a cancel does: the generation stops here, its session closed
@@ -174,12 +176,12 @@ def test_demo_builds_with_named_api_parameters(ctx: AppContext) -> None:
     named = info["named_endpoints"]
     assert [p["parameter_name"] for p in named["/steer"]["parameters"]] == [
         "prompt", "persona", "layer", "strength", "max_new_tokens", "system_prompt",
-        "positions", "temperature", "seed",
+        "positions", "temperature", "seed", "readout_layer",
     ]  # fmt: skip
     assert [p["parameter_name"] for p in named["/sweep_strengths"]["parameters"]][:4] == [
         "prompt", "persona", "layer", "strength",
     ]  # fmt: skip
-    assert "/extract" in named and "/upload_vector" in named
+    assert "/extract" in named and "/upload_vector" in named and "/compare" in named
 
 
 def test_the_wired_endpoints_run_through_the_demo(ctx: AppContext) -> None:
@@ -344,3 +346,118 @@ def test_public_mode_makes_the_shared_library_read_only(
     session, key = catalog_add(vec)
     with pytest.raises(gr.Error, match="read-only"):
         library_tab.save_vector(ctx, lib, key, session, "a" * 24)
+
+
+# --------------------------------------------------------------------------- status and actions
+
+
+def library(ctx: AppContext) -> library_tab.LibraryTab:
+    with gr.Blocks():
+        return library_tab.build(ctx, gr.State({}), gr.BrowserState(None))
+
+
+def session_copy(ctx: AppContext, name: str = "tiny-copy") -> tuple[dict, str]:
+    view = ctx.catalog.view(None)
+    return catalog_add(view.load(view.resolve("tiny-pirate")).with_(name=name))
+
+
+def test_saving_a_session_vector_replaces_its_session_copy(ctx: AppContext) -> None:
+    lib = library(ctx)
+    session, key = session_copy(ctx)
+    out = library_tab.save_vector(ctx, lib, key, session, "a" * 24)
+    assert key not in out[lib.state]
+    view = ctx.catalog.view(out[lib.state])
+    assert [i.where for i in view.items if i.name == "tiny-copy"] == ["library"]
+    saved = next(i for i in view.items if i.where == "library")
+    assert out[lib.selected]["value"] == saved.key
+    assert out[lib.selected]["choices"] == view.item_choices()
+
+
+def test_saving_from_the_extract_tab_replaces_the_session_copy(ctx: AppContext) -> None:
+    with gr.Blocks():
+        ex = extract.build(ctx, gr.State({}))
+    session, key = session_copy(ctx)
+    out = extract.save_extracted(ctx, ex, key, session, "a" * 24)
+    assert out[ex.state] == {}
+    assert out[ex.last].startswith("library:") and out[ex.save]["visible"] is False
+    assert ctx.catalog.view(out[ex.state]).resolve(out[ex.last]).name == "tiny-copy"
+
+
+def test_after_a_delete_nothing_is_selected_and_the_actions_are_disabled(ctx: AppContext) -> None:
+    lib = library(ctx)
+    actions = (lib.rename, lib.save, lib.delete, lib.export)
+    session, key = session_copy(ctx)
+    out = library_tab.delete_vector(ctx, lib, key, session, "a" * 24)
+    assert out[lib.selected]["value"] is None and key not in out[lib.state]
+    assert all(out[button]["interactive"] is False for button in actions)
+    assert out[lib.confirm]["visible"] is False and out[lib.download]["value"] is None
+    # They come back with a selection, and nothing is selected (nor enabled) at first.
+    chosen = library_tab.selection_updates(lib, "builtin:tiny-pirate")
+    assert all(chosen[button]["interactive"] is True for button in actions)
+    assert lib.selected.value is None and all(not b.interactive for b in actions)
+
+
+def extract_form(**kw: object) -> extract.ExtractForm:
+    defaults: dict[str, object] = {
+        "source": "custom", "trait_name": "", "role_name": "", "name": "tiny shanty",
+        "pos_prompts": "You are a pirate.", "neg_prompts": "You are an assistant.",
+        "question_lines": "Hi?", "n_questions": 1, "max_new_tokens": 4,
+    }  # fmt: skip
+    return extract.ExtractForm(**{**defaults, **kw})  # type: ignore[arg-type]
+
+
+def test_an_extraction_starts_by_withdrawing_the_previous_results(ctx: AppContext) -> None:
+    with gr.Blocks():
+        ex = extract.build(ctx, gr.State({}))
+    updates = list(extract.run_extract(ctx, ex, extract_form(), None, None, lambda *a, **k: None))
+    first, last = updates[0], updates[-1]
+    assert first[ex.summary] == extract.STARTING and first[ex.examples] is None
+    assert all(first[b]["visible"] is False for b in (ex.try_it, ex.save, ex.download))
+    assert last[ex.try_it]["visible"] is True and last[ex.save]["visible"] is True
+    vec = last[ex.state][last[ex.last]]
+    assert vec.strength is not None and vec.strength > 0
+    assert "Recommended layer" in last[ex.summary]
+    assert f"strength **{vec.strength:g}**" in last[ex.summary]
+
+
+def test_a_failed_or_stopped_extraction_leaves_no_try_or_save(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with gr.Blocks():
+        ex = extract.build(ctx, gr.State({}))
+    hidden = (ex.try_it, ex.save, ex.download)
+    run = extract.run_extract(
+        ctx, ex, extract_form(question_lines=" "), None, None, lambda *a, **k: None
+    )
+    first = next(run)
+    assert all(first[b]["visible"] is False for b in hidden)
+    with pytest.raises(gr.Error, match="at least one question"):
+        next(run)
+
+    @contextlib.contextmanager
+    def stopped(owner: str | None) -> Iterator[threading.Event]:
+        flag = threading.Event()
+        flag.set()
+        yield flag
+
+    monkeypatch.setattr(ctx.jobs, "track", stopped)
+    updates = list(extract.run_extract(ctx, ex, extract_form(), None, None, lambda *a, **k: None))
+    assert all(updates[0][b]["visible"] is False for b in hidden)
+    assert updates[-1] == {ex.summary: extract.STOPPED}
+
+
+def test_status_messages_escape_user_text(ctx: AppContext) -> None:
+    lib = library(ctx)
+    hostile = "<img src=x onerror=alert(1)> **bold** [x](javascript:y)"
+    session, key = session_copy(ctx, "plain")
+    renamed = library_tab.rename_vector(ctx, lib, key, hostile, session, "a" * 24)
+    session = renamed[lib.state]
+    new_key = renamed[lib.selected]["value"]
+    saved = library_tab.save_vector(ctx, lib, new_key, session, "a" * 24)
+    deleted = library_tab.delete_vector(
+        ctx, lib, saved[lib.selected]["value"], saved[lib.state], "a" * 24
+    )
+    for out in (renamed, saved, deleted):
+        status = out[lib.status]
+        assert "<img" not in status and "](" not in status and "&lt;img" in status
+        assert re.search(r"(?<!\\)\*\*bold", status) is None  # the user's ** stay literal

@@ -61,7 +61,8 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         "--projection-layer",
         type=layer,
         default=None,
-        help="layer of the per-token projections (default: the first steered layer)",
+        help="read-out layer of the per-token projections (default: the one after the last "
+        "steered layer)",
     )
     p.set_defaults(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, func=run)
 

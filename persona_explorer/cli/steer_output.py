@@ -23,6 +23,9 @@ def record(prompt: str, out: SteerOutput, strengths: tuple[float, ...]) -> dict[
                 "finished": row.finished,
                 "projections": row.layer_projection,
                 "token_projections": row.token_projection,
+                # The added vector's direct part of those projections (compare.py).
+                "injected": row.layer_injected,
+                "token_injected": row.token_injected,
             }
             for row in out.steered
         ],
@@ -31,7 +34,9 @@ def record(prompt: str, out: SteerOutput, strengths: tuple[float, ...]) -> dict[
         "strengths": list(strengths),
         "projections": {"baseline": base.layer_projection, "steered": first.layer_projection},
         "token_projections": {"baseline": base.token_projection, "steered": first.token_projection},
-        "projection_layer": out.projection_layer,
+        "projection_layer": out.readout_layer,
+        "readout_layer": out.readout_layer,
+        "stopped": out.stopped,
         "tokens_per_second": out.tokens_per_second,
         "new_tokens": out.new_tokens,
         "seconds": out.seconds,
@@ -53,16 +58,20 @@ def text(index: int, total: int, prompt: str, out: SteerOutput) -> list[str]:
     rows = out.rows
     values = [v for row in rows for v in row.layer_projection]
     lo, hi = min(values), max(values)
-    pl = out.projection_layer
+    pl = out.readout_layer
     lines.append(
         f"projection on the vector (response mean, L0-L{len(rows[0].layer_projection) - 1}, "
-        "shared scale):"
+        f"shared scale; read at L{pl}):"
     )
     base_at = rows[0].layer_projection[pl]
     for row in rows:
         label = "baseline" if row is rows[0] else f"x{row.strength:g}"
         at = row.layer_projection[pl]
-        delta = "" if row is rows[0] else f" (delta {at - base_at:+.2f})"
+        delta = (
+            ""
+            if row is rows[0]
+            else f" (delta {at - base_at:+.2f}, added directly {row.layer_injected[pl]:+.2f})"
+        )
         spark = render.sparkline(row.layer_projection, lo, hi)
         lines.append(f"  {label:>9} {spark}  L{pl}: {at:.2f}{delta}")
     lines.append(

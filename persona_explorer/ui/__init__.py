@@ -38,13 +38,22 @@ import gradio as gr
 
 from ..config import REPO_ROOT, Settings
 from ..errors import InputError
-from ..limits import check_layer, check_strength, check_text
+from ..limits import (
+    check_layer,
+    check_max_new_tokens,
+    check_seed,
+    check_strength,
+    check_temperature,
+    check_text,
+)
 from ..model import LoadedModel
+from ..steering import POSITIONS
 from . import extract, library_tab, steer
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
 from .fairness import limit_jobs_per_visitor
-from .markup import md, plain
+from .markup import plain
+from .steer_run import AUTO_READOUT
 
 __all__ = ["build_demo", "configure_queue", "launch_kwargs", "theme"]
 
@@ -153,19 +162,16 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
         ex.try_it.click(
             try_in_steer,
             [ex.last, session],
-            [tabs, st.persona, st.layer, st.strength, st.persona_info],
+            [tabs, st.persona, st.layer, st.strength, st.multiple, st.unit, st.persona_info],
             api_visibility="private",
         )
 
-        def save_extracted(key: str | None, session: dict | None, token: object) -> str:
-            with user_errors():
-                view = ctx.catalog.view(session)
-                entry = ctx.save_to_library(view.load(view.resolve(key)), token)
-                gr.Info(f"Saved {plain(entry.name)} to the library.")
-                return f"Saved **{md(entry.name)}** to the library ({md(entry.path.name)})."
-
         ex.save.click(
-            save_extracted, [ex.last, session, owner], lib.status, api_visibility="private"
+            lambda key, s, token: extract.save_extracted(ctx, ex, key, s, token),
+            [ex.last, session, owner],
+            [session, ex.last, ex.save],
+            show_progress="hidden",
+            api_visibility="private",
         ).then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
 
         def on_load(session: dict | None, token: object, request: gr.Request) -> dict:
@@ -190,17 +196,16 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             [
                 owner,
                 *list_outputs,
-                st.prompt,
-                st.system,
-                st.layer,
-                st.strength,
+                *st.share_inputs,
+                st.multiple,
+                st.unit,
                 st.persona_info,
                 tabs,
             ],
             api_visibility="private",
         ).then(
             None,
-            inputs=[st.prompt, st.persona, st.layer, st.strength],
+            inputs=st.share_inputs,
             outputs=[st.share],
             js=steer.SHARE_LINK_JS,
         )
@@ -234,7 +239,7 @@ def list_updates(
         lib.table: library_tab.table_rows(view),
         lib.selected: gr.update(
             choices=view.item_choices(),
-            value=selected if selected in item_keys else (item_keys or [None])[0],
+            value=selected if selected in item_keys else None,
         ),
         lib.heat_pick: gr.update(choices=view.fitting_choices(), value=heat_value),
     }
@@ -243,37 +248,57 @@ def list_updates(
 def apply_share_params(
     ctx: AppContext, st: steer.SteerTab, view: CatalogView, params: dict[str, str]
 ) -> tuple[dict, str | None]:
-    """Widget updates for ``?prompt=...&persona=...&layer=...&strength=...`` and the persona
-    key to select (bad values are skipped with a warning)."""
-    known = {"prompt", "persona", "layer", "strength", "system"}
-    if not known & params.keys():
+    """Widget updates for a share link (``?prompt=...&persona=...&layer=...``, every key in
+    ``steer.SHARE_KEYS``) and the persona key to select.
+
+    Each value is parsed and bounded like form input; a bad one falls back to the default, and
+    the visitor is told which value was used instead.
+    """
+    if not set(steer.SHARE_KEYS) & params.keys():
         return {}, None
-    out: dict[Any, Any] = {}
     limits = ctx.settings.limits
-    for key, component in (("prompt", st.prompt), ("system", st.system)):
-        if key in params:
-            try:
-                out[component] = check_text(
-                    params[key], key, limits.max_prompt_chars, required=False
-                )
-            except InputError as exc:
-                gr.Warning(f"Share link: {plain(exc)}")
-    item = None
-    if "persona" in params:
+    n = ctx.model.n_layers
+    out: dict[Any, Any] = {}
+
+    def take(key: str, check: Any, fallback: str) -> Any:
+        if key not in params:
+            return None
         try:
-            item = view.resolve(params["persona"])
+            return check(params[key][:200] if key not in ("prompt", "system") else params[key])
         except InputError as exc:
-            gr.Warning(f"Share link: {plain(exc)}")
-    layer = strength = None
-    try:
-        if "layer" in params:
-            layer = check_layer(params["layer"], ctx.model.n_layers)
-        if "strength" in params:
-            strength = check_strength(params["strength"], limits)
-    except InputError as exc:
-        gr.Warning(f"Share link: {plain(exc)}")
+            gr.Warning(f"Share link: {plain(exc)} Using {plain(fallback)} instead.")
+            return None
+
+    def text(what: str) -> Any:
+        return lambda v: check_text(v, what, limits.max_prompt_chars, required=False)
+
+    def position(v: str) -> str:
+        if v not in POSITIONS:
+            raise InputError(f"positions must be 'all' or 'response', not {v!r}.")
+        return v
+
+    def readout(v: str) -> int:
+        return AUTO_READOUT if v.strip() == str(AUTO_READOUT) else check_layer(v, n, "Read-out")
+
+    simple = (
+        ("prompt", st.prompt, text("prompt"), "the default prompt"),
+        ("system", st.system, text("system prompt"), "no system prompt"),
+        ("positions", st.positions, position, "every token"),
+        ("max_new_tokens", st.max_new_tokens, lambda v: check_max_new_tokens(v, limits), "48"),
+        ("temperature", st.temperature, lambda v: check_temperature(v, limits), "0 (greedy)"),
+        ("seed", st.seed, check_seed, "0"),
+        ("readout", st.readout, readout, "the layer after the injection"),
+    )
+    for key, component, check, fallback in simple:
+        value = take(key, check, fallback)
+        if value is not None:
+            out[component] = value
+    item = take("persona", view.resolve, "the default persona")
     if item is None:
         key = view.default_key(ctx.settings.default_persona)
         item = view.resolve(key) if key else None
+    recorded = "the persona's recommended one"
+    layer = take("layer", lambda v: check_layer(v, n), recorded)
+    strength = take("strength", lambda v: check_strength(v, limits), recorded)
     out |= st.controls_for(ctx, item, view, layer, strength)
     return out, item.key if item else None

@@ -146,6 +146,20 @@ class JobTimer:
         return time.monotonic() > self.deadline
 
 
+@dataclass(frozen=True)
+class JobControl:
+    """``should_stop`` for one running job: its session's Stop, or the time limit for a job."""
+
+    flag: threading.Event
+    timer: JobTimer
+
+    def __call__(self) -> bool:
+        return self.flag.is_set() or self.timer.expired()
+
+    def timed_out(self) -> bool:
+        return self.timer.expired()
+
+
 class Exports:
     """Files written for download, each in a fresh folder.
 
@@ -185,6 +199,16 @@ class Exports:
             **({"model_hint": self.model_hint} if fmt == "gguf" else {}),
         )
         return path, save_notes(vec, spec)
+
+    def write_run(self, json_text: str, csv_text: str) -> tuple[Path, Path]:
+        """A finished run's record (JSON) and projections (CSV), for its download buttons."""
+        self.prune(keep=self.MAX_EXPORTS - 1)
+        folder = self.root / secrets.token_hex(8)
+        folder.mkdir(parents=True)
+        paths = (folder / "persona-run.json", folder / "persona-run-projections.csv")
+        for path, text in zip(paths, (json_text, csv_text), strict=True):
+            atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        return paths
 
     def prune(self, max_age_s: float = _EXPORT_MAX_AGE_S, keep: int | None = None) -> None:
         """Remove folders older than ``max_age_s``, and the oldest beyond ``keep``."""
@@ -248,6 +272,13 @@ class AppContext:
 
     def job_timer(self) -> JobTimer:
         return JobTimer(time.monotonic() + self.settings.limits.job_timeout_s)
+
+    @contextlib.contextmanager
+    def job(self, request: gr.Request | None) -> Iterator[JobControl]:
+        """Run one long job for the caller's session: stoppable from it, and time-limited."""
+        owner = request.session_hash if request is not None else None
+        with self.jobs.track(owner) as flag:
+            yield JobControl(flag, self.job_timer())
 
     # ------------------------------------------------------------ defaults for a vector
 

@@ -3,6 +3,10 @@
 The persona comes from a shipped trait (persona_vectors), a role (assistant-axis) or the user's
 own prompts. The result goes into this session's vectors; from there it can be tried in the Steer
 tab, saved to the library or downloaded.
+
+The summary is the tab's status line and the one place its progress bar shows. A new extraction
+first withdraws the previous one's results and buttons, so a failed or stopped run leaves none of
+them behind; errors are toasts.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from ..persona_data import list_builtin, load_builtin
 from ..personas import PersonaDefinition, custom_persona
 from ..plots import empty_figure, separation_figure
 from . import teaching
-from .catalog import add_to_session
+from .catalog import add_to_session, fmt_strength
 from .context import AppContext, user_errors
 from .forms import form_endpoint
-from .markup import md
+from .markup import md, plain
 
 SOURCES = [("Built-in trait", "trait"), ("Role", "role"), ("Write your own", "custom")]
 VARIANT_CHOICES = [
@@ -142,7 +146,8 @@ def preview(persona: PersonaDefinition) -> str:
     neg = pair.neg if pair.neg is not None else "(the default Assistant's own prompts)"
     return (
         f"**{md(persona.name)}** · {len(persona.pairs)} prompt pairs · "
-        f"{len(persona.questions)} questions\n\n*With the persona:* {md(pair.pos, 600)}\n\n"
+        f"{len(persona.questions)} questions to draw from (the Questions slider picks how many "
+        f"are asked)\n\n*With the persona:* {md(pair.pos, 600)}\n\n"
         f"*Without:* {md(neg, 600)}"
     )
 
@@ -154,9 +159,16 @@ def summary(result: ExtractionResult) -> str:
     sep = vec.separation[best] if vec.separation else float("nan")
     text = (
         f"**{md(vec.name)}**: {counts.get('pos', '?')} answers with the persona and "
-        f"{counts.get('neg', '?')} without, in {result.seconds:.0f} s. Suggested layer "
-        f"**{best}** (separation d = {sep:.2f})."
+        f"{counts.get('neg', '?')} without, in {result.seconds:.0f} s. Recommended layer "
+        f"**{best}** (separation d = {sep:.2f}) and strength **{fmt_strength(vec.strength)}**"
     )
+    if vec.strength is not None:
+        text += (
+            ", which adds as large a share of that layer's activations as the built-in "
+            "personas do (Try it in Steer starts there)."
+        )
+    else:
+        text += " (the vector is zero there: nothing to scale a strength to)."
     if not result.cross_validated:
         text += (
             " With so few answers the separation is measured on the same answers that built "
@@ -252,10 +264,12 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                 "Pick a persona and press **Extract**. A small extraction (4 questions, 32 "
                 "tokens) takes about a minute on a laptop CPU.",
                 elem_id="pe-extract-summary",
+                label="Extraction summary",
             )
             plot = gr.Plot(
                 empty_figure("The separation per layer appears here"),
                 label="Separation by layer",
+                show_label=False,  # the badge would cover the figure's own title
                 elem_id="pe-separation",
             )
             with gr.Row():
@@ -271,6 +285,9 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                 datatype=["str", "str", "str"],
                 interactive=False,
                 wrap=True,
+                # Without fixed widths the grid sizes columns to unwrapped text: the answers
+                # take the whole width and the question column shrinks to a word.
+                column_widths=["24%", "38%", "38%"],
                 label="Example answers",
                 elem_id="pe-examples",
                 elem_classes="pe-table",
@@ -311,23 +328,39 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         request=True,
         progress=True,
     )
-    tab.extracted = run.click(
+    outputs = [state, last, result_md, plot, table, try_it, save, download]
+    # The previous results go at once, not when the queue reaches this job.
+    started = run.click(
+        lambda: reset_results(tab), None, outputs[2:], queue=False, show_progress="hidden",
+        api_visibility="private",
+    )  # fmt: skip
+    tab.extracted = started.then(
         extract,
         inputs=[
             source, trait, role, name, pos, neg, questions, n_questions, max_new_tokens, variant,
             state,
         ],
-        outputs=[state, last, result_md, plot, table, try_it, save, download],
+        outputs=outputs,
         api_name="extract",
         concurrency_limit=ctx.settings.extract_concurrency,
         concurrency_id="extraction",
+        show_progress_on=[result_md],
+    )  # fmt: skip
+    # A failed event keeps an error badge on its progress target; this replaces it (and the
+    # empty summary) with a line about the failure, whose reason the toast gives.
+    tab.extracted.failure(
+        lambda: FAILED, None, result_md, queue=False, show_progress="hidden",
+        api_visibility="private",
     )  # fmt: skip
 
     def stop_this_session(request: gr.Request) -> str:
         return stop_extraction(ctx, request)
 
     # The flag ends a running extraction at its next step; `cancels` drops a queued one.
-    stop.click(stop_this_session, None, result_md, cancels=[tab.extracted], **private)
+    stop.click(
+        stop_this_session, None, result_md, cancels=[tab.extracted], show_progress="hidden",
+        **private,
+    )  # fmt: skip
     return tab
 
 
@@ -352,6 +385,20 @@ def show_builtin(src: str, trait_name: str, role_name: str) -> str:
 
 
 STOPPED = "Extraction stopped. Press **Extract** to start again."
+FAILED = "The extraction did not finish (the message says why). Press **Extract** to try again."
+STARTING = "Starting the extraction…"
+
+
+def reset_results(tab: ExtractTab) -> dict:
+    """No results, and no buttons acting on the previous extraction's vector."""
+    return {
+        tab.summary: STARTING,
+        tab.plot: empty_figure("The separation per layer appears here"),
+        tab.examples: None,
+        tab.try_it: gr.update(visible=False),
+        tab.save: gr.update(visible=False),
+        tab.download: gr.update(value=None, visible=False),
+    }
 
 
 def run_extract(
@@ -362,25 +409,27 @@ def run_extract(
     request: gr.Request | None,
     progress: Any,
 ) -> Iterator[dict]:
-    """Extract a persona vector and add it to this session's vectors (one final update)."""
+    """Extract a persona vector and add it to this session's vectors.
+
+    The first update withdraws the previous results, so a failure or a stop leaves none behind.
+    """
+    yield reset_results(tab)
     with user_errors():
         limits = ctx.settings.limits
         persona = form.persona(limits)
         cfg = form.config(persona, limits)
         progress(0.0, desc="Starting")
-        owner = request.session_hash if request is not None else None
-        timer = ctx.job_timer()
-        with ctx.jobs.track(owner) as stop_flag:
+        with ctx.job(request) as job:
             try:
                 result = extract_persona(
                     ctx.model,
                     persona,
                     cfg,
                     progress=lambda f, msg: progress(f, desc=msg),
-                    should_stop=lambda: stop_flag.is_set() or timer.expired(),
+                    should_stop=job,
                 )
             except InterruptedError:
-                if timer.expired():
+                if job.timed_out():
                     raise InputError(
                         f"The extraction ran past the time limit for one job "
                         f"({limits.job_timeout_s} s): use fewer questions or fewer tokens."
@@ -401,6 +450,23 @@ def run_extract(
             tab.try_it: gr.update(visible=True),
             tab.save: gr.update(visible=not ctx.library.read_only),
             tab.download: gr.update(value=str(path), visible=True),
+        }
+
+
+def save_extracted(
+    ctx: AppContext, tab: ExtractTab, key: str | None, session: Mapping | None, owner: object
+) -> dict:
+    """Save the extracted vector to the library in place of its session copy (listed twice,
+    they would look like two vectors); "Try it in Steer" then uses the saved one."""
+    with user_errors():
+        view = ctx.catalog.view(session)
+        item = view.resolve(key)
+        entry = ctx.save_to_library(view.load(item), owner)
+        gr.Info(f"Saved {plain(entry.name)} to the library.")
+        return {
+            tab.state: {k: v for k, v in (session or {}).items() if k != item.key},
+            tab.last: f"library:{entry.id}",
+            tab.save: gr.update(visible=False),
         }
 
 

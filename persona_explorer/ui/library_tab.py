@@ -1,8 +1,13 @@
 """The Library tab: every vector with its metadata; upload, download, rename, delete; and the
-cosine similarity between vectors at one layer."""
+cosine similarity between vectors at one layer.
+
+One status line says what the last action did; each action clears it first, and its errors are
+toasts only. The actions on the selected vector are disabled while none is selected.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +33,9 @@ from .catalog import (
 )
 from .context import AppContext, check_owner, user_errors
 from .markup import md, plain
+from .similarity_panel import builtin_similarity_figure, statements_markdown
+
+log = logging.getLogger(__name__)
 
 TABLE_HEADERS = [
     "Name", "Where", "Model", "Variant", "Layer", "Strength", "Created", "Source", "Fits",
@@ -96,6 +104,9 @@ def table_rows(view: CatalogView) -> list[list]:
 
 
 NO_DOWNLOAD = gr.update(value=None, label="Download", interactive=False)
+# Runs in the browser before an action's handler: a message from the previous action must not
+# pass for this one's.
+CLEAR_STATUS_JS = "() => ''"
 
 
 def _unique_labels(items: list[VectorItem]) -> list[str]:
@@ -131,6 +142,18 @@ def heatmap_figure(view: CatalogView, keys: list[str], layer: Any) -> Any:
     return cosine_heatmap_figure(_unique_labels(items), cosine_matrix(rows).tolist(), at)
 
 
+def builtin_relations(ctx: AppContext) -> None:
+    """The built-ins' cosine heat map and what it says, in plain sentences (computed once)."""
+    try:
+        figure, statements = builtin_similarity_figure(ctx.settings.builtin_vectors_dir)
+    except (ValueError, OSError) as exc:  # built-ins of several shapes, or none readable
+        log.warning("no built-in similarity panel: %s", exc)
+        return
+    with gr.Accordion("How the built-in personas relate", open=False, elem_id="pe-relations"):
+        gr.Markdown(statements_markdown(statements) or "Fewer than two built-in vectors.")
+        gr.Plot(figure, label="Cosine similarity of the built-ins", show_label=False)
+
+
 # --------------------------------------------------------------------------- the tab
 
 
@@ -141,6 +164,7 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
     heat_default = [k for _, k in heat][:MAX_HEATMAP_DEFAULT]
 
     teaching.panel(teaching.LIBRARY)
+    builtin_relations(ctx)
     table = gr.Dataframe(
         table_rows(view),
         headers=TABLE_HEADERS,
@@ -152,14 +176,13 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
         elem_id="pe-library-table",
         elem_classes="pe-table",
     )
-    status = gr.Markdown(elem_id="pe-library-status")
+    status = gr.Markdown(elem_id="pe-library-status", label="Library status")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=300):
             gr.Markdown("#### Selected vector")
-            first = view.item_choices()
             selected = gr.Dropdown(
-                first,
-                value=first[0][1] if first else None,
+                view.item_choices(),
+                value=None,
                 label="Vector",
                 filterable=True,
                 elem_id="pe-library-selected",
@@ -169,19 +192,24 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
                     label="New name", placeholder="e.g. pirate-strong", scale=3,
                     elem_id="pe-new-name",
                 )  # fmt: skip
-                rename = gr.Button("Rename", scale=1, elem_id="pe-rename")
+                rename = gr.Button("Rename", scale=1, interactive=False, elem_id="pe-rename")
             with gr.Row():
                 # Hidden on a public server (the handler refuses there too: a script may call it).
                 save = gr.Button(
-                    "Save to library", visible=not ctx.library.read_only, elem_id="pe-library-save"
+                    "Save to library",
+                    visible=not ctx.library.read_only,
+                    interactive=False,
+                    elem_id="pe-library-save",
                 )
-                delete = gr.Button("Delete", elem_id="pe-delete")
+                delete = gr.Button("Delete", interactive=False, elem_id="pe-delete")
                 confirm = gr.Button(
                     "Confirm delete", variant="stop", visible=False, elem_id="pe-confirm-delete"
                 )
             fmt = gr.Radio(FORMAT_CHOICES, value="safetensors", label="Download format")
             with gr.Row():
-                export = gr.Button("Prepare download", elem_id="pe-library-export")
+                export = gr.Button(
+                    "Prepare download", interactive=False, elem_id="pe-library-export"
+                )
                 download = gr.DownloadButton(
                     "Download", interactive=False, elem_id="pe-library-download"
                 )
@@ -220,43 +248,56 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
         heatmap=heatmap, changed=[],
     )  # fmt: skip
     private: dict[str, Any] = {"api_visibility": "private"}
+    # A failed handler marks its outputs with Gradio's error badge unless progress is hidden;
+    # the toast already says what went wrong, and these actions are quick.
+    quiet: dict[str, Any] = {"show_progress": "hidden"}
+
+    def cleared(trigger: Any) -> Any:
+        """``trigger``, after which the status line is blanked in the browser."""
+        return trigger(None, None, status, js=CLEAR_STATUS_JS, **private)
 
     def upload_vector(file: str | None, layout: str, session: dict | None) -> dict:
         """Add a vector file (.safetensors, .pt, .gguf) to this session's vectors."""
         return add_upload(ctx, tab, file, layout, session)
 
-    uploaded = upload.upload(
+    uploaded = cleared(upload.upload).then(
         upload_vector, [upload, layout, state], [state, selected, status],
-        api_name="upload_vector",
+        api_name="upload_vector", **quiet,
     )  # fmt: skip
-    renamed = rename.click(
+    renamed = cleared(rename.click).then(
         lambda key, name, session, token: rename_vector(ctx, tab, key, name, session, token),
-        [selected, new_name, state, owner], [state, selected, new_name, status], **private,
+        [selected, new_name, state, owner], [state, selected, new_name, status],
+        **private, **quiet,
     )  # fmt: skip
     # Deleting takes two clicks: "Delete" arms "Confirm delete", any new selection disarms it.
     delete.click(lambda: gr.update(visible=True), None, confirm, queue=False, **private)
-    selected.change(lambda: gr.update(visible=False), None, confirm, queue=False, **private)
-    deleted = confirm.click(
+    deleted = cleared(confirm.click).then(
         lambda key, session, token: delete_vector(ctx, tab, key, session, token),
-        [selected, state, owner], [state, selected, status], **private,
-    ).then(lambda: gr.update(visible=False), None, confirm, queue=False, **private)  # fmt: skip
-    saved = save.click(
-        lambda key, session, token: save_vector(ctx, tab, key, session, token),
-        [selected, state, owner], [selected, status], **private,
+        [selected, state, owner], [state, selected, status, *selection_outputs(tab)],
+        **private, **quiet,
     )  # fmt: skip
+    saved = cleared(save.click).then(
+        lambda key, session, token: save_vector(ctx, tab, key, session, token),
+        [selected, state, owner], [state, selected, status], **private, **quiet,
+    )  # fmt: skip
+    # A refused delete disarms too: another try must be asked for again.
+    deleted.failure(lambda: gr.update(visible=False), None, confirm, queue=False, **private)
     tab.changed = [uploaded, renamed, deleted, saved]
-    # A download file is written only when asked for; a new choice withdraws the old file.
-    gr.on(
-        [selected.change, fmt.change], lambda: NO_DOWNLOAD, None, download, queue=False, **private
-    )
-    export.click(
+    # Any selection (by a click, a handler or a list refresh) sets which actions apply; a new
+    # choice also withdraws a download file written for the previous one.
+    selected.change(
+        lambda key: selection_updates(tab, key), selected, selection_outputs(tab), queue=False,
+        **private, **quiet,
+    )  # fmt: skip
+    fmt.change(lambda: NO_DOWNLOAD, None, download, queue=False, **private)
+    cleared(export.click).then(
         lambda key, fmt, session: prepare_download(ctx, key, fmt, session),
-        [selected, fmt, state], download, **private,
+        [selected, fmt, state], download, **private, **quiet,
     )  # fmt: skip
     gr.on(
         [heat_pick.change, heat_layer.change],
         lambda keys, layer, session: draw_heatmap(ctx, keys, layer, session),
-        [heat_pick, heat_layer, state], heatmap, **private,
+        [heat_pick, heat_layer, state], heatmap, **private, **quiet,
     )  # fmt: skip
 
     def on_select(evt: gr.SelectData, session: dict | None) -> Any:
@@ -267,6 +308,24 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
 
 
 # --------------------------------------------------------------------------- handlers
+
+
+def selection_outputs(tab: LibraryTab) -> list[gr.Button | gr.DownloadButton]:
+    return [tab.rename, tab.save, tab.delete, tab.confirm, tab.export, tab.download]
+
+
+def selection_updates(tab: LibraryTab, key: str | None) -> dict:
+    """The actions on the selected vector: enabled once one is selected, disarmed "Confirm
+    delete", and no download file of another vector."""
+    chosen = bool(key)
+    return {
+        tab.rename: gr.update(interactive=chosen),
+        tab.save: gr.update(interactive=chosen),
+        tab.delete: gr.update(interactive=chosen),
+        tab.confirm: gr.update(visible=False),
+        tab.export: gr.update(interactive=chosen),
+        tab.download: NO_DOWNLOAD,
+    }
 
 
 def add_upload(
@@ -343,12 +402,15 @@ def delete_vector(
             ctx.library.delete(item.key.split(":", 1)[1], owner=check_owner(owner))
         else:
             new_session.pop(item.key, None)
+        # Nothing is selected next: a vector moved up into the freed place would take the
+        # clicks meant for the deleted one.
         return {
             tab.state: new_session,
             tab.selected: gr.update(
                 choices=ctx.catalog.view(new_session).item_choices(), value=None
             ),
             tab.status: f"Deleted **{md(item.name)}**.",
+            **selection_updates(tab, None),
         }
 
 
@@ -361,9 +423,13 @@ def save_vector(
         if item.where == "library":
             raise InputError("That vector is already in the library.")
         entry = ctx.save_to_library(view.load(item), owner)
+        # The saved copy replaces a session one: listed twice, they would look like two vectors.
+        new_session = {k: v for k, v in (session or {}).items() if k != item.key}
         return {
+            tab.state: new_session,
             tab.selected: gr.update(
-                choices=ctx.catalog.view(session).item_choices(), value=f"library:{entry.id}"
+                choices=ctx.catalog.view(new_session).item_choices(),
+                value=f"library:{entry.id}",
             ),
             tab.status: f"Saved **{md(entry.name)}** to the library ({md(entry.path.name)}).",
         }

@@ -1,59 +1,66 @@
 """The Steer tab: one prompt, answered with and without a persona vector, side by side.
 
-``steer`` (also the public ``/steer`` API) streams both answers from one batched pass of
-:func:`compare.steer_stream`, then draws the per-layer projections and the per-token view from
-the same pass. ``sweep_strengths`` runs one batch at several strengths for the strength strip.
+``build`` lays the tab out and wires it; the actions live in :mod:`.steer_run` (the form, the
+``/steer`` and ``/sweep_strengths`` handlers) and :mod:`.compare_panel` (``/compare``: up to three
+personas, layers or strengths in one batch).
+
+Strength is shown twice: as a multiple of the vector's recorded strength (1× = what it was made
+for; the slider's range is the same for every vector) and as the absolute number the engine
+adds, which the API takes and which is limited only by ``PERSONA_EXPLORER_MAX_STRENGTH``, never
+by one persona's slider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from ..compare import SteerOutput, SteerRequest, steer_stream
 from ..errors import InputError
-from ..generation import SamplingConfig
-from ..limits import (
-    check_layer,
-    check_max_new_tokens,
-    check_seed,
-    check_strength,
-    check_temperature,
-    check_text,
-)
-from ..plots import (
-    empty_figure,
-    layer_projection_figure,
-    strength_strip_figure,
-    token_projection_html,
-)
+from ..plots import empty_figure
 from ..steering import POSITIONS
-from ..vectors import PersonaVector
-from . import teaching
+from . import compare_panel, teaching
 from .catalog import CatalogView, VectorItem, source_label
-from .context import AppContext, user_errors
+from .context import AppContext
 from .forms import form_endpoint
 from .markup import md
+from .steer_run import (
+    AUTO_READOUT,
+    DEFAULT_MAX_NEW_TOKENS,
+    STEER_DOC,
+    SWEEP_DOC,
+    SteerForm,
+    run_steer,
+    run_sweep,
+    stop_runs,
+)
 
 DEFAULT_PROMPT = "I just adopted a puppy. What should I do in the first week?"
-DEFAULT_MAX_NEW_TOKENS = 48
-SWEEP_MULTIPLIERS = (-2.0, 1.0, 2.0, 4.0)  # x the chosen strength; the baseline row adds 0
 POSITION_CHOICES = [("Every token", "all"), ("Answer only", "response")]
+MULTIPLE_RANGE = 4.0  # the relative slider spans ±4× the recorded strength
 
-SHARE_LINK_JS = """
-(prompt, persona, layer, strength) => {
-  const params = new URLSearchParams();
-  if (prompt) params.set("prompt", prompt);
-  if (persona) params.set("persona", persona);
-  if (layer !== null && layer !== undefined && layer !== "") params.set("layer", String(layer));
-  if (strength !== null && strength !== undefined && strength !== "")
-    params.set("strength", String(strength));
-  return window.location.origin + window.location.pathname + "?" + params.toString();
-}
-"""
+# Every setting of the run travels in the link; "readout" is the read-out layer.
+SHARE_KEYS = (
+    "prompt", "system", "persona", "layer", "strength", "positions", "max_new_tokens",
+    "temperature", "seed", "readout",
+)  # fmt: skip
+SHARE_LINK_JS = (
+    "(" + ", ".join(f"v{i}" for i in range(len(SHARE_KEYS))) + ") => {\n"
+    "  const keys = " + str(list(SHARE_KEYS)).replace("'", '"') + ";\n"
+    "  const values = [" + ", ".join(f"v{i}" for i in range(len(SHARE_KEYS))) + "];\n"
+    "  const params = new URLSearchParams();\n"
+    "  keys.forEach((k, i) => {\n"
+    '    const v = values[i];\n    if (v !== null && v !== undefined && v !== "") '
+    "params.set(k, String(v));\n  });\n"
+    '  return window.location.origin + window.location.pathname + "?" + params.toString();\n'
+    "}"
+)
+TO_ABSOLUTE_JS = "(x, unit) => Math.round(x * unit * 1000) / 1000"
+TO_MULTIPLE_JS = (
+    f"(s, unit) => unit ? Math.max(-{MULTIPLE_RANGE}, Math.min({MULTIPLE_RANGE}, "
+    "Math.round(s / unit * 100) / 100)) : 1"
+)
 
 
 @dataclass
@@ -63,11 +70,14 @@ class SteerTab:
     persona: gr.Dropdown
     persona_info: gr.Markdown
     layer: gr.Slider
-    strength: gr.Slider
+    strength: gr.Number
+    multiple: gr.Slider
+    unit: gr.Number  # the selected vector's recorded strength (hidden): 1× on the slider
     positions: gr.Radio
     max_new_tokens: gr.Slider
     temperature: gr.Slider
     seed: gr.Number
+    readout: gr.Slider
     generate: gr.Button
     stop: gr.Button
     share: gr.Textbox
@@ -77,9 +87,18 @@ class SteerTab:
     plot: gr.Plot
     tokens_baseline: gr.HTML
     tokens_steered: gr.HTML
+    run_json: gr.DownloadButton
+    run_csv: gr.DownloadButton
     sweep: gr.Button
     sweep_plot: gr.Plot
     sweep_table: gr.Dataframe
+
+    @property
+    def share_inputs(self) -> list[Any]:
+        return [
+            self.prompt, self.system, self.persona, self.layer, self.strength, self.positions,
+            self.max_new_tokens, self.temperature, self.seed, self.readout,
+        ]  # fmt: skip
 
     def controls_for(
         self,
@@ -89,20 +108,28 @@ class SteerTab:
         layer: int | None = None,
         strength: float | None = None,
     ) -> dict[Any, Any]:
-        """Layer, strength (and its slider range) and the info line for a newly picked persona.
+        """Layer, strength (absolute and ×) and the info line for a newly picked persona.
 
         Explicit ``layer``/``strength`` (a share link) win over the vector's recommendations.
         """
         if item is None or item.info is None:
             return {self.persona_info: NO_PERSONA_INFO}
         vec = item.info
-        s = ctx.default_strength(vec) if strength is None else strength
-        half = max(ctx.strength_range(ctx.default_strength(vec)), abs(s))
+        unit = ctx.default_strength(vec)
+        s = unit if strength is None else strength
         return {
             self.layer: gr.update(value=ctx.default_layer(vec) if layer is None else layer),
-            self.strength: gr.update(value=s, minimum=-half, maximum=half),
+            self.strength: gr.update(value=s),
+            self.multiple: gr.update(value=_multiple(s, unit)),
+            self.unit: gr.update(value=unit),
             self.persona_info: persona_info(ctx, item, view),
         }
+
+
+def _multiple(strength: float, unit: float) -> float:
+    if not unit:
+        return 1.0
+    return max(-MULTIPLE_RANGE, min(MULTIPLE_RANGE, round(strength / unit, 2)))
 
 
 NO_PERSONA_INFO = (
@@ -129,160 +156,7 @@ def persona_info(ctx: AppContext, item: VectorItem, view: CatalogView) -> str:
     )
 
 
-@dataclass(frozen=True)
-class SteerForm:
-    """The Steer tab's inputs, as widgets send them (and as the ``/steer`` API takes them)."""
-
-    prompt: str
-    persona: str
-    layer: float
-    strength: float
-    max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS
-    system_prompt: str = ""
-    positions: str = "all"
-    temperature: float = 0.0
-    seed: float = 0
-
-    def request(
-        self,
-        ctx: AppContext,
-        session: Mapping[str, PersonaVector] | None,
-        strengths: tuple[float, ...] | None = None,
-    ) -> SteerRequest:
-        """Check every value and build the engine request (``strengths``: several rows)."""
-        limits = ctx.settings.limits
-        text = check_text(self.prompt, "prompt", limits.max_prompt_chars, required=True)
-        system = check_text(
-            self.system_prompt, "system prompt", limits.max_prompt_chars, required=False
-        )
-        _, vec = ctx.catalog.view(session).resolve_fitting(self.persona)
-        if self.positions not in POSITIONS:
-            raise InputError(f"positions must be 'all' or 'response', not {self.positions!r}.")
-        rows = strengths if strengths is not None else (self.strength,)
-        return SteerRequest(
-            prompt=text,
-            vector=vec,
-            layers=(check_layer(self.layer, ctx.model.n_layers),),
-            strengths=tuple(check_strength(s, limits) for s in rows),
-            system=system or None,
-            positions=self.positions,  # type: ignore[arg-type]
-            sampling=SamplingConfig(
-                max_new_tokens=check_max_new_tokens(self.max_new_tokens, limits),
-                temperature=check_temperature(self.temperature, limits),
-                seed=check_seed(self.seed),
-                max_prompt_tokens=limits.max_prompt_tokens,
-            ),
-        )
-
-
-def _status(out: SteerOutput, strength: float, timed_out: bool = False) -> str:
-    base, steered = out.baseline, out.steered[0]
-    line = (
-        f"{out.new_tokens} tokens in {out.seconds:.1f} s ({out.tokens_per_second:.1f} tok/s for "
-        f"both columns) · layer {out.layers[0]}, strength {strength:g}"
-    )
-    if timed_out:
-        line += " · stopped at the time limit for one job: ask for fewer tokens."
-    elif strength == 0:
-        line += " · strength 0 means no steering: both columns are the same."
-    elif steered.text == base.text:
-        line += (
-            " · The steered answer matches the baseline: try a larger strength or a layer "
-            "nearer the recommended one."
-        )
-    return line
-
-
-def _token_views(out: SteerOutput) -> tuple[str, str]:
-    base, steered = out.baseline, out.steered[0]
-    values = [abs(v) for v in base.token_projection + steered.token_projection]
-    scale = max(values) if values and max(values) > 0 else None  # one scale: comparable colours
-    return (
-        token_projection_html(base.token_strings, base.token_projection, scale),
-        token_projection_html(steered.token_strings, steered.token_projection, scale),
-    )
-
-
-# --------------------------------------------------------------------------- handlers
-
-
-def run_steer(
-    ctx: AppContext, tab: SteerTab, form: SteerForm, session: Mapping | None
-) -> Iterator[dict]:
-    """Stream both texts token by token; the last update adds the plots and the status."""
-    with user_errors():
-        req = form.request(ctx, session)
-        first = True
-        timer = ctx.job_timer()
-        for texts, out in steer_stream(ctx.model, req, should_stop=timer.expired):
-            if out is None:
-                update = {tab.baseline: texts[0], tab.steered: texts[1]}
-                if first:  # clear the previous answer's figures once
-                    update |= {
-                        tab.plot: empty_figure("Generating…"),
-                        tab.tokens_baseline: "",
-                        tab.tokens_steered: "",
-                        tab.status: "Generating…",
-                    }
-                    first = False
-                yield update
-                continue
-            base_html, steered_html = _token_views(out)
-            yield {
-                tab.baseline: out.baseline.text,
-                tab.steered: out.steered[0].text,
-                tab.plot: layer_projection_figure(
-                    out.baseline.layer_projection,
-                    {f"steered ×{req.strengths[0]:g}": out.steered[0].layer_projection},
-                    steered_layers=req.layers,
-                    title=f"Projection onto “{req.vector.name}” at every layer",
-                ),
-                tab.tokens_baseline: base_html,
-                tab.tokens_steered: steered_html,
-                tab.status: _status(out, req.strengths[0], timer.expired()),
-            }
-
-
-def run_sweep(
-    ctx: AppContext, tab: SteerTab, form: SteerForm, session: Mapping | None, progress: Any
-) -> Iterator[dict]:
-    """One batch at -2, 1, 2 and 4 x the strength (plus the baseline at 0).
-
-    A generator, so that Stop (``cancels=``) ends it between decoding steps.
-    """
-    with user_errors():
-        limits = ctx.settings.limits
-        unit = check_strength(form.strength, limits)
-        if unit == 0:
-            _, vec = ctx.catalog.view(session).resolve_fitting(form.persona)
-            unit = ctx.default_strength(vec)
-        strengths = tuple(
-            m * unit for m in SWEEP_MULTIPLIERS if abs(m * unit) <= limits.max_abs_strength
-        )
-        req = form.request(ctx, session, strengths)
-        total = req.sampling.max_new_tokens
-        out = None
-        timer = ctx.job_timer()
-        stream = steer_stream(ctx.model, req, should_stop=timer.expired)
-        for step, (_, update) in enumerate(stream, start=1):
-            progress((min(step, total), total), desc="Generating", unit="tokens")
-            out = update
-            if out is None:
-                yield {tab.sweep_plot: gr.skip()}  # a chance for Stop to end the sweep
-        assert out is not None
-        at = req.layers[0]
-        rows = sorted(out.rows, key=lambda r: r.strength)
-        yield {
-            tab.sweep_plot: strength_strip_figure(
-                [r.strength for r in rows], [r.layer_projection[at] for r in rows], at
-            ),
-            tab.sweep_table: [
-                [round(r.strength, 3), round(r.layer_projection[at], 3), r.text] for r in rows
-            ],
-        }
-
-
-def pick_persona(ctx: AppContext, tab: SteerTab, persona: str, session: Mapping | None) -> dict:
+def pick_persona(ctx: AppContext, tab: SteerTab, persona: str, session: Any) -> dict:
     view = ctx.catalog.view(session)
     try:
         item = view.resolve(persona)
@@ -291,44 +165,28 @@ def pick_persona(ctx: AppContext, tab: SteerTab, persona: str, session: Mapping 
     return tab.controls_for(ctx, item, view)
 
 
-STEER_DOC = """Generate the baseline and the steered answer to one prompt, side by side.
-
-Streams both texts token by token; the last update adds the per-layer projection plot and the
-per-token views. Outputs: baseline text, steered text, plot, token views, status."""
-
-SWEEP_DOC = """The same prompt at -2, 1, 2 and 4 x the strength (plus the baseline), in one
-batch: the projection at the steered layer and each answer."""
-
-
 def build(ctx: AppContext, state: gr.State) -> SteerTab:
     n_layers = ctx.model.n_layers
+    limits = ctx.settings.limits
     view = ctx.catalog.view(None)
     key = view.default_key(ctx.settings.default_persona)
     item = view.resolve(key) if key else None
     vec = item.info if item else None
-    start_strength = ctx.default_strength(vec) if vec else 2.0
-    half = ctx.strength_range(start_strength)
+    unit = ctx.default_strength(vec) if vec else 2.0
 
     teaching.panel(teaching.STEER)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300, elem_classes="pe-controls"):
             prompt = gr.Textbox(
-                label="Prompt",
-                value=DEFAULT_PROMPT,
-                lines=3,
-                max_lines=12,
-                placeholder="Ask the model something…",
-                elem_id="pe-prompt",
-            )
+                label="Prompt", value=DEFAULT_PROMPT, lines=3, max_lines=12,
+                placeholder="Ask the model something…", elem_id="pe-prompt",
+            )  # fmt: skip
             with gr.Accordion("System prompt", open=False):
                 system = gr.Textbox(
-                    "",
-                    label="System prompt",
-                    show_label=False,
-                    lines=2,
+                    "", label="System prompt", show_label=False, lines=2,
                     placeholder="Optional, e.g. “You are a helpful assistant.”",
                     elem_id="pe-system",
-                )
+                )  # fmt: skip
             persona = gr.Dropdown(
                 label="Persona",
                 choices=view.persona_choices(),
@@ -338,91 +196,85 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
                 elem_id="pe-persona",
             )
             info = gr.Markdown(
-                persona_info(ctx, item, view) if item else NO_PERSONA_INFO, elem_classes="pe-info"
+                persona_info(ctx, item, view) if item else NO_PERSONA_INFO,
+                elem_classes="pe-info",
+                label="About this persona",
             )
             layer = gr.Slider(
-                0,
-                n_layers - 1,
-                value=ctx.default_layer(vec) if vec else (2 * n_layers) // 3,
-                step=1,
-                label="Layer",
-                info="Where the vector is added (0 = first block).",
+                0, n_layers - 1, value=ctx.default_layer(vec) if vec else (2 * n_layers) // 3,
+                step=1, label="Layer", info="Where the vector is added (0 = first block).",
                 elem_id="pe-layer",
-            )
-            strength = gr.Slider(
-                -half,
-                half,
-                value=start_strength,
-                step=0.25,
-                label="Strength",
-                info="Negative values push away from the persona.",
-                elem_id="pe-strength",
-            )
+            )  # fmt: skip
+            multiple = gr.Slider(
+                -MULTIPLE_RANGE, MULTIPLE_RANGE, value=1.0, step=0.25,
+                label="Strength (× recommended)",
+                info="1× = the strength this vector was made for; negative pushes away.",
+                elem_id="pe-multiple",
+            )  # fmt: skip
+            strength = gr.Number(
+                value=unit, step=0.25, minimum=-limits.max_abs_strength,
+                maximum=limits.max_abs_strength, label="Strength (absolute)",
+                info="What is added: strength × vector.", elem_id="pe-strength",
+            )  # fmt: skip
+            unit_box = gr.Number(value=unit, visible=False, label="Recorded strength")
             positions = gr.Radio(
                 POSITION_CHOICES, value="all", label="Steer at", elem_id="pe-positions"
             )
             with gr.Accordion("Generation settings", open=False, elem_id="pe-generation-settings"):
                 max_new_tokens = gr.Slider(
-                    1,
-                    ctx.settings.limits.max_new_tokens,
-                    value=min(DEFAULT_MAX_NEW_TOKENS, ctx.settings.limits.max_new_tokens),
-                    step=1,
-                    label="Max new tokens",
-                    elem_id="pe-max-new-tokens",
-                )
+                    1, limits.max_new_tokens,
+                    value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1,
+                    label="Max new tokens", elem_id="pe-max-new-tokens",
+                )  # fmt: skip
                 temperature = gr.Slider(
-                    0.0,
-                    ctx.settings.limits.max_temperature,
-                    value=0.0,
-                    step=0.05,
-                    label="Temperature",
-                    info="0 = greedy",
-                )
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                    0.0, limits.max_temperature, value=0.0, step=0.05, label="Temperature",
+                    info="0 = greedy", elem_id="pe-temperature",
+                )  # fmt: skip
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="pe-seed")
+                readout = gr.Slider(
+                    AUTO_READOUT, n_layers - 1, value=AUTO_READOUT, step=1,
+                    label="Read-out layer of the per-token view",
+                    info="−1 = the layer right after the injected one.", elem_id="pe-readout",
+                )  # fmt: skip
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="pe-generate")
                 stop = gr.Button("Stop", variant="secondary", elem_id="pe-stop")
             share = gr.Textbox(
                 label="Share link",
-                info="Opens this tab with the same prompt, persona, layer and strength "
-                "(vectors from this session only once saved to the library).",
-                buttons=["copy"],
-                interactive=False,
-                elem_id="pe-share",
-            )
-        with gr.Column(scale=8, min_width=420):
+                info="Opens this tab with every setting above (vectors from this session only "
+                "once saved to the library).",
+                buttons=["copy"], interactive=False, elem_id="pe-share",
+            )  # fmt: skip
+        with gr.Column(scale=8, min_width=320):
             with gr.Row(equal_height=True):
                 baseline = gr.Textbox(
-                    label="Baseline · no steering",
-                    lines=9,
-                    max_lines=18,
-                    interactive=False,
-                    buttons=["copy"],
-                    elem_id="pe-baseline",
+                    label="Baseline · no steering", lines=9, max_lines=18, interactive=False,
+                    buttons=["copy"], elem_id="pe-baseline",
                     elem_classes="pe-out pe-out-baseline",
-                )
+                )  # fmt: skip
                 steered = gr.Textbox(
-                    label="Steered",
-                    lines=9,
-                    max_lines=18,
-                    interactive=False,
-                    buttons=["copy"],
-                    elem_id="pe-steered",
-                    elem_classes="pe-out pe-out-steered",
-                )
-            status = gr.Markdown(elem_classes="pe-status", elem_id="pe-status")
+                    label="Steered", lines=9, max_lines=18, interactive=False, buttons=["copy"],
+                    elem_id="pe-steered", elem_classes="pe-out pe-out-steered",
+                )  # fmt: skip
+            status = gr.Markdown(elem_classes="pe-status", elem_id="pe-status", label="Status")
             plot = gr.Plot(
                 empty_figure("Generate to see the projection at every layer"),
-                label="Projection by layer",
-                elem_id="pe-plot",
-            )
+                label="Projection by layer", show_label=False, elem_id="pe-plot",
+            )  # fmt: skip
             with gr.Accordion("Per-token view", open=True), gr.Row(equal_height=False):
                 with gr.Column(min_width=200):
                     gr.Markdown("**Baseline**", elem_classes="pe-subhead")
-                    tokens_baseline = gr.HTML(elem_id="pe-tokens-baseline")
+                    tokens_baseline = gr.HTML(
+                        label="Per-token view, baseline", elem_id="pe-tokens-baseline"
+                    )
                 with gr.Column(min_width=200):
                     gr.Markdown("**Steered**", elem_classes="pe-subhead")
-                    tokens_steered = gr.HTML(elem_id="pe-tokens-steered")
+                    tokens_steered = gr.HTML(
+                        label="Per-token view, steered", elem_id="pe-tokens-steered"
+                    )
+            with gr.Row():
+                run_json = gr.DownloadButton("Download run (JSON)", elem_id="pe-run-json")
+                run_csv = gr.DownloadButton("Projections (CSV)", elem_id="pe-run-csv")
             with gr.Accordion("Strength sweep", open=False):
                 gr.Markdown(
                     "The same prompt at −2, 0, 1, 2 and 4 × the strength above, in one batch."
@@ -430,92 +282,98 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
                 sweep = gr.Button("Run strength sweep", elem_id="pe-sweep")
                 sweep_plot = gr.Plot(
                     empty_figure("Run the sweep to compare strengths"),
-                    show_label=False,
-                    elem_id="pe-sweep-plot",
-                )
+                    label="Projection by strength", show_label=False, elem_id="pe-sweep-plot",
+                )  # fmt: skip
                 sweep_table = gr.Dataframe(
                     headers=["Strength", "Projection", "Answer"],
-                    datatype=["number", "number", "str"],
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["12%", "14%", "74%"],
-                    elem_id="pe-sweep-table",
-                    elem_classes="pe-table",
-                )
+                    datatype=["number", "number", "str"], interactive=False, wrap=True,
+                    column_widths=["12%", "14%", "74%"], label="Answers by strength",
+                    elem_id="pe-sweep-table", elem_classes="pe-table",
+                )  # fmt: skip
+            compare = compare_panel.build(ctx, state, persona, layer, strength)
 
     tab = SteerTab(
-        prompt=prompt,
-        system=system,
-        persona=persona,
-        persona_info=info,
-        layer=layer,
-        strength=strength,
-        positions=positions,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-        generate=generate,
-        stop=stop,
-        share=share,
-        baseline=baseline,
-        steered=steered,
-        status=status,
-        plot=plot,
-        tokens_baseline=tokens_baseline,
-        tokens_steered=tokens_steered,
-        sweep=sweep,
-        sweep_plot=sweep_plot,
+        prompt=prompt, system=system, persona=persona, persona_info=info, layer=layer,
+        strength=strength, multiple=multiple, unit=unit_box, positions=positions,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, readout=readout,
+        generate=generate, stop=stop, share=share, baseline=baseline, steered=steered,
+        status=status, plot=plot, tokens_baseline=tokens_baseline, tokens_steered=tokens_steered,
+        run_json=run_json, run_csv=run_csv, sweep=sweep, sweep_plot=sweep_plot,
         sweep_table=sweep_table,
-    )
-
-    # ---------------------------------------------------------------- wiring
-
-    inputs = [
-        prompt, persona, layer, strength, max_new_tokens, system, positions, temperature, seed,
-        state,
-    ]  # fmt: skip
-    outputs = [baseline, steered, plot, tokens_baseline, tokens_steered, status]
-    steer = form_endpoint(
-        SteerForm, lambda form, session: run_steer(ctx, tab, form, session),
-        name="steer", doc=STEER_DOC,
     )  # fmt: skip
+    _wire(ctx, tab, state)
+    compare_panel.wire(ctx, compare, tab, state)
+    return tab
+
+
+def _wire(ctx: AppContext, tab: SteerTab, state: gr.State) -> None:
+    inputs = [
+        tab.prompt, tab.persona, tab.layer, tab.strength, tab.max_new_tokens, tab.system,
+        tab.positions, tab.temperature, tab.seed, tab.readout, state,
+    ]  # fmt: skip
+    outputs = [
+        tab.baseline, tab.steered, tab.plot, tab.tokens_baseline, tab.tokens_steered,
+        tab.status, tab.run_json, tab.run_csv,
+    ]  # fmt: skip
+    steer = form_endpoint(
+        SteerForm,
+        lambda form, session, request: run_steer(ctx, tab, form, session, request),
+        name="steer",
+        doc=STEER_DOC,
+        request=True,
+    )
     sweep_strengths = form_endpoint(
         SteerForm,
-        lambda form, session, progress: run_sweep(ctx, tab, form, session, progress),
+        lambda form, session, request, progress: run_sweep(
+            ctx, tab, form, session, request, progress
+        ),
         name="sweep_strengths",
         doc=SWEEP_DOC,
+        request=True,
         progress=True,
     )
-    steer_event = gr.on(
-        [generate.click, prompt.submit],
+    generation = {
+        "concurrency_limit": ctx.settings.steer_concurrency,
+        "concurrency_id": "generation",
+    }
+    gr.on(
+        [tab.generate.click, tab.prompt.submit],
         steer,
         inputs=inputs,
         outputs=outputs,
         api_name="steer",
-        concurrency_limit=ctx.settings.steer_concurrency,
-        concurrency_id="generation",
+        show_progress_on=[tab.status],
+        **generation,
     )
-    sweep_event = sweep.click(
+    tab.sweep.click(
         sweep_strengths,
         inputs=inputs,
-        outputs=[sweep_plot, sweep_table],
+        outputs=[tab.sweep_plot, tab.sweep_table],
         api_name="sweep_strengths",
-        concurrency_id="generation",
-        concurrency_limit=ctx.settings.steer_concurrency,
+        **generation,
     )
-    stop.click(None, cancels=[steer_event, sweep_event])
-    persona.input(
+
+    def stop(request: gr.Request) -> str:
+        return stop_runs(ctx, request)
+
+    # A flag, not `cancels=`: the run ends at its next step and still reports what it made.
+    tab.stop.click(stop, None, tab.status, queue=False, api_visibility="private")
+    tab.persona.input(
         lambda persona, session: pick_persona(ctx, tab, persona, session),
-        inputs=[persona, state],
-        outputs=[layer, strength, info],
+        inputs=[tab.persona, state],
+        outputs=[tab.layer, tab.strength, tab.multiple, tab.unit, tab.persona_info],
         api_visibility="private",
         queue=False,
     )
+    tab.multiple.input(None, [tab.multiple, tab.unit], tab.strength, js=TO_ABSOLUTE_JS)
+    tab.strength.input(None, [tab.strength, tab.unit], tab.multiple, js=TO_MULTIPLE_JS)
     gr.on(
-        [prompt.change, persona.change, layer.change, strength.change],
+        [c.change for c in tab.share_inputs],
         None,
-        inputs=[prompt, persona, layer, strength],
-        outputs=[share],
+        inputs=tab.share_inputs,
+        outputs=[tab.share],
         js=SHARE_LINK_JS,
     )
-    return tab
+
+
+__all__ = ["POSITIONS", "SHARE_KEYS", "SteerForm", "SteerTab", "build", "pick_persona"]

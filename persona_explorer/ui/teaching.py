@@ -27,12 +27,20 @@ with no steering, generated in the same batch with the same random numbers, so e
 between the two columns comes from the vector.
 
 **Projection by layer.** For each layer, the answer's average activation projected onto the
-persona direction (its length along the unit vector). Higher means "more like the persona".
-The dotted blue line is the baseline, the solid line the steered answer; the shaded band marks
-the layer you steered. Steering usually lifts the steered line from that layer on.
+persona direction: its length along the unit vector, in activation units (the residual stream's
+own scale). Higher means "more like the persona"; 0 means no lean either way. Top panel: the
+dotted blue line is the baseline, each solid line a steered answer (one colour and marker per
+row when you compare several); the shaded band marks where the vector was added ("injected at
+L"). Bottom panel: steered minus baseline, the change at each layer. Before the band the two
+answers differ only because their words differ; from the band on, the change also contains the
+added vector itself, and what the model's later layers made of it.
 
-**Per-token view.** Each generated token coloured by its projection at the steered layer: red
-leans towards the persona, blue away from it. Hover a token for its value.
+**Per-token view.** Each generated token coloured by its projection at the *read-out layer* (the
+dashed line in the plot). On the steered side the added vector's own component, the same for
+every token, is taken out first: left in, it would paint every token red by construction. What
+remains is the model's own lean: red towards the persona, blue away from it. Each panel has its
+own colour scale, written above it, so compare colours within a panel and hover a token for its
+value to compare across panels.
 
 **Strength sweep.** The same prompt at several strengths (multiples of the strength you set) in
 one batch, and how far each answer moves along the persona direction.
@@ -54,8 +62,9 @@ at each layer (Cohen's d: the gap between the two means in units of their spread
 bar is the suggested steering layer: the best layer, skipping the first and last sixth of the
 model where steering tends to work poorly. The dotted line is the vector's length per layer.
 
-A few questions and short answers give a rough vector in a minute; more questions give a
-steadier one.
+**Questions.** The *Questions* slider sets how many are asked: the first N of the persona's
+questions, each once per prompt pair with the persona and once without. A few questions and
+short answers give a rough vector in a minute; more questions give a steadier one.
 """
 )
 
@@ -75,8 +84,17 @@ layout is detected from the row count when set to *auto*), or a llama.cpp contro
 `.gguf`. Downloads come in the same formats; GGUF cannot store layer 0.
 
 **Cosine similarity.** How aligned two vectors are at one layer: 1 = same direction, 0 =
-unrelated, −1 = opposite. Related traits (*evil* and *sarcastic*, say) often point partly the
-same way; opposites (*optimistic* and *pessimistic*) point apart.
+unrelated, −1 = opposite. A vector is the difference between answers with and without its
+persona, so it carries everything that changed between them, not only the named trait, and
+names that sound opposite need not point apart. The built-in vectors (for SmolLM2-135M-Instruct,
+at layer 20, where the heat map opens) show it: *pirate* and *sarcastic* point much the same way
+(0.76), as do *pirate* and *sycophantic* (0.72); *formal* points away from every other built-in,
+most of all from *pessimistic* (−0.59) and *pirate* (−0.54); and *optimistic* and *pessimistic*
+are nearly unrelated (0.11), not opposite, even though each was extracted against prompts asking
+for something like the other: steering towards one says little about the other. Every pair
+without *formal* has a positive cosine, so part of what changes when this small model plays any
+character seems to be shared. The picture is much the same from layer 10 to 22. The built-ins'
+heat map and the sentences under it are computed from the shipped files.
 """
 )
 

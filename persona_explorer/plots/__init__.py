@@ -1,0 +1,40 @@
+"""Figures for the app: plain Python numbers in, plotly figures (or an HTML snippet) out.
+
+Owns how every plot and the per-token view look and what they are allowed to claim; the UI
+passes numbers and labels and shows what comes back. One module per kind of figure:
+
+* :mod:`.common` — input validation, colours, the house style (phone-first), the layer axis,
+  :func:`empty_figure`;
+* :mod:`.layers` — :func:`layer_projection_figure` (projection per layer and the change from the
+  baseline) and :func:`strength_strip_figure`;
+* :mod:`.separation` — :func:`separation_figure` (Extract tab);
+* :mod:`.tokens` — the per-token HTML view and its caption;
+* :mod:`.similarity` — the cosine heat map and :func:`similarity_statements`.
+
+Imports: plotly, the standard library and :mod:`..limits` only: no torch and no gradio, so every
+figure can be built and tested on its own. User text (names, labels, captions) is escaped here.
+"""
+
+from __future__ import annotations
+
+from .common import BASELINE_COLOR, STEERED_COLORS, STEERED_SYMBOLS, empty_figure
+from .layers import layer_projection_figure, strength_strip_figure
+from .separation import separation_figure
+from .similarity import cosine_heatmap_figure, relation, similarity_statements
+from .tokens import token_panels_html, token_projection_html, token_view_caption
+
+__all__ = [
+    "BASELINE_COLOR",
+    "STEERED_COLORS",
+    "STEERED_SYMBOLS",
+    "cosine_heatmap_figure",
+    "empty_figure",
+    "layer_projection_figure",
+    "relation",
+    "separation_figure",
+    "similarity_statements",
+    "strength_strip_figure",
+    "token_panels_html",
+    "token_projection_html",
+    "token_view_caption",
+]

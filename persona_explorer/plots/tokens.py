@@ -1,0 +1,187 @@
+"""The per-token view: generated text coloured by how far each token leans along the persona.
+
+What a token's colour may honestly mean is the model's own lean at a *read-out layer*: at or
+after the layer where a vector was added, the raw projection also contains the added vector's
+own component, which paints the steered text red by construction. So the panels here take the
+raw projections and that component (``injected``) and show the difference, and every panel says
+where it was read, what was removed and which colour scale it uses.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from .common import NEG_RGB, POS_RGB, floats, fmt, number
+
+_MUTED = "#6B7280"
+
+
+def _rgba(value: float, scale: float) -> tuple[str, float]:
+    intensity = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+    r, g, b = POS_RGB if value > 0 else NEG_RGB
+    alpha = round(0.85 * intensity, 3)
+    return f"rgba({r},{g},{b},{alpha})", alpha
+
+
+def _token_markup(token: str) -> str:
+    # Newlines become a faint return mark plus a real break, so a newline token stays visible
+    # and hoverable. Everything else is escaped: tokens are model output.
+    parts = token.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    nl = '<span style="opacity:0.45">↵</span><br>'
+    return nl.join(html.escape(p, quote=True) for p in parts)
+
+
+def _num(value: float, *, sign: bool = False) -> str:
+    """About three significant digits, whatever the magnitude of the activations."""
+    mag = abs(value)
+    digits = 0 if mag >= 100 else 1 if mag >= 10 else 2 if mag >= 1 else 3
+    return fmt(value, digits, sign=sign)
+
+
+def _scale(value: object) -> float:
+    scale = number(value, "scale")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    return scale
+
+
+def token_view_caption(readout_layer: int, injected: float, scale: float, shared: bool) -> str:
+    """The plain-text line above a per-token panel: where it was read, what was removed, the
+    colour scale (``shared``: one scale for all panels) and what the numbers mean."""
+    if isinstance(readout_layer, bool) or not isinstance(readout_layer, int) or readout_layer < 0:
+        raise ValueError(f"readout_layer must be a layer index (int >= 0), got {readout_layer!r}")
+    injected = number(injected, "injected")
+    scale = _scale(scale)
+    if not isinstance(shared, bool):
+        raise ValueError(f"shared must be True or False, got {shared!r}")
+    where = f"Read at layer {readout_layer}"
+    # Rounded to what is printed: "(+0.000) removed" would read as a contradiction.
+    if float(_num(abs(injected))) == 0.0:
+        removed = f"{where}; no added vector to remove there."
+    else:
+        removed = (
+            f"{where}; the added vector's own component ({_num(injected, sign=True)}) removed."
+        )
+    whose = "one scale for every panel" if shared else "this panel's own scale"
+    return (
+        f"{removed} Colour: ±{_num(scale)} ({whose}). Values are projections onto the unit "
+        "persona vector, in activation units: 0 = no lean either way."
+    )
+
+
+def token_projection_html(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    scale: float | None = None,
+    *,
+    caption: str | None = None,
+) -> str:
+    """An HTML snippet colouring each token by its projection (for ``gr.HTML``).
+
+    Negative values are blue (away from the persona), positive red (towards it), with intensity
+    ``|value| / scale`` (``scale`` defaults to the largest ``|value|``). Hovering a token shows
+    its value. ``caption`` (plain text, escaped) is a line above the tokens saying what the
+    colours mean; see :func:`token_view_caption`. Tokens are HTML-escaped; whitespace is
+    preserved and newlines break lines.
+    """
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise ValueError("tokens must be a sequence of strings (one per token), not one string")
+    toks = list(tokens)
+    for i, t in enumerate(toks):
+        if not isinstance(t, str):
+            raise ValueError(f"tokens[{i}] must be a string, got {type(t).__name__}")
+    vals = floats(values, "values", allow_empty=True)
+    if len(vals) != len(toks):
+        raise ValueError(
+            f"values has {len(vals)} values but tokens has {len(toks)}; they must match"
+        )
+    if scale is not None:
+        scale = _scale(scale)
+    if caption is not None and not isinstance(caption, str):
+        raise ValueError(f"caption must be a string, got {type(caption).__name__}")
+
+    head = (
+        f'<div class="pe-token-caption" style="font-size:12px;color:{_MUTED};'
+        f'margin-bottom:6px;line-height:1.4">{html.escape(caption, quote=False)}</div>'
+        if caption
+        else ""
+    )
+    if not toks:
+        return (
+            f'<div class="pe-tokens pe-empty">{head}<div style="color:{_MUTED};'
+            'font-style:italic">No tokens to show.</div></div>'
+        )
+
+    peak = max(abs(v) for v in vals)
+    # All-zero values: nothing to colour, and no division by zero.
+    eff_scale = scale if scale is not None else (peak if peak > 0 else 1.0)
+
+    spans: list[str] = []
+    for tok, val in zip(toks, vals, strict=True):
+        bg, alpha = _rgba(val, eff_scale)
+        # Inherit the text colour (light or dark theme) unless the fill is dark enough to need
+        # white text.
+        color = "color:#FFFFFF;" if alpha > 0.5 else ""
+        spans.append(
+            f'<span class="pe-tok" title="{val:+.3f}" '
+            f'style="background:{bg};{color}border-radius:3px;padding:1px 0">'
+            f"{_token_markup(tok)}</span>"
+        )
+
+    neg_bg, _ = _rgba(-eff_scale, eff_scale)
+    pos_bg, _ = _rgba(eff_scale, eff_scale)
+    swatch = "display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:-1px;"
+    legend = (
+        f'<div class="pe-legend" style="font-size:12px;color:{_MUTED};margin-top:8px;'
+        'display:flex;gap:14px;align-items:center;flex-wrap:wrap">'
+        f'<span><span style="{swatch}background:{neg_bg}"></span> '
+        f"blue: away from the persona (−{eff_scale:.3f})</span>"
+        f'<span><span style="{swatch}background:transparent;border:1px solid #D1D5DB">'
+        "</span> 0: no lean</span>"
+        f'<span><span style="{swatch}background:{pos_bg}"></span> '
+        f"red: towards it (+{eff_scale:.3f})</span>"
+        "<span>hover a token for its value</span>"
+        "</div>"
+    )
+    body = (
+        '<div class="pe-token-text" style="white-space:pre-wrap;word-wrap:break-word;'
+        "line-height:1.7;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;"
+        f'font-size:13px">{"".join(spans)}</div>'
+    )
+    return f'<div class="pe-tokens">{head}{body}{legend}</div>'
+
+
+def token_panels_html(
+    rows: Sequence[tuple[Sequence[str], Sequence[float], float]],
+    readout_layer: int,
+    *,
+    shared_scale: bool = False,
+) -> list[str]:
+    """One captioned per-token panel per row of ``(tokens, raw projections, injected)``.
+
+    Each panel colours ``raw − injected`` (the model's own part at ``readout_layer``; the
+    baseline's ``injected`` is 0). Each panel gets its own colour scale (its largest
+    ``|value|``), or with ``shared_scale`` one scale for all, and the caption says which.
+    """
+    own: list[tuple[Sequence[str], list[float], float]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, tuple) or len(row) != 3:
+            raise ValueError(f"rows[{i}] must be a (tokens, values, injected) tuple")
+        tokens, raw, injected = row
+        inj = number(injected, f"rows[{i}] injected")
+        own.append(
+            (tokens, [v - inj for v in floats(raw, f"rows[{i}] values", allow_empty=True)], inj)
+        )
+
+    def peak(values: Sequence[float]) -> float:
+        top = max((abs(v) for v in values), default=0.0)
+        return top if top > 0 else 1.0  # nothing to colour: any positive scale will do
+
+    everything = [v for _, values, _ in own for v in values]
+    panels = []
+    for tokens, values, inj in own:
+        scale = peak(everything) if shared_scale else peak(values)
+        caption = token_view_caption(readout_layer, inj, scale, shared_scale)
+        panels.append(token_projection_html(tokens, values, scale, caption=caption))
+    return panels
