@@ -461,3 +461,20 @@ def test_status_messages_escape_user_text(ctx: AppContext) -> None:
         status = out[lib.status]
         assert "<img" not in status and "](" not in status and "&lt;img" in status
         assert re.search(r"(?<!\\)\*\*bold", status) is None  # the user's ** stay literal
+
+
+def test_compare_rows_list_new_vectors_and_keep_their_choice(ctx: AppContext) -> None:
+    from persona_explorer.ui import compare_panel
+    from persona_explorer.ui.catalog import add_to_session
+
+    with gr.Blocks():
+        tab = steer.build(ctx, gr.State({}))
+    assert tab.compare is not None
+    vec = PersonaVector(name="fresh", vectors=torch.ones(N_LAYERS, D_MODEL), model_id="test")
+    session, key = add_to_session({}, vec, limit=4)
+    updates = compare_panel.list_updates(
+        tab.compare, ctx.catalog.view(session), ["builtin:tiny-evil", "session:gone", None]
+    )
+    first, second, _third = (updates[d] for d in tab.compare.personas)
+    assert key in [k for _, k in first["choices"]]
+    assert first["value"] == "builtin:tiny-evil" and second["value"] == ""

@@ -48,7 +48,7 @@ from ..limits import (
 )
 from ..model import LoadedModel
 from ..steering import POSITIONS
-from . import extract, library_tab, steer
+from . import compare_panel, extract, library_tab, steer
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
 from .fairness import limit_jobs_per_visitor
@@ -137,15 +137,23 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             with gr.Tab("Library", id="library", elem_id="pe-tab-library"):
                 lib = library_tab.build(ctx, session, owner)
 
-        list_outputs = [st.persona, lib.table, lib.selected, lib.heat_pick]
+        assert st.compare is not None
+        rows = st.compare.personas
+        list_outputs = [st.persona, lib.table, lib.selected, lib.heat_pick, *rows]
 
         def refresh_lists(
-            session: dict | None, persona: str | None, selected: str | None, heat: list | None
+            session: dict | None,
+            persona: str | None,
+            selected: str | None,
+            heat: list | None,
+            *compared: str | None,
         ) -> dict:
             """Re-list the vectors everywhere (after an upload, extraction, rename, ...)."""
-            return list_updates(ctx, st, lib, ctx.catalog.view(session), persona, selected, heat)
+            view = ctx.catalog.view(session)
+            updates = list_updates(ctx, st, lib, view, persona, selected, heat)
+            return updates | compare_panel.list_updates(st.compare, view, list(compared))  # type: ignore[arg-type]
 
-        refresh_inputs = [session, st.persona, lib.selected, lib.heat_pick]
+        refresh_inputs = [session, st.persona, lib.selected, lib.heat_pick, *rows]
         for event in [ex.extracted, *lib.changed]:
             event.then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
 

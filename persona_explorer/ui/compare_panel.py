@@ -25,6 +25,7 @@ from ..limits import (
 )
 from ..plots import empty_figure, layer_projection_figure
 from ..steering import POSITIONS
+from .catalog import CatalogView
 from .context import AppContext, user_errors
 from .forms import form_endpoint
 from .markup import md
@@ -147,10 +148,25 @@ Outputs: a table of the answers, the per-layer projection plot (each row onto it
 beside the baseline onto the same vector) and a status line."""
 
 
+def row_choices(view: CatalogView) -> list[tuple[str, str]]:
+    """A row's persona choices: none, or any vector that can steer (as in the Steer tab)."""
+    return [("(none)", ""), *view.persona_choices()]
+
+
+def list_updates(panel: ComparePanel, view: CatalogView, current: list[str | None]) -> dict:
+    """New choices after the vectors changed; a row keeps its persona while it still exists."""
+    choices = row_choices(view)
+    keys = {k for _, k in choices}
+    return {
+        dropdown: gr.update(choices=choices, value=value if value in keys else "")
+        for dropdown, value in zip(panel.personas, current, strict=True)
+    }
+
+
 def build(
     ctx: AppContext, state: gr.State, persona: gr.Dropdown, layer: gr.Slider, strength: gr.Number
 ) -> ComparePanel:
-    choices = [("(none)", ""), *ctx.catalog.view(None).persona_choices()]
+    choices = row_choices(ctx.catalog.view(None))
     n_layers = ctx.model.n_layers
     personas, layers, strengths = [], [], []
     with gr.Accordion("Compare: up to three personas, layers or strengths", open=False):

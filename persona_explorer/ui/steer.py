@@ -92,6 +92,7 @@ class SteerTab:
     sweep: gr.Button
     sweep_plot: gr.Plot
     sweep_table: gr.Dataframe
+    compare: compare_panel.ComparePanel | None = None
 
     @property
     def share_inputs(self) -> list[Any]:
@@ -301,6 +302,7 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
         run_json=run_json, run_csv=run_csv, sweep=sweep, sweep_plot=sweep_plot,
         sweep_table=sweep_table,
     )  # fmt: skip
+    tab.compare = compare
     _wire(ctx, tab, state)
     compare_panel.wire(ctx, compare, tab, state)
     return tab
