@@ -127,9 +127,17 @@ def generate_and_wait(page: Page) -> tuple[str, str]:
 
 def fill_number(page: Page, selector: str, value: str) -> None:
     box = page.locator(f"{selector} input[type=number]").first
-    box.fill(value)
-    box.press("Enter")
-    box.blur()  # a slider's number box commits its value on change and on blur
+    expect(box).to_be_visible()
+    # A slider's number box commits on change and on blur; an accordion that has just opened
+    # may still re-render it, so try again until the value sticks.
+    for _attempt in range(5):
+        box.click()
+        box.fill(value)
+        box.press("Enter")
+        box.blur()
+        page.wait_for_timeout(300)
+        if box.input_value() == value:
+            return
     expect(box).to_have_value(value)
 
 

@@ -165,7 +165,7 @@ class Parents:
 def build_parser(limits: Limits | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``limits`` default to the settings (``PERSONA_EXPLORER_*``)."""
     # Imported here: every command module imports this one.
-    from . import bench, extract, files, steer
+    from . import axis, bench, extract, files, steer
 
     parser = _Parser(
         prog=PROG,
@@ -173,6 +173,6 @@ def build_parser(limits: Limits | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents = Parents(limits if limits is not None else load_settings().limits)
-    for command in (extract, steer, files, bench):
+    for command in (extract, steer, files, axis, bench):
         command.register(sub, parents)
     return parser
