@@ -35,6 +35,7 @@ from persona_explorer.model import FairLock, LoadedModel
 from persona_explorer.personas import custom_persona
 from persona_explorer.steering import Cap, RowPlan, add_plan
 from tests.tiny_models import (
+    CAPTURE_FIELDS,
     EOS_ID,
     N_LAYERS,
     DecoderKind,
@@ -49,16 +50,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 GREEDY = SamplingConfig(max_new_tokens=6, temperature=0.0, stop_at_eos=False)
 CHUNKS = (1, 3, 1000)  # one position, a few, and more than any prompt here (one chunk)
-CAPTURE_FIELDS = (
-    "prompt_mean",
-    "prompt_last",
-    "response_sum",
-    "response_count",
-    "embed_prompt_mean",
-    "embed_prompt_last",
-    "embed_response_sum",
-    "response_tokens",
-)
 
 
 def vectors(model: LoadedModel, seed: int = 1) -> torch.Tensor:

@@ -37,6 +37,7 @@ from persona_explorer.steering import (
 )
 from persona_explorer.vectors import PersonaVector
 from tests.tiny_models import (
+    CAPTURE_FIELDS,
     N_LAYERS,
     RESID_NAMES,
     bridge_resids,
@@ -52,16 +53,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYER = 1  # the steered layer: one before it, two after it
 STRENGTH = 3.0
-CAPTURE_FIELDS = (
-    "prompt_mean",
-    "prompt_last",
-    "response_sum",
-    "response_count",
-    "embed_prompt_mean",
-    "embed_prompt_last",
-    "embed_response_sum",
-    "response_tokens",
-)
 GREEDY = SamplingConfig(max_new_tokens=6, temperature=0.0, stop_at_eos=False)
 
 

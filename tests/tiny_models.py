@@ -58,6 +58,18 @@ _CORPUS = (
     "system user assistant",
 )
 
+# Every tensor a generation captures (generation.Capture), for comparisons field by field.
+CAPTURE_FIELDS = (
+    "prompt_mean",
+    "prompt_last",
+    "response_sum",
+    "response_count",
+    "embed_prompt_mean",
+    "embed_prompt_last",
+    "embed_response_sum",
+    "response_tokens",
+)
+
 PROMPTS = (  # different lengths, so a batch of them is left-padded
     "Hi!",
     "What is the capital of France?",
