@@ -45,7 +45,7 @@ from .generation import GenerationResult, SamplingConfig, generate_stream
 from .limits import check_finite, check_layer
 from .model import LoadedModel
 from .projection import layer_projections, token_projections, unit_rows
-from .steering import POSITIONS, Positions, RowPlan, SteeringError, add_plan
+from .steering import Positions, RowPlan, SteeringError, add_plan, check_positions
 from .vectors import PersonaVector, check_fits
 
 __all__ = [
@@ -223,8 +223,7 @@ def _labels(rows: Sequence[SteerRow]) -> list[str]:
 
 
 def _check(model: LoadedModel, req: CompareRequest) -> list[_Row]:
-    if req.positions not in POSITIONS:
-        raise SteeringError(f"positions must be 'all' or 'response', not {req.positions!r}.")
+    check_positions(req.positions)
     readout = None
     if req.readout_layer is not None:
         readout = check_layer(req.readout_layer, model.n_layers, "Read-out layer")

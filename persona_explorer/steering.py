@@ -57,6 +57,13 @@ Op = Add | Cap
 RowPlan = tuple[Op, ...]  # the operations for one batch row; () is the unsteered baseline
 
 
+def check_positions(value: object) -> Positions:
+    """``value`` as a positions choice ("all" or "response"), the one rule for every caller."""
+    if value not in POSITIONS:
+        raise SteeringError(f"positions must be 'all' or 'response', not {value!r}.")
+    return value  # type: ignore[return-value]
+
+
 def validate_op(op: Op, n_layers: int, d_model: int) -> None:
     """Refuse an operation that cannot apply to this model (how strong a user may steer is a
     policy, checked where input enters: ``limits.check_strength``)."""
@@ -64,8 +71,7 @@ def validate_op(op: Op, n_layers: int, d_model: int) -> None:
     if isinstance(op.layer, bool) or not isinstance(op.layer, int):
         raise SteeringError(f"Layer must be a whole number, not {op.layer!r}.")
     check_layer(op.layer, n_layers)
-    if op.positions not in POSITIONS:
-        raise SteeringError(f"positions must be 'all' or 'response', not {op.positions!r}.")
+    check_positions(op.positions)
     vec = op.vector if isinstance(op, Add) else op.direction
     if vec.shape != (d_model,):
         raise SteeringError(f"Vector has shape {tuple(vec.shape)}; this model needs ({d_model},).")

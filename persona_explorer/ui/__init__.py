@@ -47,7 +47,7 @@ from ..limits import (
     check_text,
 )
 from ..model import LoadedModel
-from ..steering import POSITIONS
+from ..steering import check_positions
 from . import compare_panel, extract, library_tab, steer
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
@@ -280,18 +280,13 @@ def apply_share_params(
     def text(what: str) -> Any:
         return lambda v: check_text(v, what, limits.max_prompt_chars, required=False)
 
-    def position(v: str) -> str:
-        if v not in POSITIONS:
-            raise InputError(f"positions must be 'all' or 'response', not {v!r}.")
-        return v
-
     def readout(v: str) -> int:
         return AUTO_READOUT if v.strip() == str(AUTO_READOUT) else check_layer(v, n, "Read-out")
 
     simple = (
         ("prompt", st.prompt, text("prompt"), "the default prompt"),
         ("system", st.system, text("system prompt"), "no system prompt"),
-        ("positions", st.positions, position, "every token"),
+        ("positions", st.positions, check_positions, "every token"),
         ("max_new_tokens", st.max_new_tokens, lambda v: check_max_new_tokens(v, limits), "48"),
         ("temperature", st.temperature, lambda v: check_temperature(v, limits), "0 (greedy)"),
         ("seed", st.seed, check_seed, "0"),

@@ -21,15 +21,14 @@ from ..errors import InputError
 from ..limits import (
     check_layer,
     check_strength,
-    check_text,
 )
 from ..plots import empty_figure, layer_projection_figure
-from ..steering import POSITIONS
+from ..steering import check_positions
 from .catalog import CatalogView
 from .context import AppContext, user_errors
 from .forms import form_endpoint
 from .markup import md
-from .steer_run import sampling
+from .steer_run import prompt_and_system, sampling
 
 MAX_ROWS = 3
 TABLE_HEADERS = ["Row", "Persona", "Layer", "Strength", "Answer"]
@@ -87,16 +86,12 @@ class CompareForm:
             rows.append(SteerRow(vec, (lay,), st, label=f"{item.name} · L{lay} ×{st:g}"))
         if not rows:
             raise InputError("Pick at least one persona to compare with the baseline.")
-        if self.positions not in POSITIONS:
-            raise InputError(f"positions must be 'all' or 'response', not {self.positions!r}.")
-        system = check_text(
-            self.system_prompt, "system prompt", limits.max_prompt_chars, required=False
-        )
+        prompt, system = prompt_and_system(limits, self.prompt, self.system_prompt)
         return CompareRequest(
-            prompt=check_text(self.prompt, "prompt", limits.max_prompt_chars, required=True),
+            prompt=prompt,
             rows=tuple(rows),
-            system=system or None,
-            positions=self.positions,  # type: ignore[arg-type]
+            system=system,
+            positions=check_positions(self.positions),
             sampling=sampling(limits, self.max_new_tokens, self.temperature, self.seed),
         )
 

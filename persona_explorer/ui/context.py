@@ -189,12 +189,9 @@ class Exports:
         if fmt not in FORMATS:
             raise InputError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
         spec = FORMATS[fmt]
-        self.prune(keep=self.MAX_EXPORTS - 1)
-        folder = self.root / secrets.token_hex(8)
-        folder.mkdir(parents=True)
         path = save(
             vec,
-            folder / f"{export_stem(vec, spec)}{spec.suffix}",
+            self._fresh_folder() / f"{export_stem(vec, spec)}{spec.suffix}",
             layout=spec.layout,
             **({"model_hint": self.model_hint} if fmt == "gguf" else {}),
         )
@@ -202,13 +199,18 @@ class Exports:
 
     def write_run(self, json_text: str, csv_text: str) -> tuple[Path, Path]:
         """A finished run's record (JSON) and projections (CSV), for its download buttons."""
-        self.prune(keep=self.MAX_EXPORTS - 1)
-        folder = self.root / secrets.token_hex(8)
-        folder.mkdir(parents=True)
+        folder = self._fresh_folder()
         paths = (folder / "persona-run.json", folder / "persona-run-projections.csv")
         for path, text in zip(paths, (json_text, csv_text), strict=True):
             atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
         return paths
+
+    def _fresh_folder(self) -> Path:
+        """A new folder for one download, made room for first (at most MAX_EXPORTS)."""
+        self.prune(keep=self.MAX_EXPORTS - 1)
+        folder = self.root / secrets.token_hex(8)
+        folder.mkdir(parents=True)
+        return folder
 
     def prune(self, max_age_s: float = _EXPORT_MAX_AGE_S, keep: int | None = None) -> None:
         """Remove folders older than ``max_age_s``, and the oldest beyond ``keep``."""

@@ -19,7 +19,6 @@ import gradio as gr
 
 from ..errors import InputError
 from ..plots import empty_figure
-from ..steering import POSITIONS
 from . import compare_panel, teaching
 from .catalog import CatalogView, VectorItem, source_label
 from .context import AppContext
@@ -378,4 +377,4 @@ def _wire(ctx: AppContext, tab: SteerTab, state: gr.State) -> None:
     )
 
 
-__all__ = ["POSITIONS", "SHARE_KEYS", "SteerForm", "SteerTab", "build", "pick_persona"]
+__all__ = ["SHARE_KEYS", "SteerForm", "SteerTab", "build", "pick_persona"]

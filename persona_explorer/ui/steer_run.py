@@ -19,7 +19,6 @@ from typing import Any
 import gradio as gr
 
 from ..compare import SteerOutput, SteerRequest, steer_stream
-from ..errors import InputError
 from ..generation import SamplingConfig
 from ..limits import (
     Limits,
@@ -37,7 +36,7 @@ from ..plots import (
     token_panels_html,
 )
 from ..run_export import projections_csv, run_json
-from ..steering import POSITIONS
+from ..steering import check_positions
 from ..vectors import PersonaVector
 from .context import AppContext, user_errors
 from .markup import md
@@ -71,13 +70,8 @@ class SteerForm:
         """Check every value and build the engine request (``strengths``: several rows)."""
         limits = ctx.settings.limits
         n_layers = ctx.model.n_layers
-        text = check_text(self.prompt, "prompt", limits.max_prompt_chars, required=True)
-        system = check_text(
-            self.system_prompt, "system prompt", limits.max_prompt_chars, required=False
-        )
+        text, system = prompt_and_system(limits, self.prompt, self.system_prompt)
         _, vec = ctx.catalog.view(session).resolve_fitting(self.persona)
-        if self.positions not in POSITIONS:
-            raise InputError(f"positions must be 'all' or 'response', not {self.positions!r}.")
         readout = None
         if self.readout_layer not in (None, AUTO_READOUT, float(AUTO_READOUT)):
             readout = check_layer(self.readout_layer, n_layers, "Read-out layer")
@@ -87,8 +81,8 @@ class SteerForm:
             vector=vec,
             layers=(check_layer(self.layer, n_layers),),
             strengths=tuple(check_strength(s, limits) for s in rows),
-            system=system or None,
-            positions=self.positions,  # type: ignore[arg-type]
+            system=system,
+            positions=check_positions(self.positions),
             sampling=sampling(limits, self.max_new_tokens, self.temperature, self.seed),
             projection_layer=readout,
         )
@@ -106,6 +100,13 @@ class SteerForm:
             "temperature": req.sampling.temperature,
             "seed": req.sampling.seed,
         }
+
+
+def prompt_and_system(limits: Limits, prompt: Any, system: Any) -> tuple[str, str | None]:
+    """A form's prompt (required) and system prompt (None when empty), checked."""
+    text = check_text(prompt, "prompt", limits.max_prompt_chars, required=True)
+    system_text = check_text(system, "system prompt", limits.max_prompt_chars, required=False)
+    return text, system_text or None
 
 
 def sampling(limits: Limits, max_new_tokens: Any, temperature: Any, seed: Any) -> SamplingConfig:
