@@ -20,6 +20,8 @@ from safetensors.torch import save_file
 
 from .errors import InputError
 from .fileio import atomic_write
+from .limits import check_finite, check_layer
+from .steering import Cap, Positions, RowPlan
 
 # 0, 5, ..., 100: enough to interpolate any percentile a cap floor might use.
 QUANTILE_LEVELS: tuple[float, ...] = tuple(float(p) for p in range(0, 101, 5))
@@ -31,6 +33,41 @@ MAX_AXIS_FILE_BYTES = 512 * 1024 * 1024
 MAX_ROLES = 10_000
 MAX_LAYERS = 1_000
 MAX_D_MODEL = 65_536
+
+
+DEFAULT_CAP_PERCENTILE = 25.0
+
+
+def default_axis_layer(n_layers: int) -> int:
+    """The layer axis projections are read at by default: the middle of the stack.
+
+    On the embedded model the roles separate best from the default at layers 15-27 and
+    cos(PC1, axis) is high from layer 8 up (FACTS.md); the middle is inside both ranges, and
+    for any depth it avoids the first layers (where the axis is mostly token identity) and the
+    last ones (where it is mostly the next-token prediction).
+    """
+    return n_layers // 2
+
+
+def default_cap_layers(n_layers: int) -> tuple[int, ...]:
+    """The window of layers capping acts on by default: an eighth of the stack (at least 2
+    layers), starting at the middle; the paper capped 8 of Qwen3-32B's 64 layers in its
+    middle-to-late range. 15-18 on the embedded model's 30 layers."""
+    width = max(2, round(n_layers / 8))
+    start = min(n_layers // 2, max(0, n_layers - width))
+    return tuple(range(start, min(n_layers, start + width)))
+
+
+def check_percentile(value: object, what: str = "Cap percentile") -> float:
+    """A percentile in [0, 100] (a NaN or a string is refused with a clear message)."""
+    try:
+        p = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number from 0 to 100, not {value!r}.") from None
+    check_finite(p, what)
+    if not 0 <= p <= 100:
+        raise InputError(f"{what} must be from 0 to 100, not {p:g}.")
+    return p
 
 
 class AxisFileError(InputError):
@@ -173,6 +210,26 @@ class AxisData:
     def floors(self, percentile: float = 25) -> torch.Tensor:
         """τ per layer: the percentile of the default's per-token projections (interpolated)."""
         return _interpolate_quantiles(self.default_token_quantiles, percentile)
+
+    def cap_plan(
+        self,
+        layers: Sequence[int] | None = None,
+        percentile: float = DEFAULT_CAP_PERCENTILE,
+        positions: Positions = "all",
+    ) -> RowPlan:
+        """Activation capping as steering operations: at each of ``layers`` (default
+        :func:`default_cap_layers`), keep the projection on the axis at or above τ, the
+        ``percentile`` of the default Assistant's per-token projections there."""
+        chosen = default_cap_layers(self.n_layers) if layers is None else tuple(layers)
+        if not chosen:
+            raise InputError("Capping needs at least one layer.")
+        floors = self.floors(check_percentile(percentile))
+        return tuple(
+            Cap(
+                check_layer(layer, self.n_layers), self.axis[layer], float(floors[layer]), positions
+            )
+            for layer in chosen
+        )
 
     def save(self, path: str | Path) -> Path:
         tensors = {

@@ -48,7 +48,7 @@ from ..limits import (
 )
 from ..model import LoadedModel
 from ..steering import check_positions
-from . import compare_panel, extract, library_tab, steer
+from . import compare_panel, drift, extract, library_tab, persona_space, steer
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
 from .fairness import limit_jobs_per_visitor
@@ -136,6 +136,10 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
                 ex = extract.build(ctx, session)
             with gr.Tab("Library", id="library", elem_id="pe-tab-library"):
                 lib = library_tab.build(ctx, session, owner)
+            with gr.Tab("Persona space", id="space", elem_id="pe-tab-space"):
+                persona_space.build(ctx, session)
+            with gr.Tab("Drift", id="drift", elem_id="pe-tab-drift"):
+                drift.build(ctx, session)
 
         assert st.compare is not None
         rows = st.compare.personas

@@ -17,8 +17,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
@@ -32,6 +33,10 @@ from ..vector_files import FORMATS, export_stem, save, save_notes
 from ..vectors import PersonaVector, VectorInfo
 from .catalog import ModelShape, VectorCatalog
 from .markup import plain
+
+if TYPE_CHECKING:
+    from ..axis import AxisData
+    from ..axis_build import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +243,8 @@ class AppContext:
     jobs: Jobs
     exports: Exports
     browser_secret: str
+    _axis: AxisData | None = field(default=None, repr=False)
+    _axis_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, model: LoadedModel | None = None) -> AppContext:
@@ -258,6 +265,16 @@ class AppContext:
         )
         exports.start_pruning()
         return cls(settings, model, catalog, Jobs(), exports, browser_secret(settings.data_dir))
+
+    def axis(self, progress: ProgressFn | None = None) -> AxisData:
+        """The loaded model's Assistant Axis: shipped for the embedded model, else read from
+        the cache or built once (minutes, with ``progress``) and cached, for every visitor."""
+        with self._axis_lock:
+            if self._axis is None:
+                from ..axis_build import axis_for
+
+                self._axis = axis_for(self.model, progress)
+            return self._axis
 
     @property
     def library(self) -> Library:
