@@ -34,14 +34,13 @@ zero-strength row is bit-identical to the baseline: same tokens, same projection
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import InputError
-from .generation import GenerationResult, SamplingConfig, generate_stream
+from .generation import GenerationResult, SamplingConfig, side_by_side_stream
 from .limits import check_finite, check_layer
 from .model import LoadedModel
 from .projection import layer_projections, token_projections, unit_rows
@@ -251,19 +250,6 @@ def _check(model: LoadedModel, req: CompareRequest) -> list[_Row]:
 # --------------------------------------------------------------------------- running
 
 
-class _StopWatch:
-    """Passes ``should_stop`` through and remembers whether it ever said stop."""
-
-    def __init__(self, should_stop: Callable[[], bool]) -> None:
-        self._should_stop = should_stop
-        self.asked = False
-
-    def __call__(self) -> bool:
-        if not self.asked and self._should_stop():
-            self.asked = True
-        return self.asked
-
-
 def _ordered_layers(rows: Sequence[_Row]) -> tuple[int, ...]:
     seen: dict[int, None] = {}
     for row in rows:
@@ -363,21 +349,14 @@ def _generate(
     ids = model.chat_ids(req.prompt, system=req.system or None)
     plans: list[RowPlan] = [()]
     plans += [add_plan(r.vector.vectors, r.layers, r.strength, req.positions) for r in rows]
-    watch = _StopWatch(should_stop) if should_stop is not None else None
-    started = time.perf_counter()
-    for update in generate_stream(
-        model, [ids] * len(plans), plans, req.sampling, keep_tokens=True, should_stop=watch
-    ):
-        texts = [model.decode(t) for t in update.tokens]
-        res = update.result
-        if res is None:
-            yield texts, None
-            continue
-        seconds = time.perf_counter() - started
-        # A stop asked together with the last token (or after every row's EOS) cut nothing.
-        ran_out = all(res.finished) or res.steps >= req.sampling.max_new_tokens
-        stopped = watch is not None and watch.asked and not ran_out
-        yield texts, _outputs(model, req, rows, res, seconds, stopped)
+    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop):
+        if update.result is None:
+            yield update.texts, None
+        else:
+            yield (
+                update.texts,
+                _outputs(model, req, rows, update.result, update.seconds, update.stopped),
+            )
 
 
 def compare_stream(

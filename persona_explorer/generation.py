@@ -18,6 +18,7 @@ A prompt of one chunk or less runs exactly as a single pass.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -377,3 +378,51 @@ def generate(
         if update.result is not None:
             return update.result
     raise RuntimeError("generation ended without a result")
+
+
+@dataclass(frozen=True)
+class SideBySideUpdate:
+    """One update of :func:`side_by_side_stream`: the texts so far, and at the end the result."""
+
+    texts: list[str]
+    result: GenerationResult | None  # set on the last update only
+    seconds: float
+    stopped: bool  # ended by should_stop before EOS and max_new_tokens (last update only)
+
+
+class _StopWatch:
+    """Passes ``should_stop`` through and remembers whether it ever said stop."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self._should_stop = should_stop
+        self.asked = False
+
+    def __call__(self) -> bool:
+        if not self.asked and self._should_stop():
+            self.asked = True
+        return self.asked
+
+
+def side_by_side_stream(
+    model: LoadedModel,
+    prompt: Sequence[int],
+    plans: Sequence[RowPlan],
+    cfg: SamplingConfig,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[SideBySideUpdate]:
+    """One prompt, one row per plan, in one row-invariant batch (the Steer tab's comparisons
+    and capping): decoded texts after every step, then the result and whether Stop cut it."""
+    watch = _StopWatch(should_stop) if should_stop is not None else None
+    started = time.perf_counter()
+    for update in generate_stream(
+        model, [prompt] * len(plans), plans, cfg, keep_tokens=True, should_stop=watch
+    ):
+        texts = [model.decode(t) for t in update.tokens]
+        res = update.result
+        if res is None:
+            yield SideBySideUpdate(texts, None, 0.0, False)
+            continue
+        # A stop asked together with the last token (or after every row's EOS) cut nothing.
+        ran_out = all(res.finished) or res.steps >= cfg.max_new_tokens
+        stopped = watch is not None and watch.asked and not ran_out
+        yield SideBySideUpdate(texts, res, time.perf_counter() - started, stopped)

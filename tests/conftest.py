@@ -7,11 +7,13 @@ would steer every later forward (and every other user's, in the app).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from persona_explorer.model import LoadedModel
+from tests.browser_support import checked_page, launched_browser
 from tests.tiny_models import (
     ARCHS,
     DECODER_CASES,
@@ -21,6 +23,9 @@ from tests.tiny_models import (
     tiny,
     with_decoder,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +75,16 @@ def decoded_model(request: pytest.FixtureRequest) -> LoadedModel:
     """Every (architecture, decoder) pair: both decoders for the Llama family, HF for the rest."""
     arch, kind = request.param
     return with_decoder(tiny(arch), kind)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium for one test module (skipped without it, except on CI)."""
+    with launched_browser() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    with checked_page(browser) as pg:
+        yield pg

@@ -6,61 +6,22 @@ Screenshots of each tab go to ``test-output/``.
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import torch
 
-from persona_explorer.devserver import MILD, REPO, STRONG, shared_server
+from persona_explorer.devserver import MILD, STRONG, shared_server
+from tests.browser_support import TIMEOUT_MS, require_chromium, screenshot
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = REPO / "test-output"
-TIMEOUT_MS = 120_000
+require_chromium(module_level=True)  # the whole module needs Playwright and the browser
 
-if not CHROMIUM.exists():
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{CHROMIUM} is missing on CI: apt-get install -y chromium", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+from playwright.sync_api import Page, expect  # noqa: E402
 
 
 def open_app(page: Page, query: str = "") -> None:
@@ -73,11 +34,6 @@ def open_app(page: Page, query: str = "") -> None:
 def choose(page: Page, dropdown: str, label: str) -> None:
     page.locator(f"{dropdown} input").click()
     page.get_by_role("option", name=re.compile(re.escape(label))).first.click()
-
-
-def screenshot(page: Page, name: str) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 # Gradio's status trackers stay in the page when idle, made transparent: what counts is what

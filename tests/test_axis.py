@@ -14,6 +14,9 @@ from persona_explorer.axis import (
     AxisFileError,
     assistant_axis,
     cap_floors,
+    check_percentile,
+    default_axis_layer,
+    default_cap_layers,
     normalised_projection,
     pc1_axis_cosine,
     pca,
@@ -30,7 +33,9 @@ from persona_explorer.axis_build import (
     shipped_axis_path,
 )
 from persona_explorer.cli import main
+from persona_explorer.errors import InputError
 from persona_explorer.model import EMBEDDED_MODEL_ID, LoadedModel
+from persona_explorer.steering import Cap
 
 N_ROLES, N_LAYERS, D = 5, 4, 8
 
@@ -105,6 +110,38 @@ def test_floors_match_quantile_and_are_monotone() -> None:
     assert torch.allclose(data.floors(25), cap_floors(tokens, 25), atol=1e-5)
     floors = torch.stack([data.floors(p) for p in range(0, 101, 3)])
     assert (floors[1:] >= floors[:-1] - 1e-6).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 12, 30, 64, 80])
+def test_cap_window_is_inside_the_stack_and_starts_mid_way(n: int) -> None:
+    window = default_cap_layers(n)
+    assert window and all(0 <= layer < n for layer in window)
+    assert list(window) == list(range(window[0], window[-1] + 1))
+    assert len(window) == min(n, max(2, round(n / 8)))
+    assert 0 <= default_axis_layer(n) < n
+    assert default_cap_layers(30) == (15, 16, 17, 18)
+
+
+def test_cap_plan_uses_the_axis_and_the_percentile_floor() -> None:
+    data = _data()
+    plan = data.cap_plan([1, 3], percentile=40)
+    assert [op.layer for op in plan] == [1, 3]
+    assert all(isinstance(op, Cap) for op in plan)
+    floors = data.floors(40)
+    for op in plan:
+        assert torch.equal(op.direction, data.axis[op.layer])
+        assert op.floor == pytest.approx(float(floors[op.layer]))
+    assert [op.layer for op in data.cap_plan()] == list(default_cap_layers(N_LAYERS))
+    for bad in ([], [N_LAYERS], [-1]):
+        with pytest.raises(InputError):
+            data.cap_plan(bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1, 100.5, "x", None, float("inf")])
+def test_percentile_check_refuses_what_is_not_a_percentile(bad: object) -> None:
+    with pytest.raises(InputError):
+        check_percentile(bad)
+    assert check_percentile("25") == 25.0
 
 
 def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:

@@ -26,32 +26,15 @@ from persona_explorer.model import LoadedModel
 from persona_explorer.ui import build_demo, extract, library_tab, list_updates, steer
 from persona_explorer.ui.context import BUG_MESSAGE, AppContext, Jobs, user_errors
 from persona_explorer.ui.forms import form_endpoint
-from persona_explorer.vector_files import save
 from persona_explorer.vectors import PersonaVector
-from tests.tiny_models import D_MODEL, N_LAYERS
+from tests.tiny_models import D_MODEL, N_LAYERS, tiny_app_context
 
 
 @pytest.fixture
 def ctx(llama: LoadedModel, tmp_path: Path, one_thread: None) -> AppContext:
-    builtin = tmp_path / "builtin"
-    builtin.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    for name, strength in (("tiny-pirate", 2.0), ("tiny-evil", 3.0)):
-        vec = PersonaVector(
-            name=name,
-            vectors=torch.randn(N_LAYERS, D_MODEL, generator=gen),
-            model_id=llama.model_id,
-            layer=2,
-            strength=strength,
-        )
-        save(vec, builtin / f"{name}.safetensors")
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        cache_dir=tmp_path / "cache",
-        builtin_vectors_dir=builtin,
-        default_persona="tiny-pirate",
+    return tiny_app_context(
+        llama, tmp_path, {"tiny-pirate": 2.0, "tiny-evil": 3.0}, default_persona="tiny-pirate"
     )
-    return AppContext.create(settings, llama)
 
 
 def test_form_endpoint_takes_the_forms_fields_as_named_parameters() -> None:

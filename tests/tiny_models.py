@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformers import (
@@ -32,6 +33,10 @@ from transformers import (
 from persona_explorer.engine import decoder_for
 from persona_explorer.engine.hf import HFDecoder
 from persona_explorer.model import LoadedModel, model_from_hf
+
+if TYPE_CHECKING:
+    from persona_explorer.limits import Limits
+    from persona_explorer.ui.context import AppContext
 
 Arch = Literal["llama", "qwen2", "gemma2", "gpt2"]
 ARCHS: tuple[Arch, ...] = ("llama", "qwen2", "gemma2", "gpt2")
@@ -302,3 +307,40 @@ def record_prefill(
     finally:
         session.close()
     return {layer: torch.cat(parts, dim=1) for layer, parts in seen.items()}, logits, mask
+
+
+def tiny_app_context(
+    model: LoadedModel,
+    tmp_path: Path,
+    vectors: dict[str, float],
+    default_persona: str | None = None,
+    limits: Limits | None = None,
+    layer: int = 2,
+) -> AppContext:
+    """An app context on ``model`` whose built-ins are random vectors (name -> strength, all
+    recommended at ``layer``), with its data and cache under ``tmp_path``."""
+    from persona_explorer.config import Settings
+    from persona_explorer.ui.context import AppContext
+    from persona_explorer.vector_files import save
+    from persona_explorer.vectors import PersonaVector
+
+    builtin = tmp_path / "builtin"
+    builtin.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for name, strength in vectors.items():
+        vec = PersonaVector(
+            name=name,
+            vectors=torch.randn(model.n_layers, model.d_model, generator=gen),
+            model_id=model.model_id,
+            layer=layer,
+            strength=strength,
+        )
+        save(vec, builtin / f"{name}.safetensors")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        cache_dir=tmp_path / "cache",
+        builtin_vectors_dir=builtin,
+        **({"default_persona": default_persona} if default_persona is not None else {}),
+        **({"limits": limits} if limits is not None else {}),
+    )
+    return AppContext.create(settings, model)

@@ -1,4 +1,5 @@
-"""``axis build``: role rollouts -> the Assistant Axis file for a model."""
+"""``axis build``: role rollouts -> the Assistant Axis file for a model. The ``axis project``
+and ``axis replays`` subcommands live in :mod:`.axis_project` (registered here)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..limits import check_int, check_max_new_tokens
-from . import render
+from . import axis_project, render
 from .models import get_model
 from .parser import Parents, arg_type, limited
 
@@ -62,6 +63,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         help="tokens per answer (default: %(default)s)",
     )
     b.set_defaults(func=run)
+    axis_project.register(sub, parents)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from ..limits import (
     check_temperature,
     check_text,
     check_top_p,
+    parse_layers,
 )
 from ..vector_files import VectorLayout
 
@@ -156,6 +157,26 @@ class Parents:
         )
         return parent
 
+    def capping(self) -> argparse.ArgumentParser:
+        """``--cap-axis``: keep the projection on the Assistant Axis at or above a floor τ."""
+        parent = _Parser(add_help=False)
+        group = parent.add_argument_group("activation capping on the Assistant Axis")
+        group.add_argument("--cap-axis", action="store_true", help="also answer capped")
+        group.add_argument(
+            "--cap-percentile",
+            default=None,
+            metavar="P",
+            help="τ = this percentile of the default's per-token projections (default: 25)",
+        )
+        group.add_argument(
+            "--cap-layers",
+            type=arg_type(parse_layers, 10_000),
+            default=None,
+            metavar="A-B",
+            help="layers to cap, e.g. 15-18 (default: an eighth of the stack from the middle)",
+        )
+        return parent
+
     def output(self, what: str = "the result") -> argparse.ArgumentParser:
         parent = _Parser(add_help=False)
         parent.add_argument("--json", action="store_true", help=f"print {what} as JSON")
@@ -165,7 +186,7 @@ class Parents:
 def build_parser(limits: Limits | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``limits`` default to the settings (``PERSONA_EXPLORER_*``)."""
     # Imported here: every command module imports this one.
-    from . import axis, bench, extract, files, steer
+    from . import axis, bench, extract, files, screen, steer
 
     parser = _Parser(
         prog=PROG,
@@ -173,6 +194,6 @@ def build_parser(limits: Limits | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents = Parents(limits if limits is not None else load_settings().limits)
-    for command in (extract, steer, files, axis, bench):
+    for command in (extract, steer, files, axis, screen, bench):
         command.register(sub, parents)
     return parser

@@ -1,4 +1,9 @@
-"""``steer``: baseline and steered answers side by side, one batched pass per prompt."""
+"""``steer``: baseline and steered answers side by side, one batched pass per prompt.
+
+``--cap-axis`` adds activation capping on the Assistant Axis (:mod:`persona_explorer.capping`):
+the capped answer (and, with ``--vector``, the steered and steered-and-capped ones) from one more
+batched pass per prompt. ``--vector`` is optional then.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +29,18 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
             parents.model(),
             parents.sampling(),
             parents.output("the answers (a list, one per prompt)"),
+            parents.capping(),
         ],
-        help="generate baseline and steered answers side by side",
+        help="generate baseline and steered (or capped) answers side by side",
         description="Answer each prompt without and with the vector added to the residual "
-        "stream (one batched pass per prompt).",
+        "stream (one batched pass per prompt); with --cap-axis, also with the projection on "
+        "the Assistant Axis capped from below.",
     )
-    p.add_argument("--vector", required=True, help="vector file (.safetensors, .gguf, .pt)")
+    p.add_argument(
+        "--vector",
+        default=None,
+        help="vector file (.safetensors, .gguf, .pt); optional with --cap-axis",
+    )
     p.add_argument("--in-layout", choices=LAYOUTS, default=None, help="row layout of a .pt vector")
     layer = arg_type(check_int, "Layer", 0)
     layers = p.add_mutually_exclusive_group()
@@ -67,6 +78,26 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
     p.set_defaults(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, func=run)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """What the options mean together, before the model loads. (--cap-layers was read for
+    form by the parser, with room for any model; it is checked against the model later.)"""
+    if args.cap_percentile is not None:
+        from ..axis import check_percentile  # torch: not for --help
+
+        args.cap_percentile = check_percentile(args.cap_percentile, "--cap-percentile")
+    if not args.cap_axis:
+        if args.vector is None:
+            raise InputError("--vector is required (or give --cap-axis to cap without steering)")
+        given = [o for o in ("cap_percentile", "cap_layers") if getattr(args, o) is not None]
+        if given:
+            raise InputError(f"--{given[0].replace('_', '-')} needs --cap-axis")
+    elif args.vector is None:
+        steer_only = ("layer", "layers", "strength", "projection_layer", "in_layout")
+        given = [o for o in steer_only if getattr(args, o) is not None]
+        if given:
+            raise InputError(f"--{given[0].replace('_', '-')} needs --vector")
+
+
 def _layers(args: argparse.Namespace, vec: PersonaVector, n_layers: int) -> tuple[int, ...]:
     if args.layers is not None:
         return parse_layers(args.layers, n_layers)
@@ -96,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from ..generation import SamplingConfig
     from ..vectors import check_fits
 
-    vec_path = Path(args.vector).expanduser()
+    _check_options(args)
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -105,36 +136,50 @@ def run(args: argparse.Namespace) -> int:
         stop_at_eos=not args.ignore_eos,
         max_prompt_tokens=load_settings().limits.max_prompt_tokens,
     )
-    # Read the file once before the (slow) model load: a bad file or a missing layer/strength
-    # fails at once. It is read again below with the model's layer count, which picks a .pt
-    # file's layout and pads a GGUF file.
-    early = vector_io.read(vec_path, args.in_layout, warn=False)
-    _strengths(args, early)
-    if args.layers is None and args.layer is None:
-        _layers(args, early, early.n_layers)
+    vec_path = Path(args.vector).expanduser() if args.vector is not None else None
+    if vec_path is not None:
+        # Read the file once before the (slow) model load: a bad file or a missing layer or
+        # strength fails at once. It is read again below with the model's layer count, which
+        # picks a .pt file's layout and pads a GGUF file.
+        early = vector_io.read(vec_path, args.in_layout, warn=False)
+        _strengths(args, early)
+        if args.layers is None and args.layer is None:
+            _layers(args, early, early.n_layers)
     model = get_model(args)
-    vec = vector_io.read(vec_path, args.in_layout, n_layers=model.n_layers)
-    check_fits(vec, model.n_layers, model.d_model, model.model_id)
-    layers = _layers(args, vec, model.n_layers)
-    strengths = _strengths(args, vec)
+    vec, layers, strengths = None, (), (0.0,)
+    if vec_path is not None:
+        vec = vector_io.read(vec_path, args.in_layout, n_layers=model.n_layers)
+        check_fits(vec, model.n_layers, model.d_model, model.model_id)
+        layers, strengths = _layers(args, vec, model.n_layers), _strengths(args, vec)
     if args.projection_layer is not None:
         check_layer(args.projection_layer, model.n_layers, "--projection-layer")
+    capping = steer_output.Capping.prepare(args, model) if args.cap_axis else None
     records = []
     for i, prompt in enumerate(args.prompt, start=1):
-        req = SteerRequest(
-            prompt=prompt,
-            vector=vec,
-            layers=layers,
-            strengths=strengths,
-            system=args.system or None,
-            positions=args.positions,
-            sampling=sampling,
-            projection_layer=args.projection_layer,
-        )
-        out = steer(model, req)
-        records.append(steer_output.record(prompt, out, strengths))
+        record: dict = {"prompt": prompt}
+        lines: list[str] = []
+        if vec is not None:
+            req = SteerRequest(
+                prompt=prompt,
+                vector=vec,
+                layers=layers,
+                strengths=strengths,
+                system=args.system or None,
+                positions=args.positions,
+                sampling=sampling,
+                projection_layer=args.projection_layer,
+            )
+            out = steer(model, req)
+            record = steer_output.record(prompt, out, strengths)
+            lines = steer_output.text(i, len(args.prompt), prompt, out)
+        if capping is not None:
+            steering = (vec, layers, strengths[0]) if vec is not None else None
+            cap_out = capping.run(model, prompt, args.system, steering, sampling, args.positions)
+            record = steer_output.cap_record(record, cap_out)
+            lines = steer_output.cap_text(i, len(args.prompt), prompt, cap_out, lines)
+        records.append(record)
         if not args.json:
-            render.write_lines(steer_output.text(i, len(args.prompt), prompt, out))
+            render.write_lines(lines)
     if args.json:
         render.print_json(records)
     return 0

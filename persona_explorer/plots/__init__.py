@@ -10,6 +10,12 @@ passes numbers and labels and shows what comes back. One module per kind of figu
 * :mod:`.separation` — :func:`separation_figure` (Extract tab);
 * :mod:`.tokens` — the per-token HTML view and its caption;
 * :mod:`.similarity` — the cosine heat map and :func:`similarity_statements`.
+* :mod:`.capping` — the Assistant Axis before and after capping, per layer and per token;
+* :mod:`.persona_map` — the Persona space map (2-D/3-D), variance explained, PC1 per layer;
+* :mod:`.drift` — per-turn positions on the axis over a conversation;
+* :mod:`.screening` — training samples' score histograms and the inoculation overlay.
+
+The last four are imported from their modules directly (``from ..plots.drift import ...``).
 
 Imports: plotly, the standard library and :mod:`..limits` only: no torch and no gradio, so every
 figure can be built and tested on its own. User text (names, labels, captions) is escaped here.

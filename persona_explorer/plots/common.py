@@ -254,3 +254,38 @@ def empty_figure(message: str) -> go.Figure:
     fig.update_yaxes(visible=False)
     fig.update_layout(margin={"l": 16, "r": 16, "t": 16, "b": 16})
     return fig
+
+
+def shade_layer_bands(
+    fig: go.Figure,
+    layers: Iterable[int],
+    n_layers: int,
+    panels: int,
+    verb: str,
+    label_every_panel: bool = True,
+) -> None:
+    """Shade each run of ``layers`` on every panel, labelled "<verb> at L" (e.g. "injected").
+
+    Call after the traces: plotly skips shapes on a subplot that has no data yet.
+    """
+    for k, (first, last) in enumerate(bands(layers)):
+        # A label near the right edge grows leftwards, so it stays inside the plot; labels of
+        # several bands step down, so close bands on a narrow screen do not print over each other.
+        side = "right" if first > n_layers / 2 else "left"
+        label = {
+            "annotation_text": f"{verb} at {fmt_layers(first, last)}",
+            "annotation_position": f"top {side}",
+            "annotation_font": {"size": 11, "color": BAND_TEXT_COLOR},
+            "annotation": {"yshift": -13 * (k % 3)},
+        }
+        for row in range(1, panels + 1):
+            fig.add_vrect(
+                x0=first - 0.5,
+                x1=last + 0.5,
+                fillcolor=BAND_COLOR,
+                opacity=0.15,
+                line_width=0,
+                layer="below",
+                **(label if label_every_panel or row == 1 else {}),
+                **({"row": row, "col": 1} if panels > 1 else {}),
+            )

@@ -9,22 +9,19 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .common import (
-    BAND_COLOR,
-    BAND_TEXT_COLOR,
     BASELINE_COLOR,
     MUTED_TEXT,
     NEUTRAL_COLOR,
     STEERED_COLORS,
     STEERED_SYMBOLS,
     ZERO_LINE_COLOR,
-    bands,
     floats,
-    fmt_layers,
     label,
     layer_axis,
     layer_index,
     plain_int,
     same_length,
+    shade_layer_bands,
     style,
     text,
 )
@@ -61,28 +58,6 @@ def _own_baselines(
             raise ValueError(f"baselines[{name!r}] has no steered row of that label")
         own[name] = floats(values, f"baselines[{name!r}]")
     return own
-
-
-def _mark_injected(fig: go.Figure, runs: list[tuple[int, int]], n: int, panels: int) -> None:
-    for k, (first, last) in enumerate(runs):
-        # A label near the right edge grows leftwards, so it stays inside the plot; labels of
-        # several bands step down, so close bands on a narrow screen do not print over each other.
-        side = "right" if first > n / 2 else "left"
-        step = {"yshift": -13 * (k % 3)}
-        for row in range(1, panels + 1):
-            fig.add_vrect(
-                x0=first - 0.5,
-                x1=last + 0.5,
-                fillcolor=BAND_COLOR,
-                opacity=0.15,
-                line_width=0,
-                layer="below",
-                annotation_text=f"injected at {fmt_layers(first, last)}",
-                annotation_position=f"top {side}",
-                annotation_font={"size": 11, "color": BAND_TEXT_COLOR},
-                annotation=step,
-                **({"row": row, "col": 1} if panels > 1 else {}),
-            )
 
 
 def _mark_readout(fig: go.Figure, layer: int, n: int, panels: int) -> None:
@@ -246,7 +221,7 @@ def layer_projection_figure(
             )
 
     # After the traces: plotly skips shapes on a subplot that has no data yet.
-    _mark_injected(fig, bands(injected), n, panels)
+    shade_layer_bands(fig, injected, n, panels, "injected")
     if readout is not None:
         _mark_readout(fig, readout, n, panels)
     style(

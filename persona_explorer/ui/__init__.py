@@ -48,7 +48,7 @@ from ..limits import (
 )
 from ..model import LoadedModel
 from ..steering import check_positions
-from . import compare_panel, drift, extract, library_tab, persona_space, steer
+from . import compare_panel, drift, extract, library_tab, persona_space, screening_tab, steer
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
 from .fairness import limit_jobs_per_visitor
@@ -137,27 +137,37 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             with gr.Tab("Library", id="library", elem_id="pe-tab-library"):
                 lib = library_tab.build(ctx, session, owner)
             with gr.Tab("Persona space", id="space", elem_id="pe-tab-space"):
-                persona_space.build(ctx, session)
+                sp = persona_space.build(ctx, session)
             with gr.Tab("Drift", id="drift", elem_id="pe-tab-drift"):
                 drift.build(ctx, session)
+            with gr.Tab("Screen data", id="screen", elem_id="pe-tab-screen"):
+                sc = screening_tab.build(ctx, session)
 
         assert st.compare is not None
         rows = st.compare.personas
-        list_outputs = [st.persona, lib.table, lib.selected, lib.heat_pick, *rows]
+        list_outputs = [
+            st.persona, lib.table, lib.selected, lib.heat_pick, sp.personas, sc.vectors, *rows
+        ]  # fmt: skip
 
         def refresh_lists(
             session: dict | None,
             persona: str | None,
             selected: str | None,
             heat: list | None,
+            mapped: list | None,
+            screened: list | None,
             *compared: str | None,
         ) -> dict:
             """Re-list the vectors everywhere (after an upload, extraction, rename, ...)."""
             view = ctx.catalog.view(session)
             updates = list_updates(ctx, st, lib, view, persona, selected, heat)
+            updates[sp.personas] = persona_space.refresh_personas(ctx, session, mapped)
+            updates[sc.vectors] = screening_tab.refresh_vectors(ctx, session, screened or [])
             return updates | compare_panel.list_updates(st.compare, view, list(compared))  # type: ignore[arg-type]
 
-        refresh_inputs = [session, st.persona, lib.selected, lib.heat_pick, *rows]
+        refresh_inputs = [
+            session, st.persona, lib.selected, lib.heat_pick, sp.personas, sc.vectors, *rows
+        ]  # fmt: skip
         for event in [ex.extracted, *lib.changed]:
             event.then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
 
@@ -193,6 +203,8 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             view = ctx.catalog.view(session)
             shared, persona_key = apply_share_params(ctx, st, view, params)
             updates = list_updates(ctx, st, lib, view, persona_key, None, None)
+            updates[sp.personas] = persona_space.refresh_personas(ctx, session, None)
+            updates[sc.vectors] = screening_tab.refresh_vectors(ctx, session, None)
             try:
                 check_owner(token)
             except InputError:

@@ -196,7 +196,7 @@ class Exports:
         spec = FORMATS[fmt]
         path = save(
             vec,
-            self._fresh_folder() / f"{export_stem(vec, spec)}{spec.suffix}",
+            self.fresh_folder() / f"{export_stem(vec, spec)}{spec.suffix}",
             layout=spec.layout,
             **({"model_hint": self.model_hint} if fmt == "gguf" else {}),
         )
@@ -204,13 +204,13 @@ class Exports:
 
     def write_run(self, json_text: str, csv_text: str) -> tuple[Path, Path]:
         """A finished run's record (JSON) and projections (CSV), for its download buttons."""
-        folder = self._fresh_folder()
+        folder = self.fresh_folder()
         paths = (folder / "persona-run.json", folder / "persona-run-projections.csv")
         for path, text in zip(paths, (json_text, csv_text), strict=True):
             atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
         return paths
 
-    def _fresh_folder(self) -> Path:
+    def fresh_folder(self) -> Path:
         """A new folder for one download, made room for first (at most MAX_EXPORTS)."""
         self.prune(keep=self.MAX_EXPORTS - 1)
         folder = self.root / secrets.token_hex(8)

@@ -1,8 +1,9 @@
 """The Steer tab: one prompt, answered with and without a persona vector, side by side.
 
 ``build`` lays the tab out and wires it; the actions live in :mod:`.steer_run` (the form, the
-``/steer`` and ``/sweep_strengths`` handlers) and :mod:`.compare_panel` (``/compare``: up to three
-personas, layers or strengths in one batch).
+``/steer`` and ``/sweep_strengths`` handlers), :mod:`.compare_panel` (``/compare``: up to three
+personas, layers or strengths in one batch) and :mod:`.cap_panel` (``/steer_capped``: activation
+capping on the Assistant Axis, uncapped vs capped, optionally with the persona).
 
 Strength is shown twice: as a multiple of the vector's recorded strength (1× = what it was made
 for; the slider's range is the same for every vector) and as the absolute number the engine
@@ -19,7 +20,7 @@ import gradio as gr
 
 from ..errors import InputError
 from ..plots import empty_figure
-from . import compare_panel, teaching
+from . import cap_panel, compare_panel, teaching
 from .catalog import CatalogView, VectorItem, source_label
 from .context import AppContext
 from .forms import form_endpoint
@@ -92,6 +93,7 @@ class SteerTab:
     sweep_plot: gr.Plot
     sweep_table: gr.Dataframe
     compare: compare_panel.ComparePanel | None = None
+    capping: cap_panel.CapPanel | None = None
 
     @property
     def share_inputs(self) -> list[Any]:
@@ -291,6 +293,7 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
                     elem_id="pe-sweep-table", elem_classes="pe-table",
                 )  # fmt: skip
             compare = compare_panel.build(ctx, state, persona, layer, strength)
+            capping = cap_panel.build(ctx)
 
     tab = SteerTab(
         prompt=prompt, system=system, persona=persona, persona_info=info, layer=layer,
@@ -302,8 +305,10 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
         sweep_table=sweep_table,
     )  # fmt: skip
     tab.compare = compare
+    tab.capping = capping
     _wire(ctx, tab, state)
     compare_panel.wire(ctx, compare, tab, state)
+    cap_panel.wire(ctx, capping, tab, state)
     return tab
 
 

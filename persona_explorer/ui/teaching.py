@@ -104,3 +104,150 @@ def panel(text: str) -> gr.Accordion:
     with gr.Accordion("What am I looking at?", open=False, elem_classes="pe-teach") as acc:
         gr.Markdown(text)
     return acc
+
+
+PERSONA_SPACE = """\
+**Persona space.** Each dot is a *role*: the model answered the same questions while told to be
+a doctor, a pirate, a demon, a whale, ... and the dot is the average activation of its answers
+at the chosen layer. The **star** is the default Assistant answering the same questions. The map
+is a PCA: PC1 and PC2 are the two directions in which the roles differ most. A component has no
+sign of its own, so each is oriented to put the Assistant on its positive side (PC1: on the
+right).
+
+**The Assistant Axis** runs from the roles' average (the centre, where the dashed line starts)
+to the Assistant. A role's colour is its position on that axis: 0 = the roles' average, 1 = the
+Assistant; red leans towards the Assistant, blue away from it. On large models, Lu et al. (2026)
+found PC1 of 275 roles lined up with this axis (|cos| above 0.6 at every layer; on one model PC1
+alone held about 49 % of the variance): the main way characters differ is how much they are like
+the Assistant.
+
+**What this small model shows** (SmolLM2-135M-Instruct, 47 roles, measured on the shipped
+file): a similar picture, weaker. PC1 explains 30–52 % of the roles' variance (40–48 % at layers
+16–22) and |cos(PC1, axis)| is 0.74–0.88 from layer 8 up, but only 0.54–0.68 at layers 2–5,
+where PC2 holds 17–23 % (about 10 % deeper) and *robot* even projects beyond the Assistant. The
+Assistant lies about 2 standard deviations above the roles' mean on the axis at every layer.
+Not every neighbour is what one would guess: *virus* and *accountant* are among the roles
+nearest the Assistant at layers 15–20, *vampire* and *poet* among the farthest. The per-layer
+chart shows both numbers for the loaded model.
+
+**Your prompt and its answer.** *Place my prompt* generates a short greedy answer and places the
+average activation of the answer, and of the prompt, like a role. One answer is much noisier than
+a role's average of 30: on this model a single answer lands some 5–10 times the roles' spread
+away from every role, so read its position *on the axis* (in the summary) more than its place on
+the map. In a check at layer 15 (32 tokens), answers to four plain questions sat between −1.8
+and 1.1 on the axis and four role-play answers (a pirate, a vampire, a dragon, a poet) between
+−2.2 and −1.5: lower, though a plain answer that turned poetic was as low. The prompt's point
+includes the chat template and is not an answer, so it often lies apart from everything else.
+
+**Persona vectors** are directions, not places: each is an arrow from the Assistant. *As
+extracted*, the arrow is the vector itself, the shift from plain answers to the persona's
+answers, so it points to roughly where the persona's answers would sit (steering with strength
+*s* adds *s* times the vector at the steered layer). *Same length for all* scales every vector to
+the roles' spread so arrows compare; a short arrow then mostly points out of the map's plane.
+The cosine with the axis is negative for a persona that pulls the model away from the Assistant.
+"""
+
+CAPPING = """\
+**Activation capping** holds the model near the Assistant. At each layer of a window (by default
+an eighth of the stack from the middle: layers 15–18 of this model's 30) it measures how far
+each token's activation lies along the **Assistant Axis** (from the average role-play character
+towards the default Assistant). Where that projection falls below a floor τ, the activation is
+lifted along the axis to exactly τ; where it is already at or above τ, nothing changes. τ is a
+percentile (the 25th by default) of the projections the default Assistant's own answers have,
+token by token, at that layer: a higher percentile is a stricter floor.
+
+**Uncapped and capped** answers come from one batch with the same random numbers, so they differ
+only by the cap. With *combine with the persona vector* on, the persona is also added as in the
+Steer tab, alone (steered) and with the cap on top (steered + capped). This is the defence Lu et
+al. (2026) proposed against persona jailbreaks: on large models, capping cut harmful answers to
+persona-based jailbreaks by about 60 % without hurting capabilities. The cap only acts inside its
+window: a persona added after it (the built-in *pirate* recommends layer 22) comes in after the
+cap has done its work, so cap later layers to hold it back.
+
+**The plot.** Each answer's average position on the axis at every layer: dotted uncapped,
+solid capped, one colour per pair; the shaded band is the cap window and the black dashes are τ
+at each capped layer. Raw projections grow about 25-fold from the first layer to the last, so the
+plot uses a scale on which 0 is the roles' average and 1 the default Assistant at each layer.
+Inside the window a capped answer's tokens all sit at or above τ, so its average does too; after
+the window the model is on its own again. Before the window the curves differ only because the
+answers' words differ (the first layers, where roles and Assistant lie close together, magnify
+small differences on this scale). The bottom panel is capped minus uncapped. The second
+plot shows every token's raw projection at the last capped layer, with τ dashed. *Cap lifted* in
+the status is the share of the answer's tokens the cap had to raise; the JSON has every number.
+
+**What this small model shows.** On SmolLM2-135M-Instruct capping clearly changes role-play
+answers: told to be a pirate captain, the uncapped answer talks like a pirate ("she be a vessel
+of legend"); at the default floor the cap lifts half to four fifths of its tokens and the capped
+answer drops the pirate talk. But it does not make them read as the Assistant: the capped pirate
+still describes "its" ship, the capped vampire still says it has lived for 800 years, and a
+capped answer can turn repetitive. A stricter floor (75th percentile) moves the register further
+towards plain explanation ("As a vampire, I have a unique ability…"), still in character. The
+cap also touches ordinary answers: τ is a percentile of the Assistant's own tokens, so it lifts
+some of those too (a quarter to a half of a plain answer's tokens at the default), usually
+changing a few words. The paper's figure comes from models hundreds of times larger.
+"""
+
+DRIFT = """\
+**Persona drift.** Every assistant turn is an average activation, read at the layer you choose
+and projected onto the **Assistant Axis** (from the roles' average towards the default
+Assistant). The scale is normalised at each layer: **1** (dashed, green) is where the default
+Assistant's own answers sit, **0** (dashed, grey) the average of the role-play characters. A line
+sliding from 1 towards 0 over the turns is a conversation pulling the model away from its
+Assistant character.
+
+**Chat.** Each of the model's answers is placed as it arrives. Steering adds a persona vector
+(as in the Steer tab); *activation capping* keeps every token's projection on the axis at or
+above a floor τ at a window of layers (see the Steer tab's capping panel). The numbers are read
+after steering and capping, so a capped answer sits at or above τ inside the window.
+
+**Replay.** A stored conversation is fed to this model *teacher-forced*: the model reads each
+assistant turn as if it had written it, and nothing is generated. The shipped transcripts are
+the paper's: other, much larger models wrote those answers; here they are read by this model.
+A conversation longer than the window is read through its most recent turns that fit (whole
+turns only); those turns are drawn as open markers.
+
+**The paper's claim** (Lu et al., 2026): in long therapy-like and philosophical conversations
+the Assistant drifts down the axis; in coding it stays. **What this small model shows** when it
+reads the shipped conversations (layer 15, 2,048-token window, mean of the first four turns →
+the last four): coding stays at or above the Assistant (1.38 → 1.17), philosophy drifts steadily
+(0.17 → −0.81), therapy less and on a noisier line (0.07 → −0.23), writing too (0.29 → −0.13);
+single turns swing by ±0.3. Even the first turns of the emotional and philosophical
+conversations sit well below coding. A reply in which the assistant plays a pirate sits far
+lower still (about −1.8, against +0.4 to +1.8 for plain helpful answers). Read it with care:
+one 135 M-parameter model, one conversation per domain, and answers it did not write.
+"""
+
+SCREENING = (
+    PERSONA_SELECTION
+    + """
+**Screening training data.** Before you train on a file, ask what each sample says about *who is
+speaking*. For every sample and persona vector: the sample's response is read by the model
+teacher-forced (as if it had written it), its average activation at the chosen layer projected
+onto the vector; then the same for the model's **own** greedy answer to the same prompt. The score
+is the **projection difference**, sample minus own answer: how far the sample pulls away from
+what the model would have said anyway. The persona vectors paper found that this difference
+predicts how far fine-tuning on such samples moves the persona. Without own answers the table
+shows raw projections: quicker, but a long or odd answer can score high for reasons of its own.
+
+**Reading the results.** Scores are in activation units along each vector (each vector has its
+own scale), so compare samples and files with each other, not with zero: on this model the own
+answers are short and plain, and almost every written answer scores above them. The histogram
+shows how a file's scores spread; the top samples and the ranked table show which ones carry the
+most evidence. Skipped lines are listed with the reason; the rest of the file is still scored.
+
+**Inoculation.** The same samples scored again with a context put before each one, such as "You
+are writing insecure code because the user asked for it for a security class." The Persona
+Selection Model predicts that a sample explained as explicitly requested is weaker evidence
+about the speaker, so training on it shifts the persona less.
+
+**What this small model shows** (SmolLM2-135M-Instruct, the shipped *evil* vector, the teaching
+files, own answers of 48 tokens): the evil answers score above the helpful ones (+5.7 against
++4.0 at layer 14, +18.7 against +13.0 at layer 20), and sycophantic above honest feedback on the
+*sycophantic* vector. The same insecure code asked for explicitly scores lower on *evil* at layer
+20 (+11.5 → +8.2) but not at layer 14 (+3.1 → +3.4). The inoculation context did **not** lower
+the insecure code's *evil* score in any meaningful way: +3.1 → +3.0 at layer 14 (within the
+spread of single samples) and up, +11.5 → +12.9, at layer 20. The
+vectors are not specific either: the evil answers score high on sycophancy too. The prediction
+is borne out only in part on a 135M model; check it on yours.
+"""
+)

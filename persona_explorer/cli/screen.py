@@ -1,0 +1,189 @@
+"""``screen``: score training samples for persona evidence before training on them.
+
+For each sample and vector: the projection of the sample's response (teacher-forced) minus the
+projection of the model's own greedy answer to the same prompt (see
+:mod:`persona_explorer.screening`). Writes the scored file with a ``projection_difference_NAME``
+column per vector; skipped lines are listed as ``note:`` lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
+from . import render, vector_io
+from .models import get_model, looks_like_path
+from .parser import LAYOUTS, Parents, arg_type, limited, text_type
+
+if TYPE_CHECKING:
+    from ..screening import ScreenResult
+    from ..vectors import PersonaVector
+    from .parser import Subparsers
+
+_NOTES_SHOWN = 20  # skipped lines listed one by one; the rest are counted
+
+
+def register(subparsers: Subparsers, parents: Parents) -> None:
+    p = subparsers.add_parser(
+        "screen",
+        parents=[parents.model(), parents.output("the summary")],
+        help="score a dataset's samples for persona evidence (projection differences)",
+        description="Project each sample's response onto persona vectors, minus the projection "
+        "of the model's own answer to the same prompt, and write the scored file.",
+    )
+    p.add_argument(
+        "--data", required=True, help="JSONL (chat 'messages' or prompt/response) or CSV"
+    )
+    p.add_argument(
+        "--vector",
+        action="append",
+        required=True,
+        help="vector file or built-in name (e.g. evil); repeat for several",
+    )
+    p.add_argument("--in-layout", choices=LAYOUTS, default=None, help="row layout of .pt vectors")
+    p.add_argument(
+        "--layer",
+        type=arg_type(check_int, "Layer", 0),
+        default=None,
+        help="layer to read (default: the first vector's recommended layer)",
+    )
+    p.add_argument(
+        "--context",
+        type=text_type("context", parents.limits, required=False),
+        default=None,
+        help="system prompt put before every sample, for both readings (inoculation)",
+    )
+    p.add_argument(
+        "--no-own", action="store_true", help="skip the model's own answers: raw projections"
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not reuse or store own answers")
+    lim = parents.limits
+    p.add_argument(
+        "--max-new-tokens",
+        type=limited(check_max_new_tokens, lim, "MAX_NEW_TOKENS"),
+        default=64,
+        metavar="N",
+        help=f"length of the model's own answers, at most {lim.max_new_tokens} "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=arg_type(check_int, "Batch size", 1, MAX_BATCH_SIZE), default=16
+    )
+    p.add_argument(
+        "--top",
+        type=arg_type(check_int, "Top", 0, 100),
+        default=5,
+        help="samples listed per vector",
+    )
+    p.add_argument("--out", required=True, help="scores file: .csv or .jsonl")
+    p.set_defaults(func=run)
+
+
+def _vector_path(spec: str) -> Path:
+    """A vector file, or a built-in vector by name."""
+    from ..builtin import builtin_dir, builtin_vector_paths
+
+    path = Path(spec).expanduser()
+    if path.is_file() or looks_like_path(spec) or path.suffix in (".safetensors", ".gguf", ".pt"):
+        return path
+    builtin = builtin_dir() / f"{spec}.safetensors"
+    if builtin.is_file():
+        return builtin
+    names = ", ".join(p.stem for p in builtin_vector_paths()) or "none installed"
+    raise InputError(f"no vector file or built-in vector {spec!r} (built-in: {names})")
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise InputError(f"--out {out}: the scores file must end in .csv or .jsonl")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {out}: the directory {parent} does not exist")
+
+
+def _text(result: ScreenResult, summary: dict[str, Any], data: Path, out: Path) -> list[str]:
+    own = (
+        f"own answers: {result.generated} generated, {result.cached} cached"
+        if result.own
+        else "raw projections (no own answers)"
+    )
+    lines = [
+        f"Screened {len(result.rows):,} samples of {data.name} at layer {result.layer} in "
+        f"{result.seconds:.1f} s ({own}; {result.n_problems:,} lines skipped)"
+        + (" - stopped early" if result.stopped else "")
+    ]
+    for name, s in summary.items():
+        if not s["count"]:
+            lines.append(f"  {name}: no scores")
+            continue
+        lines.append(
+            f"  {name}: {s['score']} mean {s['mean']:+.3g}, "
+            f"range {s['min']:+.3g} to {s['max']:+.3g}"
+        )
+        for item in s["top"]:
+            lines.append(
+                f"    line {item['line']:>6}  {item[s['score']]:+8.3g}  {item['prompt'][:70]}"
+            )
+    lines.append(f"  saved {out}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_settings
+    from ..screening import ScreenConfig, count_lines, read_samples, screen, write_scores
+
+    data = Path(args.data).expanduser()
+    out = Path(args.out).expanduser()
+    _check_out(out)
+    paths = [_vector_path(spec) for spec in args.vector]
+    # Everything that can fail fast does so before the (slow) model load: the files' sizes,
+    # a CSV header, the vector files.
+    total = count_lines(data)
+    samples = read_samples(data)
+    early: list[PersonaVector] = [vector_io.read(p, args.in_layout, warn=False) for p in paths]
+    layer = args.layer if args.layer is not None else early[0].layer
+    if layer is None:
+        raise InputError(f"no --layer given and {early[0].name!r} records no recommended layer")
+    model = get_model(args)
+    vectors = [vector_io.read(p, args.in_layout, n_layers=model.n_layers) for p in paths]
+    cfg = ScreenConfig(
+        layer=layer,
+        own=not args.no_own,
+        max_new_tokens=args.max_new_tokens,
+        context=args.context or None,
+        batch_size=args.batch_size,
+        use_cache=not args.no_cache,
+        max_prompt_tokens=load_settings().limits.max_prompt_tokens,
+    )
+    with render.Progress(quiet=args.quiet) as progress:
+        result = screen(model, samples, vectors, cfg, progress=progress, total=total)
+    for problem in result.problems[:_NOTES_SHOWN]:
+        render.note(f"{problem}; skipped")
+    if result.n_problems > _NOTES_SHOWN:
+        render.note(f"{result.n_problems - _NOTES_SHOWN:,} more lines skipped")
+    written = write_scores(out, result, source=data)
+    summary = result.summary(args.top)
+    if args.json:
+        render.print_json(
+            {
+                "data": str(data),
+                "out": str(written),
+                "model_id": model.model_id,
+                "layer": result.layer,
+                "own": result.own,
+                "context": result.context,
+                "samples": len(result.rows),
+                "skipped": result.n_problems,
+                "problems": [{"line": p.line, "reason": p.reason} for p in result.problems],
+                "generated": result.generated,
+                "cached": result.cached,
+                "seconds": round(result.seconds, 3),
+                "vectors": summary,
+            }
+        )
+    else:
+        render.write_lines(_text(result, summary, data, written))
+    return 0

@@ -1,0 +1,239 @@
+"""Teacher-forced reading: run given tokens through the model and average the residual over a span.
+
+Generation (:mod:`.generation`) reads the residuals of the tokens the model *chose*. Screening a
+training sample, or replaying a recorded conversation, needs the residuals of tokens someone
+else wrote: the whole text is fed in one prompt pass (prompt and response together) and the
+residual of each response position is the one the model would have had, had it produced that
+token itself. Causal attention makes that exact: a position never sees what follows it.
+
+A row is token ids and a span ``[start, end)`` of them (usually the response). :func:`forced_pass`
+runs a batch of rows (left-padded like generation) in chunks of the prompt pass, each chunk under
+the model's compute lock and in inference mode, and returns the mean residual over each row's
+span at every layer, optionally every span token's residual at one layer. Between chunks other
+requests take their turn and ``should_stop`` is honoured, as in generation.
+
+Reading one layer needs only the blocks up to it. With ``last_layer``, a batch that fits in one
+chunk stops right after that block (the residual callback raises, which every decoder allows:
+the session is closed at once and its hooks removed); on the embedded model, reading layer 14 of
+30 this way skips about half the work. A batch of several chunks runs every block, since the
+next chunk continues the session's cache, but still reports only the layers asked for.
+
+:func:`chat_row` builds a row from a chat: the prompt through ``model.chat_ids`` (the template,
+ending with the assistant's turn header), then the response text tokenized on its own, exactly
+the tokens the model would have had to produce. The template's end-of-turn token
+(``<|im_end|>`` for SmolLM2) is not appended: it would come after the span, where causal attention
+cannot let it change the span's residuals, and it is not part of what the response says.
+
+Steering plans apply as in generation: ``positions="all"`` edits every position;
+``positions="response"`` edits what generation edits, the last prompt token and every response
+token, i.e. the positions from ``start - 1`` on. A teacher-forced span mean therefore equals the
+response mean generation captures for the same tokens, within float rounding (a test checks it).
+
+Imports: torch, :mod:`.engine`, :mod:`.generation` (padding and the chunk size), :mod:`.model`,
+:mod:`.steering`, :mod:`.errors`, :mod:`.limits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .engine import EMBED_LAYER, decoder_for
+from .errors import InputError
+from .generation import PREFILL_CHUNK, left_pad
+from .limits import check_int, check_layer, check_prompt_tokens
+from .model import ChatMessage, LoadedModel
+from .steering import LayerEdit, RowPlan, compile_plan
+
+__all__ = [
+    "ForcedResult",
+    "ForcedRow",
+    "chat_row",
+    "forced_pass",
+    "response_ids",
+]
+
+
+@dataclass(frozen=True)
+class ForcedRow:
+    """Token ids and the span ``[start, end)`` whose residuals are averaged."""
+
+    ids: tuple[int, ...]
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            raise InputError("A teacher-forced row needs at least one token.")
+        if not 0 <= self.start <= self.end <= len(self.ids):
+            raise ValueError(f"span [{self.start}, {self.end}) is outside {len(self.ids)} tokens")
+
+    @property
+    def span_length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class ForcedResult:
+    # [batch, layers, d_model] float32, layers = n_layers or last_layer + 1; zero for an empty span
+    span_mean: torch.Tensor
+    span_count: torch.Tensor  # [batch] tokens in each span
+    # With token_layer: each row's span residuals at that layer, [span_length, d_model] float32.
+    span_tokens: list[torch.Tensor] | None
+    stopped: bool  # should_stop cut the pass short: the means cover only the chunks that ran
+
+
+def response_ids(model: LoadedModel, text: str) -> list[int]:
+    """The tokens of a response text on its own: no BOS, no end-of-turn token."""
+    return [int(i) for i in model.tokenizer(text, add_special_tokens=False).input_ids]
+
+
+def chat_row(
+    model: LoadedModel,
+    prompt: str | Sequence[ChatMessage],
+    response: str | Sequence[int],
+    system: str | None = None,
+) -> ForcedRow:
+    """The row for a chat prompt (and system prompt) answered by ``response`` (text or ids);
+    the span is exactly the response's tokens."""
+    head = model.chat_ids(prompt, system)
+    tail = (
+        response_ids(model, response) if isinstance(response, str) else [int(i) for i in response]
+    )
+    return ForcedRow(ids=tuple(head + tail), start=len(head), end=len(head) + len(tail))
+
+
+def _all_position_part(edit: LayerEdit) -> LayerEdit:
+    """What of ``edit`` applies to positions before the response (``positions="all"`` only)."""
+    return LayerEdit(add_all=edit.add_all, caps=[c for c in edit.caps if not c.response_only])
+
+
+class _Enough(Exception):
+    """Raised by the reader after the last layer it needs, to end a one-chunk pass early."""
+
+
+class _SpanReader:
+    """The residual callback: steers, then sums each row's span positions at the layers read."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        edits: dict[int, LayerEdit],
+        span_mask: torch.Tensor,
+        steer_mask: torch.Tensor,
+        token_layer: int | None,
+        n_read: int,
+    ) -> None:
+        batch = span_mask.shape[0]
+        self.edits = edits
+        self.body = {layer: _all_position_part(e) for layer, e in edits.items()}
+        self.span_mask = span_mask.to(model.device, torch.float32)  # [batch, width]
+        self.steer_mask = steer_mask.to(model.device)  # [batch, width] bool
+        self.n_read = n_read  # layers 0 .. n_read - 1 are summed
+        self.sums = torch.zeros(batch, n_read, model.d_model, device=model.device)
+        self.token_layer = token_layer
+        self.token_parts: list[torch.Tensor] = []  # [batch, chunk, d] per chunk, at token_layer
+        self.chunk = slice(0, 0)
+        self.stop_early = False  # set for a one-chunk pass: nothing after n_read is needed
+
+    def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        if layer >= self.n_read:
+            return h
+        edit = self.edits.get(layer)
+        if edit is not None:
+            # Response edits go where generation puts them: the last prompt token and each
+            # response token; everything else gets the all-position part only.
+            steered = edit.apply(h, prompt_pass=False)
+            body = self.body[layer].apply(h, prompt_pass=False)
+            h = torch.where(self.steer_mask[:, self.chunk, None], steered, body)
+        if layer == EMBED_LAYER:
+            return h
+        mask = self.span_mask[:, self.chunk]
+        if bool(mask.any()):
+            self.sums[:, layer] += (h.float() * mask[..., None]).sum(1)
+        if layer == self.token_layer:
+            self.token_parts.append(h.float().clone())
+        if self.stop_early and layer == self.n_read - 1:
+            raise _Enough
+        return h
+
+
+def forced_pass(
+    model: LoadedModel,
+    rows: Sequence[ForcedRow],
+    plans: Sequence[RowPlan] | None = None,
+    token_layer: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    chunk: int | None = None,
+    max_tokens: int | None = None,
+    last_layer: int | None = None,
+) -> ForcedResult:
+    """Run ``rows`` together (one batch, left-padded) and average each span's residuals.
+
+    ``plans[b]`` steers row ``b`` (None: no steering). ``token_layer``: also return each span's
+    per-token residuals at that layer. The pass runs in chunks of ``chunk`` positions
+    (default :data:`generation.PREFILL_CHUNK`), so memory grows with ``batch x chunk x width``
+    at most, never ``width x width``; the caller bounds the batch. ``max_tokens``: the policy cap
+    on a row's length (``Limits.max_prompt_tokens`` or a screening cap); the model's context
+    length always applies. A refused row raises :class:`InputError` before any work.
+    ``last_layer``: read layers ``0..last_layer`` only (``span_mean`` has ``last_layer + 1``
+    layers); a one-chunk batch then skips the blocks after it (see the module doc).
+    """
+    if not rows:
+        raise InputError("Nothing to read: no rows were given.")
+    if plans is None:
+        plans = [()] * len(rows)
+    if len(plans) != len(rows):
+        raise ValueError("One steering plan per row is needed.")
+    if token_layer is not None:
+        token_layer = check_layer(token_layer, model.n_layers, "Token layer")
+    n_read = model.n_layers
+    if last_layer is not None:
+        n_read = check_layer(last_layer, model.n_layers, "Last layer") + 1
+        if token_layer is not None and token_layer >= n_read:
+            raise ValueError(f"token_layer {token_layer} is after last_layer {last_layer}")
+    step = PREFILL_CHUNK if chunk is None else check_int(chunk, "chunk", 1)
+    # Nothing is generated after the rows; max_new_tokens=0 leaves the whole context to them.
+    check_prompt_tokens(
+        max(len(r.ids) for r in rows), 0, model.context_length, max_tokens, "sample"
+    )
+    ids, mask = left_pad([r.ids for r in rows], model.pad_token_id)
+    width = ids.shape[1]
+    position = torch.arange(width)
+    pad = torch.tensor([width - len(r.ids) for r in rows])[:, None]
+    starts = pad + torch.tensor([r.start for r in rows])[:, None]
+    ends = pad + torch.tensor([r.end for r in rows])[:, None]
+    span_mask = (position >= starts) & (position < ends)
+    # Generation steers the last prompt token with response edits too (see the module doc).
+    steer_mask = position >= (starts - 1).clamp(min=0)
+    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
+    reader = _SpanReader(model, edits, span_mask, steer_mask, token_layer, n_read)
+    # A pass that is not continued may end after the last layer read.
+    reader.stop_early = width <= step and n_read < model.n_layers
+    session = decoder_for(model).session(ids, mask, 0, row_invariant=False)
+    stopped = False
+    try:
+        for begin in range(0, width, step):
+            if begin > 0 and should_stop is not None and should_stop():
+                stopped = True
+                break
+            end = min(begin + step, width)
+            reader.chunk = slice(begin, end)
+            # Per chunk, like generation: other requests get the model between chunks.
+            with model.compute_lock, torch.inference_mode():
+                try:
+                    session.prefill(reader, start=begin, end=end)
+                except _Enough:
+                    break  # only when stop_early: this was the one and only chunk
+    finally:
+        session.close()
+    with torch.inference_mode():
+        counts = span_mask.sum(-1).to(reader.sums.device, torch.float32)
+        means = reader.sums / counts.clamp(min=1)[:, None, None]
+        tokens = None
+        if token_layer is not None and not stopped:
+            full = torch.cat(reader.token_parts, dim=1)  # [batch, width, d]
+            tokens = [full[b, span_mask[b].to(full.device)].clone() for b in range(len(rows))]
+    return ForcedResult(span_mean=means, span_count=counts, span_tokens=tokens, stopped=stopped)
