@@ -1,9 +1,14 @@
 """The built-in persona library for the default model, shipped precomputed in ``assets/vectors``.
 
-Regenerate with ``python -m persona_explorer.builtin``: 5 prompt pairs x 10 questions x 48 new
-tokens per persona, about a minute each on 2 idle cores.
-Each vector records the steering layer and strength that were checked by reading outputs on the
-embedded SmolLM2-135M-Instruct (``--retag`` rewrites only those two fields after editing them).
+Each persona's vector is made one of two ways (:attr:`BuiltinSpec.method`): from the model's own
+rollouts under contrasting system prompts (5 prompt pairs x 10 questions x 48 new tokens,
+:mod:`.extract`), or from the example texts written for the project
+(``assets/personas/examples``, :mod:`.examples`). Which one, and the layer and strength, were
+chosen by sweeps on the selection prompts and checked on held-out ones
+(``python -m persona_explorer.builtin_check --out assets/vectors``, which also records the sweep
+and the check in each file's metadata). ``python -m persona_explorer.builtin`` rebuilds the
+vectors from the specs below (about a minute each on 2 idle cores; the sweep metadata is then
+lost until the check runs again), and ``--retag`` rewrites only the layer and strength.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .vector_files import load, save
 from .vectors import PersonaVector
+
+if TYPE_CHECKING:
+    from .model import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,7 @@ class BuiltinSpec:
     layer: int
     strength: float
     description: str
+    method: str = "rollouts"  # or "examples" (then variant is "custom")
 
 
 BUILTIN: tuple[BuiltinSpec, ...] = (
@@ -88,6 +98,9 @@ def build(
 
     model = load_model()
     for spec in specs:
+        if spec.method == "examples":
+            written.append(_build_from_examples(model, spec, out_dir))
+            continue
         persona = load_builtin(spec.name, kind=spec.kind)  # type: ignore[arg-type]
         cfg = ExtractionConfig(
             variant=spec.variant,  # type: ignore[arg-type]
@@ -110,6 +123,18 @@ def build(
                 save(vec, variants_dir / f"{spec.name}.{variant}.safetensors")
         print(f"{spec.name}: {res.seconds:.0f} s, best-separating layer {res.vector.best_layer}")
     return written
+
+
+def _build_from_examples(model: LoadedModel, spec: BuiltinSpec, out_dir: Path) -> Path:
+    from .examples import builtin_examples, extract_from_examples, read_examples
+
+    path = builtin_examples(spec.name)
+    if path is None:
+        raise ValueError(f"{spec.name}: no example file in assets/personas/examples")
+    pairs = read_examples(path).pairs
+    res = extract_from_examples(model, spec.name, pairs)  # metadata["method"] = "examples"
+    print(f"{spec.name}: from {len(pairs)} example pairs")
+    return save(_tag(res.vector, spec), out_dir / f"{spec.name}.safetensors")
 
 
 def main(argv: list[str] | None = None) -> int:

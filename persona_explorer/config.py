@@ -1,8 +1,11 @@
 """App settings: one frozen dataclass, read from the environment when asked (never at import).
 
-This is the only module that reads ``PERSONA_EXPLORER_*`` variables. Everything a deployment may
-tune lives here: where things are, how the engine runs, and (in :class:`~.limits.Limits`) every
-limit on user input:
+This is the only module that reads the environment. The optional judge's five variables
+(``PERSONA_EXPLORER_JUDGE_*``) and its API key are handed over raw (:func:`judge_environment`,
+:func:`secret`) to :meth:`.judge.JudgeConfig.from_env`, which checks them: they name an outside
+service and a secret, and the key is read when a request is sent, never kept in a setting.
+Everything else a deployment may tune lives here: where things are, how the engine runs, and
+(in :class:`~.limits.Limits`) every limit on user input:
 
 =====================================  ==========================================  ===========
 variable                               meaning                                     default
@@ -10,7 +13,8 @@ variable                               meaning                                  
 PERSONA_EXPLORER_MODEL                 HF id or local path ("" = embedded model)   ""
 PERSONA_EXPLORER_DEVICE                auto, cpu or cuda                           auto
 PERSONA_EXPLORER_DATA                  the saved vector library lives here         user data dir
-PERSONA_EXPLORER_CACHE                 the dequantized embedded model lives here   user cache dir
+PERSONA_EXPLORER_CACHE                 dequantized model, replays, answers cached  user cache dir
+                                       for screening, sweep checkpoints
 PERSONA_EXPLORER_BUILTIN_VECTORS       shipped vectors (read-only)                 assets/vectors
 PERSONA_EXPLORER_PERSONA_DATA          trait / role definitions                    assets/personas
 PERSONA_EXPLORER_FAST                  0 = generic HF decoder for every model      1
@@ -32,6 +36,11 @@ PERSONA_EXPLORER_PUBLIC                public mode (on by itself on a HF Space) 
 PERSONA_EXPLORER_DEFAULT_PERSONA       persona selected when the page opens        pirate
 PERSONA_EXPLORER_STEER_CONCURRENCY     steering requests run at once               2
 PERSONA_EXPLORER_EXTRACT_CONCURRENCY   extractions run at once                     1
+PERSONA_EXPLORER_JUDGE_URL             optional sweep judge (OpenAI-compatible)    off
+PERSONA_EXPLORER_JUDGE_MODEL           its model name                              off
+PERSONA_EXPLORER_JUDGE_KEY_ENV         the *name* of the variable with its key     none
+PERSONA_EXPLORER_JUDGE_TIMEOUT_S       seconds one judge request may take          60
+PERSONA_EXPLORER_JUDGE_CONCURRENCY     judge requests in flight at once            4
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where ``python app.py`` listens           127.0.0.1:7860
 =====================================  ==========================================  ===========
 
@@ -53,6 +62,17 @@ __all__ = ["ConfigError", "Settings", "default_cache_dir", "default_data_dir", "
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 ENV_PREFIX = "PERSONA_EXPLORER_"
+
+
+def judge_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``PERSONA_EXPLORER_JUDGE_*`` variables that are set, unchecked (the judge checks)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX + "JUDGE_")}
+
+
+def secret(name: str) -> str:
+    """The value of the environment variable ``name`` ("" when unset): the judge's API key."""
+    return os.environ.get(name, "").strip()
 
 
 def default_data_dir() -> Path:

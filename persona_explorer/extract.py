@@ -172,7 +172,7 @@ def recommend_strength(
     return max(STRENGTH_STEP, round(raw / STRENGTH_STEP) * STRENGTH_STEP)
 
 
-def _strength_metadata(
+def strength_metadata(
     vectors: torch.Tensor, layer: int, norms: torch.Tensor
 ) -> tuple[float | None, dict[str, object]]:
     vector_norm = float(vectors[layer].norm())
@@ -365,7 +365,7 @@ def extract_persona(
         )[0]
         vectors = mean_difference(pos_acts, neg_acts)
         layer = suggest_layer(sep)
-        strength, strength_rule = _strength_metadata(vectors, layer, norms)
+        strength, strength_rule = strength_metadata(vectors, layer, norms)
         by_variant[v] = PersonaVector(
             name=persona.name,
             vectors=vectors,

@@ -18,6 +18,12 @@ the session is closed at once and its hooks removed); on the embedded model, rea
 30 this way skips about half the work. A batch of several chunks runs every block, since the
 next chunk continues the session's cache, but still reports only the layers asked for.
 
+Rows that begin alike (every screened sample starts with the chat template and the same system
+prompt: about a quarter of its tokens on the teaching set) share that prefix: where the decoder
+can (``shares_prefix``), the batch is laid out ``prefix | padding | rest`` and the prefix runs
+once, for one row, filling every row's cache. The rest of each row sees the same keys at the
+same rotary positions as with left padding; the means agree within float rounding.
+
 :func:`chat_row` builds a row from a chat: the prompt through ``model.chat_ids`` (the template,
 ending with the assistant's turn header), then the response text tokenized on its own, exactly
 the tokens the model would have had to produce. The template's end-of-turn token
@@ -83,6 +89,16 @@ class ForcedResult:
     # With token_layer: each row's span residuals at that layer, [span_length, d_model] float32.
     span_tokens: list[torch.Tensor] | None
     stopped: bool  # should_stop cut the pass short: the means cover only the chunks that ran
+    # With logprobs: each row's log-probability of every span token given what precedes it,
+    # [span_length] float32, under the model as steered by the row's plan.
+    span_logprobs: list[torch.Tensor] | None = None
+
+    def perplexity(self) -> list[float]:
+        """exp(mean negative log-likelihood) of each row's span (needs ``logprobs``); an empty
+        span has perplexity 1."""
+        if self.span_logprobs is None:
+            raise ValueError("this pass read no log-probabilities (logprobs=False)")
+        return [float(torch.exp(-lp.mean())) if lp.numel() else 1.0 for lp in self.span_logprobs]
 
 
 def response_ids(model: LoadedModel, text: str) -> list[int]:
@@ -137,12 +153,14 @@ class _SpanReader:
         self.token_parts: list[torch.Tensor] = []  # [batch, chunk, d] per chunk, at token_layer
         self.chunk = slice(0, 0)
         self.stop_early = False  # set for a one-chunk pass: nothing after n_read is needed
+        self.in_prefix = False  # h is the one row of a shared prefix
 
     def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         if layer >= self.n_read:
             return h
         edit = self.edits.get(layer)
-        if edit is not None:
+        # A shared prefix lies before every steered position (see _shared_prefix).
+        if edit is not None and not self.in_prefix:
             # Response edits go where generation puts them: the last prompt token and each
             # response token; everything else gets the all-position part only.
             steered = edit.apply(h, prompt_pass=False)
@@ -154,10 +172,63 @@ class _SpanReader:
         if bool(mask.any()):
             self.sums[:, layer] += (h.float() * mask[..., None]).sum(1)
         if layer == self.token_layer:
-            self.token_parts.append(h.float().clone())
+            # The shared prefix runs as one row; every row has the same residuals there.
+            self.token_parts.append(h.float().expand(self.sums.shape[0], -1, -1).clone())
         if self.stop_early and layer == self.n_read - 1:
             raise _Enough
         return h
+
+
+# Logits held at once by a pass that reads log-probabilities: batch x chunk x vocabulary numbers
+# (2**24 float32 is 64 MB; with the log-softmax beside it, twice that).
+LOGIT_BUDGET = 2**24
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position: logits [batch, chunk, vocab], targets [batch, chunk]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets.to(logp.device)[..., None])[..., 0].cpu()
+
+
+# Below this many shared tokens a separate pass for them saves less than it costs.
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix(
+    rows: Sequence[ForcedRow], edits: dict[int, LayerEdit], logprobs: bool = False
+) -> int:
+    """How many leading tokens every row has in common and may run once for all.
+
+    Only tokens before every span, and before every steered position, qualify; an edit that
+    reaches every position (``positions="all"``) rules the prefix out, since the one shared
+    pass cannot carry per-row edits. With ``logprobs`` the prefix also stops before the token
+    that predicts each span's first token (the shared pass returns no logits). 0 when too short
+    to pay off, or for a single row."""
+    if len(rows) < 2 or any(
+        e.add_all is not None or any(not c.response_only for c in e.caps) for e in edits.values()
+    ):
+        return 0
+    limit = min(r.start for r in rows) - (1 if edits or logprobs else 0)
+    limit = min(limit, min(len(r.ids) for r in rows) - 1)
+    first = rows[0].ids
+    n = 0
+    while n < limit and all(r.ids[n] == first[n] for r in rows):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _pad(rows: Sequence[ForcedRow], shared: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and mask of the batch: left-padded, or with a shared prefix, ``prefix | padding |
+    rest``. Rotary positions follow the mask, so a row's tokens get the same positions either
+    way, and every token after the prefix sits in the same column as with left padding."""
+    if not shared:
+        return left_pad([r.ids for r in rows], pad_id)
+    ids, mask = left_pad([r.ids[shared:] for r in rows], pad_id)
+    head = torch.tensor(rows[0].ids[:shared], dtype=torch.long)
+    return (
+        torch.cat([head.expand(len(rows), -1), ids], dim=1),
+        torch.cat([torch.ones(len(rows), shared, dtype=torch.long), mask], dim=1),
+    )
 
 
 def forced_pass(
@@ -169,6 +240,7 @@ def forced_pass(
     chunk: int | None = None,
     max_tokens: int | None = None,
     last_layer: int | None = None,
+    logprobs: bool = False,
 ) -> ForcedResult:
     """Run ``rows`` together (one batch, left-padded) and average each span's residuals.
 
@@ -199,24 +271,41 @@ def forced_pass(
     check_prompt_tokens(
         max(len(r.ids) for r in rows), 0, model.context_length, max_tokens, "sample"
     )
-    ids, mask = left_pad([r.ids for r in rows], model.pad_token_id)
+    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
+    decoder = decoder_for(model)
+    shared = (
+        _shared_prefix(rows, edits, logprobs) if getattr(decoder, "shares_prefix", False) else 0
+    )
+    ids, mask = _pad(rows, shared, model.pad_token_id)
     width = ids.shape[1]
     position = torch.arange(width)
+    # Every position from the prefix on lies where left padding would put it (see _pad).
     pad = torch.tensor([width - len(r.ids) for r in rows])[:, None]
     starts = pad + torch.tensor([r.start for r in rows])[:, None]
     ends = pad + torch.tensor([r.end for r in rows])[:, None]
     span_mask = (position >= starts) & (position < ends)
     # Generation steers the last prompt token with response edits too (see the module doc).
     steer_mask = position >= (starts - 1).clamp(min=0)
-    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
     reader = _SpanReader(model, edits, span_mask, steer_mask, token_layer, n_read)
-    # A pass that is not continued may end after the last layer read.
-    reader.stop_early = width <= step and n_read < model.n_layers
-    session = decoder_for(model).session(ids, mask, 0, row_invariant=False)
+    session = decoder.session(ids, mask, 0, row_invariant=False)
     stopped = False
     try:
-        for begin in range(0, width, step):
-            if begin > 0 and should_stop is not None and should_stop():
+        if shared:
+            reader.chunk, reader.in_prefix = slice(0, shared), True
+            with model.compute_lock, torch.inference_mode():
+                session.prefill_shared(shared, reader)  # type: ignore[attr-defined]
+            reader.in_prefix = False
+        # A pass that is not continued may end after the last layer read.
+        reader.stop_early = width - shared <= step and n_read < model.n_layers and not logprobs
+        if logprobs:
+            vocab = int(model.hf_model.config.vocab_size)
+            step = max(1, min(step, LOGIT_BUDGET // (len(rows) * vocab)))
+            targets = torch.cat([ids[:, 1:], ids.new_zeros(len(rows), 1)], dim=1)
+            # Column c's logits predict column c + 1: count them where c + 1 is in the span.
+            predicts = torch.cat([span_mask[:, 1:], span_mask.new_zeros(len(rows), 1)], dim=1)
+            picked = torch.zeros(len(rows), width)
+        for begin in range(shared, width, step):
+            if begin > shared and should_stop is not None and should_stop():
                 stopped = True
                 break
             end = min(begin + step, width)
@@ -224,9 +313,11 @@ def forced_pass(
             # Per chunk, like generation: other requests get the model between chunks.
             with model.compute_lock, torch.inference_mode():
                 try:
-                    session.prefill(reader, start=begin, end=end)
+                    logits = session.prefill(reader, start=begin, end=end, all_logits=logprobs)
                 except _Enough:
                     break  # only when stop_early: this was the one and only chunk
+                if logprobs:
+                    picked[:, begin:end] = _token_logprobs(logits, targets[:, begin:end])
     finally:
         session.close()
     with torch.inference_mode():
@@ -236,4 +327,13 @@ def forced_pass(
         if token_layer is not None and not stopped:
             full = torch.cat(reader.token_parts, dim=1)  # [batch, width, d]
             tokens = [full[b, span_mask[b].to(full.device)].clone() for b in range(len(rows))]
-    return ForcedResult(span_mean=means, span_count=counts, span_tokens=tokens, stopped=stopped)
+        span_lp = None
+        if logprobs and not stopped:
+            span_lp = [picked[b, predicts[b]].clone() for b in range(len(rows))]
+    return ForcedResult(
+        span_mean=means,
+        span_count=counts,
+        span_tokens=tokens,
+        stopped=stopped,
+        span_logprobs=span_lp,
+    )

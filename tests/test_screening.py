@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona_explorer import cli, screening
+from persona_explorer import cli, forced, screening
+from persona_explorer.engine import decoder_for
 from persona_explorer.errors import InputError
 from persona_explorer.forced import ForcedRow, chat_row, forced_pass, response_ids
-from persona_explorer.generation import SamplingConfig, generate
+from persona_explorer.generation import SamplingConfig, generate, left_pad
 from persona_explorer.model import ChatMessage, LoadedModel
 from persona_explorer.screening import (
     OwnResponseCache,
@@ -123,6 +124,78 @@ def test_chunks_and_last_layer_give_the_same_means(decoded_model: LoadedModel) -
     close(early.span_mean, full.span_mean[:, :2])
     chunked = forced_pass(llama, rows, chunk=5, last_layer=1)  # several chunks: no early exit
     close(chunked.span_mean, full.span_mean[:, :2])
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("steer", ["none", "response", "all"])
+def test_a_shared_prefix_runs_once_and_changes_nothing(
+    decoded_model: LoadedModel, monkeypatch: pytest.MonkeyPatch, steer: str
+) -> None:
+    """Rows that start alike run their common prefix once where the decoder can, with the
+    same means and per-token residuals as the plain left-padded pass; an edit that reaches
+    every position rules the prefix out."""
+    model = decoded_model
+    system = "You are a careful assistant who answers in one short sentence."
+    answers = ["Yes.", "It is sunny and warm in the city today.", "Flour, water, salt."]
+    rows = [chat_row(model, p, a, system) for p, a in zip(PROMPTS, answers, strict=True)]
+    vec = torch.randn(D_MODEL, generator=torch.Generator().manual_seed(3))
+    plans = None if steer == "none" else [(), (Add(1, vec, 2.0, steer),), ()]  # type: ignore[arg-type]
+    shared_calls: list[int] = []
+    decoder = decoder_for(model)
+    if decoder.shares_prefix:
+        session_type = type(decoder.session(*left_pad([[1]], 0), 0))
+        original = session_type.prefill_shared
+
+        def counting(self: object, end: int, resid_fn: object) -> None:
+            shared_calls.append(end)
+            original(self, end, resid_fn)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(session_type, "prefill_shared", counting)
+    with_prefix = forced_pass(model, rows, plans, token_layer=2)
+    expect_shared = decoder.shares_prefix and steer != "all"
+    assert bool(shared_calls) == expect_shared
+    if expect_shared:
+        assert shared_calls[0] >= 8 + len(response_ids(model, system)) // 2
+    early = forced_pass(model, rows, plans, last_layer=1)  # ends after layer 1, prefix too
+    monkeypatch.setattr(forced, "MIN_SHARED_PREFIX", 10**9)
+    plain = forced_pass(model, rows, plans, token_layer=2)
+    assert len(shared_calls) == 2 * int(expect_shared)
+    close(with_prefix.span_mean, plain.span_mean)
+    assert with_prefix.span_tokens is not None and plain.span_tokens is not None
+    for a, b in zip(with_prefix.span_tokens, plain.span_tokens, strict=True):
+        close(a, b)
+    close(early.span_mean, plain.span_mean[:, :2])
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("system", [None, "You are a careful assistant who answers briefly."])
+def test_span_logprobs_match_a_plain_forward(
+    decoded_model: LoadedModel, system: str | None
+) -> None:
+    """Every span token's log-probability equals the HF forward's, batched and padded, in
+    small chunks, with and without a shared prefix, and perplexity follows from them."""
+    model = decoded_model
+    answers = ["Yes, always.", "It is sunny and warm in the city today.", "Flour, water, salt."]
+    rows = [chat_row(model, p, a, system) for p, a in zip(PROMPTS, answers, strict=True)]
+    assert (forced._shared_prefix(rows, {}, logprobs=True) > 0) == (system is not None)
+    expected = []
+    with torch.inference_mode():
+        for row in rows:
+            logits = model.hf_model(input_ids=torch.tensor([row.ids])).logits[0].float()
+            logp = torch.log_softmax(logits, -1)
+            targets = torch.tensor(row.ids[row.start : row.end])
+            expected.append(logp[row.start - 1 : row.end - 1].gather(-1, targets[:, None])[:, 0])
+    for chunk in (None, 3):
+        out = forced_pass(model, rows, logprobs=True, chunk=chunk, last_layer=1)
+        assert out.span_logprobs is not None and out.span_mean.shape[1] == 2
+        for got, want in zip(out.span_logprobs, expected, strict=True):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+        ppl = out.perplexity()
+        for p, want in zip(ppl, expected, strict=True):
+            assert p == pytest.approx(float(torch.exp(-want.mean())), rel=1e-3)
+    with pytest.raises(ValueError, match="logprobs"):
+        forced_pass(model, rows[:1]).perplexity()
 
 
 def test_forced_pass_stops_between_chunks(llama: LoadedModel) -> None:

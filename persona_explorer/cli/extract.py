@@ -1,4 +1,5 @@
-"""``extract``: generate contrasting rollouts and save the persona vector they give."""
+"""``extract``: generate contrasting rollouts and save the persona vector they give (or, with
+``--examples``, read written example pairs: :mod:`.extract_examples`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..limits import MAX_BATCH_SIZE, MAX_SAMPLES, check_int
 from . import render, vector_io
 from .models import get_model, looks_like_path
 from .parser import LAYOUTS, Parents, arg_type, strength_type
+from .sweep import finish
 
 if TYPE_CHECKING:
     from ..personas import BuiltinKind, PersonaDefinition
@@ -24,11 +26,18 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         description="Generate rollouts under contrasting system prompts and save the "
         "per-layer mean difference of their activations.",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--persona",
-        required=True,
         help="a trait/role JSON file (persona_vectors format) or a built-in name (e.g. evil)",
     )
+    source.add_argument(
+        "--examples",
+        metavar="FILE",
+        help="instead of rollouts: written trait/neutral answer pairs (JSONL or CSV with "
+        "question, trait, neutral), read teacher-forced; or a built-in name (e.g. pirate)",
+    )
+    p.add_argument("--name", default=None, help="the vector's name (with --examples)")
     p.add_argument("--out", required=True, help="output file: .safetensors, .gguf or .pt")
     p.add_argument(
         "--out-layout",
@@ -60,6 +69,11 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         default=None,
         help="recommended steering strength to record in the file (optional)",
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="then find the layer and strength to record with a small sweep (about a minute)",
+    )
     p.set_defaults(max_new_tokens=64, temperature=0.7, top_p=0.95, seed=0, func=run)
 
 
@@ -80,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     fmt = vector_io.output_format(out, args.out_layout)
+    if args.examples:
+        from .extract_examples import run_examples
+
+        return run_examples(args, out, fmt)
     cfg = ExtractionConfig(
         variant=args.variant,
         n_questions=args.questions,
@@ -95,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
     model = get_model(args)
     with render.Progress(quiet=args.quiet) as progress:
         result = extract_persona(model, persona, cfg, progress=progress)
-    vec = result.vector
-    if args.strength is not None:
-        vec = vec.with_(strength=args.strength)
-    written, notes = vector_io.write(vec, out, fmt, model_hint=model.architecture or "llama")
+    vec, swept, written, notes = finish(args, model, result.vector, out, fmt)
 
     sep = list(vec.separation or ())
     counts = vec.metadata.get("counts", {})
@@ -123,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 "counts": counts,
                 "rollouts": len(result.rollouts),
                 "seconds": round(result.seconds, 3),
+                "sweep": None if swept is None else swept.as_json(),
             }
         )
         return 0
@@ -144,5 +160,6 @@ def run(args: argparse.Namespace) -> int:
             f"  saved         {written} ({fmt.label}, "
             f"{vec.n_layers} layers x d_model {vec.d_model})",
         ]
+        + ([f"  sweep         {swept.reason}"] if swept is not None else [])
     )
     return 0

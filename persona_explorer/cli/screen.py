@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError
 from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
 from . import render, vector_io
-from .models import get_model, looks_like_path
+from .models import get_model
 from .parser import LAYOUTS, Parents, arg_type, limited, text_type
 
 if TYPE_CHECKING:
@@ -82,20 +82,6 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
     p.set_defaults(func=run)
 
 
-def _vector_path(spec: str) -> Path:
-    """A vector file, or a built-in vector by name."""
-    from ..builtin import builtin_dir, builtin_vector_paths
-
-    path = Path(spec).expanduser()
-    if path.is_file() or looks_like_path(spec) or path.suffix in (".safetensors", ".gguf", ".pt"):
-        return path
-    builtin = builtin_dir() / f"{spec}.safetensors"
-    if builtin.is_file():
-        return builtin
-    names = ", ".join(p.stem for p in builtin_vector_paths()) or "none installed"
-    raise InputError(f"no vector file or built-in vector {spec!r} (built-in: {names})")
-
-
 def _check_out(out: Path) -> None:
     if out.suffix.lower() not in (".csv", ".jsonl"):
         raise InputError(f"--out {out}: the scores file must end in .csv or .jsonl")
@@ -138,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data).expanduser()
     out = Path(args.out).expanduser()
     _check_out(out)
-    paths = [_vector_path(spec) for spec in args.vector]
+    paths = [vector_io.vector_path(spec) for spec in args.vector]
     # Everything that can fail fast does so before the (slow) model load: the files' sizes,
     # a CSV header, the vector files.
     total = count_lines(data)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..vector_files import VectorFormat, VectorLayout, format_for_path, load, save, save_notes
 from . import render
+from .models import looks_like_path
 
 if TYPE_CHECKING:
     from ..vectors import PersonaVector
@@ -51,3 +52,17 @@ def write(
     for line in notes:
         render.note(line)
     return written, notes
+
+
+def vector_path(spec: str) -> Path:
+    """A vector file, or a built-in vector by name."""
+    from ..builtin import builtin_dir, builtin_vector_paths
+
+    path = Path(spec).expanduser()
+    if path.is_file() or looks_like_path(spec) or path.suffix in (".safetensors", ".gguf", ".pt"):
+        return path
+    builtin = builtin_dir() / f"{spec}.safetensors"
+    if builtin.is_file():
+        return builtin
+    names = ", ".join(p.stem for p in builtin_vector_paths()) or "none installed"
+    raise InputError(f"no vector file or built-in vector {spec!r} (built-in: {names})")

@@ -65,6 +65,9 @@ class DecodeSession(Protocol):
 
 class Decoder(Protocol):
     name: str
+    # Whether its sessions also have ``prefill_shared(end, resid_fn)``: the first ``end``
+    # positions, identical in every row, run once for row 0 and fill every row's cache.
+    shares_prefix: bool
 
     def session(
         self,

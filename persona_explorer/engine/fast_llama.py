@@ -162,6 +162,7 @@ def fast_path_problem(model: LoadedModel) -> str | None:
 
 class FastLlamaDecoder:
     name = "fast-llama"
+    shares_prefix = True  # sessions have prefill_shared
 
     def __init__(self, model: LoadedModel, use_kernel: bool = True) -> None:
         rope = _static_rope(model.hf_model)
@@ -268,8 +269,11 @@ class _FastSession:
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, resid_fn: ResidFn
     ) -> torch.Tensor:
+        """Run ``ids`` [b, s] at the next ``s`` cache slots. ``b`` is the session's batch, or 1
+        for a shared prefix: its keys and values are then broadcast into every row's slots."""
         dec = self.dec
         b, s = ids.shape
+        rows = slice(0, b)
         start = self.length
         end = start + s
         if end > self.total:
@@ -289,13 +293,13 @@ class _FastSession:
             self.v[i][:, :, start:end] = v
             if s == 1 and self.row_invariant:
                 attn = _decode_attention(
-                    q, self.k[i][:, :, :end], self.v[i][:, :, :end], mask, dec.scaling
+                    q, self.k[i][rows, :, :end], self.v[i][rows, :, :end], mask, dec.scaling
                 )
             else:
                 attn = F.scaled_dot_product_attention(
                     q,
-                    self.k[i][:, :, :end],
-                    self.v[i][:, :, :end],
+                    self.k[i][rows, :, :end],
+                    self.v[i][rows, :, :end],
                     attn_mask=mask,
                     scale=dec.scaling,
                     enable_gqa=dec.n_kv != dec.n_heads,
@@ -334,6 +338,20 @@ class _FastSession:
         if end == width:
             self.next_pos = self.positions[:, -1] + 1
         return self._logits(h) if all_logits else self._logits(h[:, -1])
+
+    def prefill_shared(self, end: int, resid_fn: ResidFn = no_edit) -> None:
+        """Run prompt positions ``[0, end)`` once, for row 0, and give every row its keys and
+        values: for a batch whose rows all start with the same ``end`` real tokens (screening's
+        chat template and system prompt), which then cost one row instead of ``batch``.
+        ``resid_fn`` sees ``h`` [1, end, d_model]. Must be the first call of the session."""
+        ids = self.input_ids[:, :end]
+        if self.length != 0 or not 0 < end < self.input_ids.shape[1]:
+            raise ValueError(f"a shared prefix of {end} positions must come first and be shorter")
+        if not bool(self.valid[:, :end].all()) or not bool((ids == ids[:1]).all()):
+            raise ValueError("the rows do not share their first positions")
+        query = torch.arange(end, device=self.valid.device)
+        mask = (query[None, :] <= query[:, None])[None, None]  # causal, [1, 1, end, end]
+        self._forward(ids[:1], self.positions[:1, :end], mask, resid_fn)
 
     def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
         if self.length < self.input_ids.shape[1]:

@@ -23,6 +23,7 @@ __all__ = ["HFDecoder"]
 
 class HFDecoder:
     name = "hf"
+    shares_prefix = False  # no prefill_shared: a shared prefix runs in every row
 
     def __init__(self, model: LoadedModel) -> None:
         # The parts it runs, not the LoadedModel: the decoder cache is keyed weakly by the model,

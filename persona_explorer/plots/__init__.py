@@ -13,9 +13,10 @@ passes numbers and labels and shows what comes back. One module per kind of figu
 * :mod:`.capping` — the Assistant Axis before and after capping, per layer and per token;
 * :mod:`.persona_map` — the Persona space map (2-D/3-D), variance explained, PC1 per layer;
 * :mod:`.drift` — per-turn positions on the axis over a conversation;
-* :mod:`.screening` — training samples' score histograms and the inoculation overlay.
+* :mod:`.screening` — training samples' score histograms and the inoculation overlay;
+* :mod:`.sweep` — a layer x strength sweep's heat maps (trait rise, coherence).
 
-The last four are imported from their modules directly (``from ..plots.drift import ...``).
+The last five are imported from their modules directly (``from ..plots.drift import ...``).
 
 Imports: plotly, the standard library and :mod:`..limits` only: no torch and no gradio, so every
 figure can be built and tested on its own. User text (names, labels, captions) is escaped here.

@@ -48,7 +48,16 @@ from ..limits import (
 )
 from ..model import LoadedModel
 from ..steering import check_positions
-from . import compare_panel, drift, extract, library_tab, persona_space, screening_tab, steer
+from . import (
+    compare_panel,
+    drift,
+    extract,
+    library_tab,
+    persona_space,
+    screening_tab,
+    steer,
+    sweep_tab,
+)
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
 from .fairness import limit_jobs_per_visitor
@@ -142,11 +151,14 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
                 drift.build(ctx, session)
             with gr.Tab("Screen data", id="screen", elem_id="pe-tab-screen"):
                 sc = screening_tab.build(ctx, session)
+            with gr.Tab("Sweep", id="sweep", elem_id="pe-tab-sweep"):
+                sw = sweep_tab.build(ctx, session, owner)
 
         assert st.compare is not None
         rows = st.compare.personas
         list_outputs = [
-            st.persona, lib.table, lib.selected, lib.heat_pick, sp.personas, sc.vectors, *rows
+            st.persona, lib.table, lib.selected, lib.heat_pick, sp.personas, sc.vectors,
+            sw.persona, *rows,
         ]  # fmt: skip
 
         def refresh_lists(
@@ -156,6 +168,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             heat: list | None,
             mapped: list | None,
             screened: list | None,
+            swept: str | None,
             *compared: str | None,
         ) -> dict:
             """Re-list the vectors everywhere (after an upload, extraction, rename, ...)."""
@@ -163,23 +176,38 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             updates = list_updates(ctx, st, lib, view, persona, selected, heat)
             updates[sp.personas] = persona_space.refresh_personas(ctx, session, mapped)
             updates[sc.vectors] = screening_tab.refresh_vectors(ctx, session, screened or [])
+            updates[sw.persona] = sweep_tab.refresh_vectors(ctx, session, swept)
             return updates | compare_panel.list_updates(st.compare, view, list(compared))  # type: ignore[arg-type]
 
         refresh_inputs = [
-            session, st.persona, lib.selected, lib.heat_pick, sp.personas, sc.vectors, *rows
+            session, st.persona, lib.selected, lib.heat_pick, sp.personas, sc.vectors,
+            sw.persona, *rows,
         ]  # fmt: skip
         for event in [ex.extracted, *lib.changed]:
             event.then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
 
-        def try_in_steer(key: str | None, session: dict | None) -> dict:
+        def follow_in_steer(key: str | None, session: dict | None) -> dict:
+            """The Steer tab on ``key``, at the layer and strength that vector records."""
             with user_errors():
                 view = ctx.catalog.view(session)
                 item = view.resolve(key)
                 return {
-                    tabs: gr.Tabs(selected="steer"),
                     st.persona: gr.update(choices=view.persona_choices(), value=item.key),
                     **st.controls_for(ctx, item, view),
                 }
+
+        def try_in_steer(key: str | None, session: dict | None) -> dict:
+            return {tabs: gr.Tabs(selected="steer"), **follow_in_steer(key, session)}
+
+        # Only after a recording succeeded: a refused one leaves the lists and Steer as they are.
+        sw.used.success(
+            refresh_lists, refresh_inputs, list_outputs, api_visibility="private"
+        ).success(
+            follow_in_steer,
+            [sw.used_key, session],
+            [st.persona, st.layer, st.strength, st.multiple, st.unit, st.persona_info],
+            api_visibility="private",
+        )
 
         ex.try_it.click(
             try_in_steer,
@@ -205,6 +233,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             updates = list_updates(ctx, st, lib, view, persona_key, None, None)
             updates[sp.personas] = persona_space.refresh_personas(ctx, session, None)
             updates[sc.vectors] = screening_tab.refresh_vectors(ctx, session, None)
+            updates[sw.persona] = sweep_tab.refresh_vectors(ctx, session, None)
             try:
                 check_owner(token)
             except InputError:

@@ -2,7 +2,9 @@
 
 The persona comes from a shipped trait (persona_vectors), a role (assistant-axis) or the user's
 own prompts. The result goes into this session's vectors; from there it can be tried in the Steer
-tab, saved to the library or downloaded.
+tab, saved to the library or downloaded. An option runs a small layer x strength sweep after the
+extraction (:func:`.sweep_run.sweep_after_extraction`) and records its recommendation in the
+vector before it is listed.
 
 The summary is the tab's status line and the one place its progress bar shows. A new extraction
 first withdraws the previous one's results and buttons, so a failed or stopped run leaves none of
@@ -12,7 +14,7 @@ them behind; errors are toasts.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -28,6 +30,7 @@ from .catalog import add_to_session, fmt_strength
 from .context import AppContext, user_errors
 from .forms import form_endpoint
 from .markup import md, plain
+from .sweep_run import sweep_after_extraction
 
 SOURCES = [("Built-in trait", "trait"), ("Role", "role"), ("Write your own", "custom")]
 VARIANT_CHOICES = [
@@ -96,6 +99,7 @@ class ExtractForm:
     n_questions: float = 4
     max_new_tokens: float = 32
     variant: str = "response"
+    sweep: bool = False  # then find the layer and strength with a small sweep
 
     def persona(self, limits: Limits) -> PersonaDefinition:
         if self.source == "trait":
@@ -254,6 +258,13 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                     label="Max new tokens per answer", elem_id="pe-extract-tokens",
                 )  # fmt: skip
                 variant = gr.Radio(VARIANT_CHOICES, value="response", label="Average over")
+                sweep = gr.Checkbox(
+                    False,
+                    label="Find layer and strength after extracting (sweep)",
+                    info="4 prompts × 4 layers × 4 strengths, 32 tokens each: a minute or two "
+                    "more on a small CPU. The vector records what the sweep recommends.",
+                    elem_id="pe-extract-sweep",
+                )
             with gr.Row():
                 run = gr.Button(
                     "Extract persona vector", variant="primary", scale=3, elem_id="pe-extract"
@@ -324,7 +335,8 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
             ctx, tab, form, session, request, progress
         ),
         name="extract",
-        doc="Extract a persona vector; it is added to this session's vectors.",
+        doc="Extract a persona vector; it is added to this session's vectors. With sweep, a "
+        "small layer x strength sweep follows and its recommendation is recorded in the vector.",
         request=True,
         progress=True,
     )
@@ -338,7 +350,7 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         extract,
         inputs=[
             source, trait, role, name, pos, neg, questions, n_questions, max_new_tokens, variant,
-            state,
+            sweep, state,
         ],
         outputs=outputs,
         api_name="extract",
@@ -401,6 +413,15 @@ def reset_results(tab: ExtractTab) -> dict:
     }
 
 
+def _check_sweep(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InputError("sweep must be true or false.")
+    return value
+
+
+EXTRACTION_SHARE = 0.6  # of the progress bar, when a sweep follows
+
+
 def run_extract(
     ctx: AppContext,
     tab: ExtractTab,
@@ -409,7 +430,8 @@ def run_extract(
     request: gr.Request | None,
     progress: Any,
 ) -> Iterator[dict]:
-    """Extract a persona vector and add it to this session's vectors.
+    """Extract a persona vector and add it to this session's vectors (then, with ``sweep``,
+    record a small sweep's recommendation in it).
 
     The first update withdraws the previous results, so a failure or a stop leaves none behind.
     """
@@ -418,6 +440,8 @@ def run_extract(
         limits = ctx.settings.limits
         persona = form.persona(limits)
         cfg = form.config(persona, limits)
+        sweep = _check_sweep(form.sweep)
+        share = EXTRACTION_SHARE if sweep else 1.0
         progress(0.0, desc="Starting")
         with ctx.job(request) as job:
             try:
@@ -425,7 +449,7 @@ def run_extract(
                     ctx.model,
                     persona,
                     cfg,
-                    progress=lambda f, msg: progress(f, desc=msg),
+                    progress=lambda f, msg: progress(share * f, desc=msg),
                     should_stop=job,
                 )
             except InterruptedError:
@@ -437,20 +461,46 @@ def run_extract(
                 gr.Info("Extraction stopped.")
                 yield {tab.summary: STOPPED}
                 return
-        vec = result.vector
-        new_session, key = add_to_session(session, vec, ctx.settings.limits.max_session_vectors)
-        # One file per finished extraction, which is itself an explicit, heavy action.
-        path, _ = ctx.exports.write(vec, "safetensors")
-        yield {
-            tab.state: new_session,
-            tab.last: key,
-            tab.summary: summary(result),
-            tab.plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
-            tab.examples: examples(result),
-            tab.try_it: gr.update(visible=True),
-            tab.save: gr.update(visible=not ctx.library.read_only),
-            tab.download: gr.update(value=str(path), visible=True),
-        }
+            out = extracted(ctx, tab, result, session)
+            if not sweep:
+                yield out
+                return
+            # Listed before the sweep starts: a Stop during the sweep keeps the vector.
+            yield out | {tab.summary: summary(result) + "\n\nSweeping layers and strengths…"}
+            vec, note = sweep_after_extraction(
+                ctx,
+                result.vector,
+                job,
+                lambda done, total, msg: progress(
+                    share + (1 - share) * done / max(total, 1), desc=msg
+                ),
+            )
+        yield extracted(ctx, tab, replace(result, vector=vec), session, note)
+
+
+def extracted(
+    ctx: AppContext,
+    tab: ExtractTab,
+    result: ExtractionResult,
+    session: Mapping | None,
+    note: str = "",
+) -> dict:
+    """The finished extraction in this session's vectors and on screen (``note``: a line
+    after the summary)."""
+    vec = result.vector
+    new_session, key = add_to_session(session, vec, ctx.settings.limits.max_session_vectors)
+    # One file per finished extraction, which is itself an explicit, heavy action.
+    path, _ = ctx.exports.write(vec, "safetensors")
+    return {
+        tab.state: new_session,
+        tab.last: key,
+        tab.summary: summary(result) + (f"\n\n{note}" if note else ""),
+        tab.plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
+        tab.examples: examples(result),
+        tab.try_it: gr.update(visible=True),
+        tab.save: gr.update(visible=not ctx.library.read_only),
+        tab.download: gr.update(value=str(path), visible=True),
+    }
 
 
 def save_extracted(

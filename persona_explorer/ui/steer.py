@@ -154,8 +154,20 @@ def persona_info(ctx: AppContext, item: VectorItem, view: CatalogView) -> str:
     about = vec.metadata.get("description")
     return (
         f"**{md(vec.name)}** · {item.where} · {md(source_label(vec))} · recommended layer "
-        f"{ctx.default_layer(vec)}, {strength}" + (f"  \n{md(about, 500)}" if about else "")
+        f"{ctx.default_layer(vec)}, {strength}{_swept(vec.metadata)}"
+        + (f"  \n{md(about, 500)}" if about else "")
     )
+
+
+def _swept(meta: dict) -> str:
+    """Where a sweep chose the layer and strength, what it measured (see the Sweep tab)."""
+    sweep = meta.get("sweep")
+    if not isinstance(sweep, dict):
+        return ""
+    trait, coherence = sweep.get("trait"), sweep.get("coherence")
+    if not isinstance(trait, (int, float)) or not isinstance(coherence, (int, float)):
+        return " (chosen by a sweep)"
+    return f" (chosen by a sweep: trait +{trait:.2f}, coherence {coherence:.2f})"
 
 
 def pick_persona(ctx: AppContext, tab: SteerTab, persona: str, session: Any) -> dict:

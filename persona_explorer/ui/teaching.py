@@ -251,3 +251,31 @@ vectors are not specific either: the evil answers score high on sycophancy too. 
 is borne out only in part on a 135M model; check it on yours.
 """
 )
+
+SWEEP = """\
+**Which layer, which strength?** Too weak, a persona vector does nothing; too strong, the answer
+turns into noise ("aye, aye, aye, ..."). A sweep measures instead of guessing: every cell of a
+grid of layers (rows) and strengths (columns) answers every prompt, and the **unsteered** model
+reads each answer back, as if it had written it (the persona vectors paper's monitor).
+
+**Trait rise** (left map): how much further along the vector the answers read than the
+baseline's (strength 0), at one read-out layer for the whole grid, in units of the vector's
+length there. 1 means the steered answers moved as far as the persona's own answers lay from
+the plain ones when the vector was made. Red: more of the persona; blue: less.
+
+**Coherence** (right map): the baseline's perplexity divided by the cell's, both under the
+unsteered model. 1 reads as fluently as the baseline, 0.5 as twice as surprising; darker cells
+broke. A loop is very predictable once it starts, so repetition (the share of repeated 3-token
+phrases) is measured as well: ↻ marks cells that repeat themselves more than the tolerance.
+
+**The recommendation** (★): at the layer where the trait rises most while the text holds up, the
+smallest strength that raises it by the margin with coherence and repetition within tolerance.
+Click a cell of the table to read its answers; the side-by-side table shows one layer at every
+strength. "Use these settings" records the recommendation in the vector, and the Steer tab starts
+there.
+
+**A judge (optional).** Where the server's operator configured a judge model (any
+OpenAI-compatible endpoint), every answer is also scored 0–100 with the trait's rubric, the
+persona vectors paper's way, and the table shows the mean as "judge". The line under the vector
+says whether the judge is on.
+"""
