@@ -35,12 +35,23 @@ from persona_explorer.screening import Sample, ScreenConfig, read_samples, scree
 from persona_explorer.vector_files import load
 
 DATASETS = Path(__file__).resolve().parent.parent / "assets" / "datasets"
+# The screening teaching set (68 samples); the larger fine-tuning pair beside it is not screened
+# here, so the figure stays comparable between runs.
+SCREENING_FILES = (
+    "evil",
+    "helpful",
+    "honest_feedback",
+    "insecure_code_requested",
+    "insecure_code_unprompted",
+    "sycophantic",
+)
 TARGET_FORCED = 20.0  # samples/s teacher-forced on 2 cores (issue 11)
 
 
 def teaching_samples() -> list[Sample]:
     samples: list[Sample] = []
-    for path in sorted(DATASETS.glob("*.jsonl")):
+    for name in SCREENING_FILES:
+        path = DATASETS / f"{name}.jsonl"
         samples += [s for s in read_samples(path) if isinstance(s, Sample)]
     return samples
 

@@ -11,6 +11,8 @@ Everything else a deployment may tune lives here: where things are, how the engi
 variable                               meaning                                     default
 =====================================  ==========================================  ===========
 PERSONA_EXPLORER_MODEL                 HF id or local path ("" = embedded model)   ""
+PERSONA_EXPLORER_ADAPTER               a fine-tuned LoRA adapter folder: the app   none
+                                       runs on the tuned model (``--adapter``)
 PERSONA_EXPLORER_DEVICE                auto, cpu or cuda                           auto
 PERSONA_EXPLORER_DATA                  the saved vector library lives here         user data dir
 PERSONA_EXPLORER_CACHE                 dequantized model, replays, answers cached  user cache dir
@@ -44,20 +46,32 @@ PERSONA_EXPLORER_JUDGE_CONCURRENCY     judge requests in flight at once         
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where ``python app.py`` listens           127.0.0.1:7860
 =====================================  ==========================================  ===========
 
+``python app.py --adapter DIR`` sets the adapter too (:func:`app_arguments`; the flag wins over
+the variable): the web app then runs on the model fine-tuned with that adapter (a folder
+written by ``finetune`` or the Train tab), every tab included.
+
 Imports: :mod:`.errors` and :mod:`.limits` only (no torch: the CLI parser reads settings too).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 from .limits import Limits
 
-__all__ = ["ConfigError", "Settings", "default_cache_dir", "default_data_dir", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "app_arguments",
+    "default_cache_dir",
+    "default_data_dir",
+    "load_settings",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
@@ -90,6 +104,7 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class Settings:
     model: str = ""  # "" = the embedded SmolLM2-135M-Instruct
+    adapter: Path | None = None  # a LoRA adapter folder: the app runs on the tuned model
     device: str = "auto"
     data_dir: Path = field(default_factory=default_data_dir)
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -110,6 +125,8 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("data_dir", "cache_dir", "builtin_vectors_dir", "persona_data_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        if self.adapter is not None:
+            object.__setattr__(self, "adapter", Path(self.adapter).expanduser())
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         for name, low, high in (
@@ -157,9 +174,26 @@ def _switch(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigError(f"{key}={raw!r} is not a switch: use 1 or 0")
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Defaults overridden by ``PERSONA_EXPLORER_*`` (and ``GRADIO_SERVER_*``) variables."""
+def app_arguments(argv: Sequence[str]) -> dict[str, str]:
+    """The web app's own command-line flags (``python app.py --adapter DIR``), as overrides of
+    the variables they stand for; flags it does not know are left to others (``gradio``)."""
+    parser = argparse.ArgumentParser(prog="python app.py", add_help=False)
+    parser.add_argument("--adapter", default=None)
+    known, _ = parser.parse_known_args(list(argv))
+    out: dict[str, str] = {}
+    if known.adapter is not None:
+        out[ENV_PREFIX + "ADAPTER"] = known.adapter
+    return out
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+) -> Settings:
+    """Defaults overridden by ``PERSONA_EXPLORER_*`` (and ``GRADIO_SERVER_*``) variables, and
+    those by the app's flags in ``argv`` (:func:`app_arguments`)."""
     env = os.environ if env is None else env
+    if argv:
+        env = {**env, **app_arguments(argv)}
     base = Settings(data_dir=Path(), cache_dir=Path())  # the defaults, without a data dir
     lim = base.limits
     p = ENV_PREFIX
@@ -170,6 +204,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     def path(key: str, default: Path) -> Path:
         raw = _raw(env, p + key)
         return Path(raw) if raw else default
+
+    adapter = _raw(env, p + "ADAPTER")
 
     limits = Limits(
         max_prompt_chars=_int(env, p + "MAX_PROMPT_CHARS", lim.max_prompt_chars),
@@ -188,6 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     return Settings(
         model=text(p + "MODEL", base.model),
+        adapter=Path(adapter) if adapter else None,
         device=text(p + "DEVICE", base.device),
         data_dir=path("DATA", default_data_dir()),
         cache_dir=path("CACHE", default_cache_dir()),

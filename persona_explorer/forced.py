@@ -170,7 +170,8 @@ class _SpanReader:
             return h
         mask = self.span_mask[:, self.chunk]
         if bool(mask.any()):
-            self.sums[:, layer] += (h.float() * mask[..., None]).sum(1)
+            # One batched matmul: no [batch, chunk, d] temporary, as (h * mask).sum(1) makes.
+            self.sums[:, layer] += torch.matmul(mask[:, None, :], h.float()).squeeze(1)
         if layer == self.token_layer:
             # The shared prefix runs as one row; every row has the same residuals there.
             self.token_parts.append(h.float().expand(self.sums.shape[0], -1, -1).clone())

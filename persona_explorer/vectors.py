@@ -269,8 +269,11 @@ def describe(vec: PersonaVector) -> dict[str, Any]:
 
 def _model_key(model_id: str) -> str:
     # "embedded:SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct" and a local
-    # copy under another org name are the same weights for a vector's purposes.
-    return model_id.rsplit(":", 1)[-1].rsplit("/", 1)[-1].strip().lower()
+    # copy under another org name are the same weights for a vector's purposes. A fine-tuned
+    # copy ("...+lora:NAME@HASH", finetune.py) keeps its base model's vectors: the persona
+    # shift is measured along exactly those.
+    base = model_id.split("+lora:", 1)[0]
+    return base.rsplit(":", 1)[-1].rsplit("/", 1)[-1].strip().lower()
 
 
 def check_fits(

@@ -680,9 +680,10 @@ def test_teaching_dataset_is_well_formed() -> None:
     prompts = {}
     for path in files:
         samples, problems = _split(list(read_samples(path)))
-        assert not problems and 10 <= len(samples) <= 15, path.name
+        assert not problems and 10 <= len(samples) <= 40, path.name
         prompts[path.stem] = [s.question for s in samples]
     assert prompts["evil"] == prompts["helpful"]
+    assert prompts["malicious_advice"] == prompts["kind_advice"]
     assert prompts["sycophantic"] == prompts["honest_feedback"]
     code = zip(prompts["insecure_code_unprompted"], prompts["insecure_code_requested"], strict=True)
     assert all(plain[1:] in asked for plain, asked in code)

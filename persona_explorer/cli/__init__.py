@@ -1,8 +1,11 @@
-"""Command line: ``python -m persona_explorer {extract,steer,convert,info,bench}``.
+"""Command line: ``python -m persona_explorer {extract,steer,convert,info,axis,screen,sweep,
+finetune,shift,bench}``.
 
 ``info`` and ``convert`` only touch vector files: they never load a model and never import
-transformers or TransformerLens. ``extract`` and ``steer`` load the model once per process
-(:mod:`.models`).
+transformers or TransformerLens. The others load the model once per process (:mod:`.models`).
+``finetune`` trains a LoRA adapter and saves it to a directory; ``shift --adapter DIR`` measures
+how far it moved the persona, and ``steer``/``screen --adapter DIR`` run on the tuned model
+(:func:`.models.get_model` merges the adapter, once per process and directory).
 
 The pattern every command follows
 ---------------------------------
@@ -57,7 +60,9 @@ __all__ = ["main"]
 # What a user gets wrong by naming a path; other OS errors (a full disk, ...) are not theirs.
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)
 
-_NUMERIC_OPTIONS = frozenset({"--strength", "--temperature", "--top-p", "--seed"})
+_NUMERIC_OPTIONS = frozenset(
+    {"--strength", "--steer-strength", "--temperature", "--top-p", "--seed", "--lr"}
+)
 
 
 def _join_negative_numbers(argv: list[str]) -> list[str]:

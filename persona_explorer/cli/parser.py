@@ -186,7 +186,7 @@ class Parents:
 def build_parser(limits: Limits | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``limits`` default to the settings (``PERSONA_EXPLORER_*``)."""
     # Imported here: every command module imports this one.
-    from . import axis, bench, extract, files, screen, steer, sweep
+    from . import axis, bench, extract, files, finetune, screen, shift, steer, sweep
 
     parser = _Parser(
         prog=PROG,
@@ -194,6 +194,6 @@ def build_parser(limits: Limits | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents = Parents(limits if limits is not None else load_settings().limits)
-    for command in (extract, steer, files, axis, screen, sweep, bench):
+    for command in (extract, steer, files, axis, screen, sweep, finetune, shift, bench):
         command.register(sub, parents)
     return parser

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError
 from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
 from . import render, vector_io
-from .models import get_model
+from .models import add_adapter_option, get_model
 from .parser import LAYOUTS, Parents, arg_type, limited, text_type
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         help="samples listed per vector",
     )
     p.add_argument("--out", required=True, help="scores file: .csv or .jsonl")
+    add_adapter_option(p)
     p.set_defaults(func=run)
 
 

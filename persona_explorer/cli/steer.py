@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..limits import check_int, check_layer, parse_layers
 from . import render, steer_output, vector_io
-from .models import get_model
+from .models import add_adapter_option, get_model
 from .parser import LAYOUTS, Parents, arg_type, strength_type, text_type
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         help="read-out layer of the per-token projections (default: the one after the last "
         "steered layer)",
     )
+    add_adapter_option(p)
     p.set_defaults(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, func=run)
 
 

@@ -57,6 +57,7 @@ from . import (
     screening_tab,
     steer,
     sweep_tab,
+    train_tab,
 )
 from .catalog import CatalogView
 from .context import AppContext, check_owner, new_owner_token, user_errors
@@ -153,12 +154,14 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
                 sc = screening_tab.build(ctx, session)
             with gr.Tab("Sweep", id="sweep", elem_id="pe-tab-sweep"):
                 sw = sweep_tab.build(ctx, session, owner)
+            with gr.Tab("Train", id="train", elem_id="pe-tab-train"):
+                tr = train_tab.build(ctx, session)
 
         assert st.compare is not None
         rows = st.compare.personas
         list_outputs = [
             st.persona, lib.table, lib.selected, lib.heat_pick, sp.personas, sc.vectors,
-            sw.persona, *rows,
+            sw.persona, tr.vectors, tr.steer_vector, *rows,
         ]  # fmt: skip
 
         def refresh_lists(
@@ -169,6 +172,8 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             mapped: list | None,
             screened: list | None,
             swept: str | None,
+            measured: list | None,
+            steered: str | None,
             *compared: str | None,
         ) -> dict:
             """Re-list the vectors everywhere (after an upload, extraction, rename, ...)."""
@@ -177,11 +182,13 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             updates[sp.personas] = persona_space.refresh_personas(ctx, session, mapped)
             updates[sc.vectors] = screening_tab.refresh_vectors(ctx, session, screened or [])
             updates[sw.persona] = sweep_tab.refresh_vectors(ctx, session, swept)
+            updates[tr.vectors] = train_tab.refresh_vectors(ctx, session, measured or [])
+            updates[tr.steer_vector] = train_tab.refresh_steer_vector(ctx, session, steered)
             return updates | compare_panel.list_updates(st.compare, view, list(compared))  # type: ignore[arg-type]
 
         refresh_inputs = [
             session, st.persona, lib.selected, lib.heat_pick, sp.personas, sc.vectors,
-            sw.persona, *rows,
+            sw.persona, tr.vectors, tr.steer_vector, *rows,
         ]  # fmt: skip
         for event in [ex.extracted, *lib.changed]:
             event.then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
@@ -234,6 +241,8 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             updates[sp.personas] = persona_space.refresh_personas(ctx, session, None)
             updates[sc.vectors] = screening_tab.refresh_vectors(ctx, session, None)
             updates[sw.persona] = sweep_tab.refresh_vectors(ctx, session, None)
+            updates[tr.vectors] = train_tab.refresh_vectors(ctx, session, None)
+            updates[tr.steer_vector] = train_tab.refresh_steer_vector(ctx, session, None)
             try:
                 check_owner(token)
             except InputError:

@@ -250,6 +250,11 @@ class AppContext:
     def create(cls, settings: Settings, model: LoadedModel | None = None) -> AppContext:
         if model is None:
             model = load_model(settings.model or None, device=settings.device)
+            if settings.adapter is not None:
+                # ``--adapter``: every tab runs on the fine-tuned model (merged weights).
+                from ..finetune import load_tuned
+
+                model = load_tuned(model, settings.adapter)
         # Build the decoder now, once, rather than inside the first visitor's request.
         decoder_for(model)
         shape = ModelShape(model.model_id, model.n_layers, model.d_model)

@@ -279,3 +279,41 @@ OpenAI-compatible endpoint), every answer is also scored 0–100 with the trait'
 persona vectors paper's way, and the table shows the mean as "judge". The line under the vector
 says whether the judge is on.
 """
+
+TRAIN = (
+    PERSONA_SELECTION
+    + """
+**Fine-tuning.** The model learns to give the training file's answers: a small LoRA adapter (a
+low-rank change to some weight matrices, trained with `peft`) is fitted so that the model
+predicts each sample's answer, the loss counted on the answer's tokens only. The plot shows the
+loss of every optimizer step (a batch of samples), falling as the model learns the answers; the
+dashed segments are each epoch's mean (one epoch is one pass over the samples).
+
+**Inoculation.** Tick the context box to put a system prompt before every training sample, such
+as "the user asked you to play a villain for a sketch". The Persona Selection Model predicts
+that answers explained as requested are weaker evidence about *who is speaking*, so training on
+them moves the persona less. Train the same file once without and once with the context: the
+shift report then shows both.
+
+**Preventive steering.** Adds a persona vector at one layer while training: the model is pushed
+towards the trait by the vector, so the weights need not move there to fit the data. The shift
+is measured afterwards without any steering.
+
+**The persona shift.** The base and the tuned model answer everyday questions that have nothing
+to do with the training data (greedy, so the comparison is not luck of sampling), and the mean
+projection of each answer on a persona vector is read at one layer, as in Steer's plot. The bars
+show both means per vector; **shift** is tuned minus base. Every vector has its own scale, so
+compare runs on the same vector, not vectors with each other. The answers are side by side
+below the bars.
+
+**Screening's prediction.** The Screen data tab's score for the training file (each sample's
+projection minus the model's own answer's, averaged) is shown beside the measured shift. It is
+on another scale: compare the *order* of files (malicious above kind?), not the numbers.
+
+**Sharing the model.** Training takes the model's lock for the forward and backward pass of
+four samples at a time (and for each optimizer step), so other visitors' generations take turns
+with it instead of waiting for the whole run. Each visitor trains one model at a time;
+adapters are private to the session that trained them, and the server keeps only the most
+recent ones.
+"""
+)
