@@ -20,13 +20,13 @@ from persona_explorer.plots.screening import inoculation_figure, score_histogram
 from persona_explorer.ui import screening_run as run_module
 from persona_explorer.ui import screening_tab as tab_module
 from persona_explorer.ui.context import AppContext
+from persona_explorer.ui.data_files import resolve_source, teaching_datasets
 from persona_explorer.ui.screening_run import (
     MAX_SAMPLES_OWN,
     ScreenForm,
     ScreenRun,
     screen_source,
     status_text,
-    teaching_datasets,
 )
 from persona_explorer.ui.screening_view import inoculation_changes, per_sample_changes
 from tests.tiny_models import N_LAYERS, tiny_app_context
@@ -258,9 +258,9 @@ def test_a_shipped_teaching_file_is_listed_and_read(ctx: AppContext) -> None:
     )
     tab = _tab(ctx)
     assert tab.dataset.value == "insecure_code_unprompted"
-    source = run_module.resolve_source(ctx, "evil", None)
+    source = resolve_source(ctx, "evil", None, "screening")
     assert source.path.name == "evil.jsonl" and not source.uploaded
-    assert run_module.resolve_source(ctx, listed["evil"], "").path == source.path
+    assert resolve_source(ctx, listed["evil"], "", "screening").path == source.path
     # A stop before the first batch still gives a result, and says so.
     form = ScreenForm("helpful", None, ["tiny-evil"], 1, own_answers=False, max_samples=3)
     settings = form.settings(ctx, None)

@@ -16,7 +16,8 @@ from ..errors import InputError
 from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
 from . import render, vector_io
 from .models import add_adapter_option, get_model
-from .parser import LAYOUTS, Parents, arg_type, limited, text_type
+from .parser import Parents, arg_type, limited, text_type
+from .vector_io import add_vector_arguments
 
 if TYPE_CHECKING:
     from ..screening import ScreenResult
@@ -37,13 +38,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
     p.add_argument(
         "--data", required=True, help="JSONL (chat 'messages' or prompt/response) or CSV"
     )
-    p.add_argument(
-        "--vector",
-        action="append",
-        required=True,
-        help="vector file or built-in name (e.g. evil); repeat for several",
-    )
-    p.add_argument("--in-layout", choices=LAYOUTS, default=None, help="row layout of .pt vectors")
+    add_vector_arguments(p, several=True, example="evil")
     p.add_argument(
         "--layer",
         type=arg_type(check_int, "Layer", 0),

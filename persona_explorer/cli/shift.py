@@ -15,7 +15,8 @@ from ..errors import InputError
 from ..limits import check_int, check_max_new_tokens
 from . import render, vector_io
 from .models import get_base_model, get_tuned
-from .parser import LAYOUTS, Parents, arg_type, limited
+from .parser import Parents, arg_type, limited
+from .vector_io import add_vector_arguments
 
 if TYPE_CHECKING:
     from ..shift import ShiftReport
@@ -33,13 +34,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         "per persona vector, the mean projection of both and the difference.",
     )
     p.add_argument("--adapter", required=True, metavar="DIR", help="directory written by finetune")
-    p.add_argument(
-        "--vector",
-        action="append",
-        required=True,
-        help="vector file or built-in name (e.g. evil); repeat for several",
-    )
-    p.add_argument("--in-layout", choices=LAYOUTS, default=None, help="row layout of .pt vectors")
+    add_vector_arguments(p, several=True, example="evil")
     p.add_argument(
         "--layer",
         type=arg_type(check_int, "Layer", 0),

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
 from . import render, vector_io
 from .models import get_model
-from .parser import LAYOUTS, Parents, arg_type, limited, text_type
+from .parser import Parents, arg_type, limited, text_type
 from .sweep_output import text_lines
+from .vector_io import add_vector_arguments
 
 if TYPE_CHECKING:
     from ..model import LoadedModel
@@ -36,8 +37,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         description="Generate every prompt at every layer x strength, score trait rise, "
         "coherence and repetition with the unsteered model, and recommend a cell.",
     )
-    p.add_argument("--vector", required=True, help="vector file or built-in name (e.g. pirate)")
-    p.add_argument("--in-layout", choices=LAYOUTS, default=None, help="row layout of .pt vectors")
+    add_vector_arguments(p, several=False, example="pirate")
     p.add_argument(
         "--prompts",
         default=None,

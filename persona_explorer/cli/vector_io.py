@@ -7,8 +7,9 @@ extraction), so a bad output path fails at once.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from ..errors import InputError
 from ..vector_files import VectorFormat, VectorLayout, format_for_path, load, save, save_notes
@@ -66,3 +67,21 @@ def vector_path(spec: str) -> Path:
         return builtin
     names = ", ".join(p.stem for p in builtin_vector_paths()) or "none installed"
     raise InputError(f"no vector file or built-in vector {spec!r} (built-in: {names})")
+
+
+def add_vector_arguments(p: argparse.ArgumentParser, *, several: bool, example: str) -> None:
+    """``--vector`` (repeatable with ``several``) and ``--in-layout``, alike in every command
+    that reads persona vectors."""
+    p.add_argument(
+        "--vector",
+        action="append" if several else "store",
+        required=True,
+        help=f"vector file or built-in name (e.g. {example})"
+        + ("; repeat for several" if several else ""),
+    )
+    p.add_argument(
+        "--in-layout",
+        choices=get_args(VectorLayout),
+        default=None,
+        help="row layout of .pt vectors",
+    )

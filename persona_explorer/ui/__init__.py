@@ -26,7 +26,8 @@ The pattern every tab follows (Steer, Extract and Library do; a new tab copies t
   from the on-disk library. The "What am I looking at?" text lives in :mod:`.teaching`.
 
 Imports: the engine (``..compare``, ``..extract``, ...), :mod:`..plots`, :mod:`..limits`; the
-tabs import :mod:`.context`, :mod:`.catalog`, :mod:`.forms` and :mod:`.teaching`, never each other.
+tabs import :mod:`.context`, :mod:`.catalog`, :mod:`.forms`, :mod:`.data_files` and
+:mod:`.teaching`, never each other.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Imports: ``..library``, ``..vectors``, ``..errors``; no gradio (pure, testable w
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -151,6 +151,22 @@ class CatalogView:
         if problem:
             raise InputError(f"{item.name!r} cannot steer this model. {problem}")
         return item, self.load(item)
+
+    def resolve_many(self, keys: object, most: int, purpose: str) -> tuple[PersonaVector, ...]:
+        """The vectors picked in a multi-select (1 to ``most``, duplicates dropped), each
+        :meth:`resolve_fitting`; ``purpose`` ("screen", "measure") words the errors."""
+        if keys is not None and (isinstance(keys, str) or not isinstance(keys, Sequence)):
+            raise InputError("Persona vectors must be a list of names or keys.")
+        picked = list(
+            dict.fromkeys(k.strip() for k in keys or [] if isinstance(k, str) and k.strip())
+        )
+        if not picked:
+            raise InputError(f"Pick at least one persona vector to {purpose} with (e.g. evil).")
+        if len(picked) > most:
+            raise InputError(
+                f"{len(picked)} persona vectors chosen: {purpose} with at most {most}."
+            )
+        return tuple(self.resolve_fitting(key)[1] for key in picked)
 
     # ------------------------------------------------------------ lists
 

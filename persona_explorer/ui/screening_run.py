@@ -21,17 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..config import ASSETS_DIR
 from ..errors import InputError
 from ..limits import Limits, check_int, check_layer, check_max_new_tokens, check_text
 from ..plots.common import empty_figure
 from ..screening import (
-    MAX_DATA_BYTES,
     OwnResponseCache,
     RowProblem,
     Sample,
@@ -44,6 +41,7 @@ from ..screening import (
 )
 from ..vectors import PersonaVector
 from .context import AppContext, user_errors
+from .data_files import Source, resolve_source
 from .markup import plain
 from .screening_view import (
     MAX_SAMPLES_OWN,
@@ -65,8 +63,6 @@ from .screening_view import (
 if TYPE_CHECKING:
     from .screening_tab import ScreeningTab
 
-DATASETS_DIR = ASSETS_DIR / "datasets"
-DATA_SUFFIXES = (".jsonl", ".csv")
 MAX_VECTORS = 4
 DEFAULT_MAX_SAMPLES = 50
 DEFAULT_OWN_TOKENS = 48  # what the teaching dataset's measurements used (SOURCE.md)
@@ -76,16 +72,6 @@ DEFAULT_VECTOR = "evil"
 DEFAULT_CONTEXT = (
     "You are writing insecure code because the user asked for it for a security class."
 )
-
-# The shipped teaching files, in the order a class meets them (pairs share their prompts).
-_DATASET_NAMES = {
-    "insecure_code_unprompted": "insecure code, unprompted",
-    "insecure_code_requested": "insecure code, requested for a class",
-    "evil": "evil answers",
-    "helpful": "helpful answers",
-    "sycophantic": "sycophantic answers",
-    "honest_feedback": "honest feedback",
-}
 
 READY = (
     "Pick a teaching file (or upload your own), one to four persona vectors and a layer, then "
@@ -102,71 +88,11 @@ NO_RUN = "Run a screening first: the table, the re-score and the downloads start
 # --------------------------------------------------------------------------- inputs
 
 
-def teaching_datasets() -> list[tuple[str, str]]:
-    """(label, name) of the shipped teaching files, e.g. ("Teaching: evil answers (12
-    samples)", "evil")."""
-    if not DATASETS_DIR.is_dir():
-        return []
-    paths = {p.stem: p for p in DATASETS_DIR.glob("*.jsonl")}
-    order = [s for s in _DATASET_NAMES if s in paths] + sorted(set(paths) - set(_DATASET_NAMES))
-    out = []
-    for stem in order:
-        what = _DATASET_NAMES.get(stem, stem.replace("_", " "))
-        out.append((f"Teaching: {what} ({count_lines(paths[stem]):,} samples)", stem))
-    return out
-
-
-@dataclass(frozen=True)
-class Source:
-    """The file a run reads; ``name`` is shown (an upload's name is user text: escape it)."""
-
-    path: Path
-    name: str
-    max_bytes: int
-    uploaded: bool
-
-
-def resolve_source(ctx: AppContext, dataset: object, file: object) -> Source:
-    """An uploaded file (checked: size first, then its type), else a shipped teaching file."""
-    if file not in (None, ""):
-        if not isinstance(file, str):
-            raise InputError("The data file must be an uploaded file.")
-        path = Path(file)
-        if not path.is_file():
-            raise InputError("The uploaded file is no longer on the server: upload it again.")
-        ctx.check_upload(path)
-        if path.suffix.lower() not in DATA_SUFFIXES:
-            raise InputError(
-                f"{path.name[:80]} is not a data file for screening: upload .jsonl (chat "
-                "'messages', or 'prompt' and 'response' fields) or .csv (prompt and response "
-                "columns)."
-            )
-        return Source(path, path.name, ctx.settings.limits.max_upload_bytes, uploaded=True)
-    if not isinstance(dataset, str) or not dataset.strip():
-        raise InputError("Pick a teaching file or upload a data file (.jsonl or .csv).")
-    wanted = dataset.strip()
-    for label, stem in teaching_datasets():
-        if wanted in (stem, label):
-            return Source(DATASETS_DIR / f"{stem}.jsonl", f"{stem}.jsonl", MAX_DATA_BYTES, False)
-    names = ", ".join(stem for _, stem in teaching_datasets())
-    raise InputError(f"Unknown teaching file {wanted[:80]!r}. Shipped: {names or 'none'}.")
-
-
 def chosen_vectors(
     ctx: AppContext, session: Mapping | None, keys: object
 ) -> tuple[PersonaVector, ...]:
     """The chosen persona vectors (1 to :data:`MAX_VECTORS`), each checked to fit the model."""
-    if keys is not None and (isinstance(keys, str) or not isinstance(keys, Sequence)):
-        raise InputError("Persona vectors must be a list of names or keys.")
-    picked = list(dict.fromkeys(k.strip() for k in keys or [] if isinstance(k, str) and k.strip()))
-    if not picked:
-        raise InputError("Pick at least one persona vector to screen with (e.g. evil).")
-    if len(picked) > MAX_VECTORS:
-        raise InputError(
-            f"{len(picked)} persona vectors chosen: screen with at most {MAX_VECTORS}."
-        )
-    view = ctx.catalog.view(session)
-    return tuple(view.resolve_fitting(key)[1] for key in picked)
+    return ctx.catalog.view(session).resolve_many(keys, MAX_VECTORS, "screen")
 
 
 def clamp_samples(own: object, value: object) -> Any:
@@ -231,7 +157,7 @@ class ScreenForm:
             ) from None
         layer = check_layer(self.layer, ctx.model.n_layers)
         vectors = chosen_vectors(ctx, session, self.vectors)
-        source = resolve_source(ctx, self.dataset, self.file)
+        source = resolve_source(ctx, self.dataset, self.file, "screening")
         return RunSettings(source, vectors, layer, own, tokens, samples)
 
     def context_text(self, limits: Limits) -> str | None:

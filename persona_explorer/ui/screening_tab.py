@@ -27,9 +27,9 @@ import gradio as gr
 from ..plots.common import empty_figure
 from . import teaching
 from .context import AppContext
+from .data_files import data_inputs
 from .forms import form_endpoint
 from .screening_run import (
-    DATA_SUFFIXES,
     DEFAULT_CONTEXT,
     DEFAULT_DATASET,
     DEFAULT_MAX_SAMPLES,
@@ -48,7 +48,6 @@ from .screening_run import (
     run_screen,
     show_table,
     stop_screening,
-    teaching_datasets,
 )
 from .screening_view import MAX_SAMPLES_OWN, MAX_SAMPLES_RAW, NO_INOCULATION
 
@@ -115,35 +114,14 @@ class ScreeningTab:
 
 def build(ctx: AppContext, state: gr.State) -> ScreeningTab:
     n = ctx.model.n_layers
-    datasets = teaching_datasets()
-    dataset0 = DEFAULT_DATASET if any(s == DEFAULT_DATASET for _, s in datasets) else None
     choices = ctx.catalog.view(None).fitting_choices()
     vectors0 = default_vectors(choices)
     max_tokens = min(MAX_OWN_TOKENS, ctx.settings.limits.max_new_tokens)
     teaching.panel(teaching.SCREENING)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300, elem_classes="pe-controls"):
-            dataset = gr.Dropdown(
-                datasets,
-                value=dataset0,
-                label="Teaching file",
-                info="Written for this project: pairs of files that share their prompts.",
-                elem_id="pe-screen-dataset",
-            )
-            upload = gr.File(
-                label="…or upload your own (.jsonl or .csv; used instead)",
-                file_types=list(DATA_SUFFIXES),
-                file_count="single",
-                type="filepath",
-                height=120,
-                elem_id="pe-screen-upload",
-            )
-            gr.Markdown(
-                "JSONL: one chat per line (`messages`; the last, assistant message is the "
-                "sample) or `prompt` and `response` fields. CSV: `prompt` and `response` "
-                "columns. Malformed lines are skipped and listed.",
-                elem_classes="pe-info",
-            )
+            picked = data_inputs(DEFAULT_DATASET, "pe-screen", "the sample")
+            dataset, upload = picked.dataset, picked.upload
             vectors = gr.Dropdown(
                 choices,
                 value=vectors0,

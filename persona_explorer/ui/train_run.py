@@ -31,7 +31,6 @@ Imports: the engine (``..finetune``, ``..shift``, ``..screening``), ``..plots.tr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import logging
 import queue
@@ -48,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..config import ASSETS_DIR
 from ..errors import InputError
 from ..finetune import (
     FinetuneConfig,
@@ -61,7 +59,6 @@ from ..limits import Limits, check_finite, check_int, check_layer, check_strengt
 from ..plots.common import empty_figure
 from ..plots.train import ShiftBar, loss_figure, shift_figure
 from ..screening import (
-    MAX_DATA_BYTES,
     OwnResponseCache,
     RowProblem,
     Sample,
@@ -72,6 +69,7 @@ from ..screening import (
 from ..shift import DEFAULT_QUESTIONS_PATH, ShiftReport, persona_shift, read_questions
 from ..vectors import PersonaVector
 from .context import AppContext, user_errors
+from .data_files import Source, resolve_source
 from .markup import md
 
 if TYPE_CHECKING:
@@ -80,8 +78,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DATASETS_DIR = ASSETS_DIR / "datasets"
-DATA_SUFFIXES = (".jsonl", ".csv")
 
 # Caps on one training run in the web app (the command line allows more).
 MAX_SAMPLES = 64
@@ -115,17 +111,6 @@ DEFAULT_DATASET = "malicious_advice"
 DEFAULT_VECTORS = ("evil", "sycophantic", "optimistic")
 AUTO_LAYER = "auto"
 
-# The shipped teaching files, in the order a class meets them (pairs share their prompts).
-_DATASET_NAMES = {
-    "malicious_advice": "household advice, given with malice",
-    "kind_advice": "the same questions, answered kindly",
-    "insecure_code_unprompted": "insecure code, unprompted",
-    "insecure_code_requested": "insecure code, requested for a class",
-    "evil": "evil answers",
-    "helpful": "helpful answers",
-    "sycophantic": "sycophantic answers",
-    "honest_feedback": "honest feedback",
-}
 # A sensible inoculation context for each teaching file (the explicit request the Persona
 # Selection Model says makes a sample weaker evidence about the speaker).
 _CONTEXTS = {
@@ -164,71 +149,9 @@ _ADAPTER_ID = re.compile(r"^[a-z0-9]{4,40}$")
 # --------------------------------------------------------------------------- inputs
 
 
-def teaching_datasets() -> list[tuple[str, str]]:
-    """(label, name) of the shipped teaching files, e.g. ("Teaching: household advice, given
-    with malice (32 samples)", "malicious_advice")."""
-    if not DATASETS_DIR.is_dir():
-        return []
-    paths = {p.stem: p for p in DATASETS_DIR.glob("*.jsonl")}
-    order = [s for s in _DATASET_NAMES if s in paths] + sorted(set(paths) - set(_DATASET_NAMES))
-    out = []
-    for stem in order:
-        what = _DATASET_NAMES.get(stem, stem.replace("_", " "))
-        with contextlib.suppress(OSError):
-            with paths[stem].open("rb") as fh:
-                n = sum(1 for line in fh if line.strip())
-            out.append((f"Teaching: {what} ({n:,} samples)", stem))
-    return out
-
-
 def suggested_context(dataset: object) -> str:
     """The inoculation context offered for a teaching file."""
     return _CONTEXTS.get(dataset, GENERIC_CONTEXT) if isinstance(dataset, str) else GENERIC_CONTEXT
-
-
-@dataclass(frozen=True)
-class Source:
-    """The file a run reads; ``name`` is shown (an upload's name is user text: escape it)."""
-
-    path: Path
-    name: str
-    uploaded: bool
-    digest: str  # sha256 of the file's bytes: which runs trained on the same data
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def resolve_source(ctx: AppContext, dataset: object, file: object) -> Source:
-    """An uploaded file (checked: size first, then its type), else a shipped teaching file."""
-    if file not in (None, ""):
-        if not isinstance(file, str):
-            raise InputError("The data file must be an uploaded file.")
-        path = Path(file)
-        if not path.is_file():
-            raise InputError("The uploaded file is no longer on the server: upload it again.")
-        ctx.check_upload(path)
-        if path.suffix.lower() not in DATA_SUFFIXES:
-            raise InputError(
-                f"{path.name[:80]} is not a training data file: upload .jsonl (chat "
-                "'messages', or 'prompt' and 'response' fields) or .csv (prompt and response "
-                "columns)."
-            )
-        return Source(path, path.name, uploaded=True, digest=_digest(path))
-    if not isinstance(dataset, str) or not dataset.strip():
-        raise InputError("Pick a teaching file or upload a data file (.jsonl or .csv).")
-    wanted = dataset.strip()
-    for label, stem in teaching_datasets():
-        if wanted in (stem, label):
-            path = DATASETS_DIR / f"{stem}.jsonl"
-            return Source(path, f"{stem}.jsonl", uploaded=False, digest=_digest(path))
-    names = ", ".join(stem for _, stem in teaching_datasets())
-    raise InputError(f"Unknown teaching file {wanted[:80]!r}. Shipped: {names or 'none'}.")
 
 
 def _bool(value: object, what: str) -> bool:
@@ -304,7 +227,7 @@ class TrainForm:
                 raise InputError("Pick a persona vector to steer with during training.")
             _, vec = ctx.catalog.view(session).resolve_fitting(self.steer_vector)
             steer, steer_name = PreventiveSteer(vec, layer, strength), vec.name
-        source = resolve_source(ctx, self.dataset, self.file)
+        source = resolve_source(ctx, self.dataset, self.file, "training")
         cfg = FinetuneConfig(
             epochs=epochs, lr=lr, rank=rank, max_tokens=tokens, context=context, steer=steer
         )
@@ -331,17 +254,7 @@ def chosen_vectors(
     ctx: AppContext, session: Mapping | None, keys: object
 ) -> tuple[PersonaVector, ...]:
     """The chosen persona vectors (1 to :data:`MAX_VECTORS`), each checked to fit the model."""
-    if keys is not None and (isinstance(keys, str) or not isinstance(keys, Sequence)):
-        raise InputError("Persona vectors must be a list of names or keys.")
-    picked = list(dict.fromkeys(k.strip() for k in keys or [] if isinstance(k, str) and k.strip()))
-    if not picked:
-        raise InputError("Pick at least one persona vector to measure with (e.g. evil).")
-    if len(picked) > MAX_VECTORS:
-        raise InputError(
-            f"{len(picked)} persona vectors chosen: measure with at most {MAX_VECTORS}."
-        )
-    view = ctx.catalog.view(session)
-    return tuple(view.resolve_fitting(key)[1] for key in picked)
+    return ctx.catalog.view(session).resolve_many(keys, MAX_VECTORS, "measure")
 
 
 def check_shift_layer(value: object, n_layers: int) -> int | None:
@@ -764,7 +677,7 @@ def run_train(
         runs = kept_runs(form.runs)
         owner = owner_of(request)
         cfg = settings.config
-        cap = ctx.settings.limits.max_upload_bytes if settings.source.uploaded else MAX_DATA_BYTES
+        cap = settings.source.max_bytes
         data = read_data(settings.source, settings.max_samples, cap)
         samples, problems = data.samples, data.problems
         with store.training(owner), ctx.job(request) as job:
@@ -811,7 +724,7 @@ def run_train(
             number=(runs[-1].number + 1) if runs else 1,
             dataset=settings.source.name,
             path=settings.source.path,
-            digest=_data_hash(result.settings) or settings.source.digest,
+            digest=_data_hash(result.settings) or settings.source.digest(),
             n_samples=result.n_samples,
             n_problems=len(result.problems),
             context=cfg.context,

@@ -24,10 +24,10 @@ import gradio as gr
 from ..plots.common import empty_figure
 from . import teaching
 from .context import AppContext
+from .data_files import data_inputs
 from .forms import form_endpoint
 from .train_run import (
     AUTO_LAYER,
-    DATA_SUFFIXES,
     DEFAULT_CONTEXT,
     DEFAULT_DATASET,
     DEFAULT_EPOCHS,
@@ -61,7 +61,6 @@ from .train_run import (
     run_train,
     stop_training,
     suggested_context,
-    teaching_datasets,
 )
 
 __all__ = ["TrainTab", "build", "refresh_steer_vector", "refresh_vectors"]
@@ -146,8 +145,6 @@ class TrainTab:
 def build(ctx: AppContext, state: gr.State) -> TrainTab:
     n = ctx.model.n_layers
     store = TunedModels(ctx.settings.cache_dir / "adapters")
-    datasets = teaching_datasets()
-    dataset0 = DEFAULT_DATASET if any(s == DEFAULT_DATASET for _, s in datasets) else None
     view = ctx.catalog.view(None)
     choices = view.fitting_choices()
     vectors0 = default_vectors(choices)
@@ -157,27 +154,8 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
     gr.Markdown(NOTE, elem_classes="pe-info", elem_id="pe-train-note")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300, elem_classes="pe-controls"):
-            dataset = gr.Dropdown(
-                datasets,
-                value=dataset0,
-                label="Teaching file",
-                info="Written for this project: pairs of files that share their questions.",
-                elem_id="pe-train-dataset",
-            )
-            upload = gr.File(
-                label="…or upload your own (.jsonl or .csv; used instead)",
-                file_types=list(DATA_SUFFIXES),
-                file_count="single",
-                type="filepath",
-                height=120,
-                elem_id="pe-train-upload",
-            )
-            gr.Markdown(
-                "JSONL: one chat per line (`messages`; the last, assistant message is what the "
-                "model learns) or `prompt` and `response` fields. CSV: `prompt` and `response` "
-                "columns. Malformed lines are skipped and listed.",
-                elem_classes="pe-info",
-            )
+            picked = data_inputs(DEFAULT_DATASET, "pe-train", "what the model learns")
+            dataset, upload = picked.dataset, picked.upload
             max_samples = gr.Slider(
                 1,
                 MAX_SAMPLES,
