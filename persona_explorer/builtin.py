@@ -40,15 +40,16 @@ class BuiltinSpec:
 
 BUILTIN: tuple[BuiltinSpec, ...] = (
     # A 135M model barely follows an "evil" system prompt, so its responses differ little; the
-    # last prompt token carries the persona better and steers toward menace, not just apology.
-    BuiltinSpec("evil", "trait", "last", 14, 3.0, "Menacing, relishes harm."),
-    BuiltinSpec("sycophantic", "trait", "response", 14, 6.0, "Flatters the user."),
-    BuiltinSpec("optimistic", "trait", "response", 14, 6.0, "Cheerful, sees the bright side."),
-    BuiltinSpec("pessimistic", "trait", "response", 18, 3.0, "Expects the worst."),
-    BuiltinSpec("formal", "trait", "response", 14, 3.0, "Stiff, formal register."),
-    BuiltinSpec("poetic", "trait", "response", 14, 3.0, "Lyrical, image-rich language."),
-    BuiltinSpec("sarcastic", "trait", "response", 10, 3.0, "Mocking, ironic asides."),
-    BuiltinSpec("pirate", "role", "response", 22, 3.0, "Talks like a pirate captain."),
+    # last prompt token carries the persona better. Layers and strengths below are the sweep's
+    # choices (builtin_check); the README quotes what each one does at them.
+    BuiltinSpec("evil", "trait", "last", 14, 1.32, "Menacing, relishes harm."),
+    BuiltinSpec("sycophantic", "trait", "response", 22, 2.27, "Flatters the user."),
+    BuiltinSpec("optimistic", "trait", "response", 10, 3.1, "Cheerful, sees the bright side."),
+    BuiltinSpec("pessimistic", "trait", "response", 22, 2.36, "Expects the worst."),
+    BuiltinSpec("formal", "trait", "response", 18, 1.5, "Stiff, formal register."),
+    BuiltinSpec("poetic", "trait", "custom", 10, 0.96, "Lyrical, image-rich language.", "examples"),
+    BuiltinSpec("sarcastic", "trait", "custom", 10, 1.44, "Mocking, ironic asides.", "examples"),
+    BuiltinSpec("pirate", "role", "response", 10, 1.9, "Talks like a pirate captain."),
 )
 
 

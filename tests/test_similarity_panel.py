@@ -57,7 +57,7 @@ def test_builtin_statements_lead_with_the_real_top_pair() -> None:
     assert isinstance(fig.data[0], go.Heatmap)
     assert list(fig.data[0].x) == NAMES
     assert "layer 20" in fig.layout.title.text
-    assert statements[0] == "pirate and sarcastic point much the same way (cosine 0.76)."
+    assert statements[0] == "pirate and sycophantic point much the same way (cosine 0.72)."
     assert "formal and pessimistic point in opposite directions (cosine −0.59)." in statements
     assert "optimistic and pessimistic are nearly unrelated (cosine 0.11)." in statements
     # The claim the old text made, and the numbers say is false:
@@ -67,8 +67,8 @@ def test_builtin_statements_lead_with_the_real_top_pair() -> None:
 @pytest.mark.parametrize(
     ("a", "b", "printed"),
     [
-        ("pirate", "sarcastic", "0.76"),
         ("pirate", "sycophantic", "0.72"),
+        ("pessimistic", "pirate", "0.65"),
         ("formal", "pessimistic", "−0.59"),
         ("formal", "pirate", "−0.54"),
         ("optimistic", "pessimistic", "0.11"),
@@ -84,14 +84,14 @@ def test_library_text_numbers_match_the_vectors(at_layer, a: str, b: str, printe
 def test_library_text_claims_hold(at_layer) -> None:
     cos = at_layer[TEXT_LAYER]
     others = [n for n in NAMES if n != "formal"]
-    # "formal points away from every other built-in"
-    assert all(cos["formal", n] <= -0.2 for n in others)
-    # "Every pair without formal has a positive cosine"
+    # "formal points away from every other built-in at this layer"
+    assert all(cos["formal", n] < 0 for n in others)
+    # "Every pair without formal has a positive cosine here"
     assert all(cos[a, b] > 0 for a in others for b in others)
-    # "The picture is much the same from layer 10 to 22"
+    # "From layer 10 to 22 the strongest pair and formal's opposition to pessimistic hold"
     for layer in TEXT_RANGE:
         c = at_layer[layer]
-        assert c["pirate", "sarcastic"] >= 0.5, layer
+        assert c["pirate", "sycophantic"] >= 0.5, layer
         assert abs(c["optimistic", "pessimistic"]) < 0.2, layer
         assert c["formal", "pessimistic"] <= -0.2, layer
     assert "layer 10 to 22" in " ".join(teaching.LIBRARY.split())

@@ -87,14 +87,15 @@ layout is detected from the row count when set to *auto*), or a llama.cpp contro
 unrelated, −1 = opposite. A vector is the difference between answers with and without its
 persona, so it carries everything that changed between them, not only the named trait, and
 names that sound opposite need not point apart. The built-in vectors (for SmolLM2-135M-Instruct,
-at layer 20, where the heat map opens) show it: *pirate* and *sarcastic* point much the same way
-(0.76), as do *pirate* and *sycophantic* (0.72); *formal* points away from every other built-in,
-most of all from *pessimistic* (−0.59) and *pirate* (−0.54); and *optimistic* and *pessimistic*
-are nearly unrelated (0.11), not opposite, even though each was extracted against prompts asking
-for something like the other: steering towards one says little about the other. Every pair
-without *formal* has a positive cosine, so part of what changes when this small model plays any
-character seems to be shared. The picture is much the same from layer 10 to 22. The built-ins'
-heat map and the sentences under it are computed from the shipped files.
+at layer 20, where the heat map opens) show it: *pirate* and *sycophantic* point much the same
+way (0.72), as do *pirate* and *pessimistic* (0.65); *formal* points away from every other
+built-in at this layer, most of all from *pessimistic* (−0.59) and *pirate* (−0.54); and
+*optimistic* and *pessimistic* are nearly unrelated (0.11), not opposite, even though each was
+extracted against prompts asking for something like the other: steering towards one says little
+about the other. Every pair without *formal* has a positive cosine here, so part of what changes
+when this small model plays any character seems to be shared. From layer 10 to 22 the strongest
+pair and *formal*'s opposition to *pessimistic* hold, while the weakest pairs wander around zero.
+The built-ins' heat map and the sentences under it are computed from the shipped files.
 """
 )
 
@@ -161,8 +162,8 @@ only by the cap. With *combine with the persona vector* on, the persona is also 
 Steer tab, alone (steered) and with the cap on top (steered + capped). This is the defence Lu et
 al. (2026) proposed against persona jailbreaks: on large models, capping cut harmful answers to
 persona-based jailbreaks by about 60 % without hurting capabilities. The cap only acts inside its
-window: a persona added after it (the built-in *pirate* recommends layer 22) comes in after the
-cap has done its work, so cap later layers to hold it back.
+window: a persona added after it (at layer 22, say) comes in after the cap has done its work, so
+cap later layers to hold it back.
 
 **The plot.** Each answer's average position on the axis at every layer: dotted uncapped,
 solid capped, one colour per pair; the shaded band is the cap window and the black dashes are τ

@@ -97,7 +97,10 @@ moved the last prompt token's projection by **+11.9**, training on kind answers 
 questions by **−0.6**; read on the same answer tokens, +1.9 against +0.7. On the model's own
 answers the two runs differ only a little (+6.0 against +4.5): both kinds of training change the
 answers' style, and style moves this reading too. So **compare runs** (malicious against kind,
-with and without a context) rather than reading one shift against zero. The tuned answers change
+with and without a context) rather than reading one shift against zero. With the inoculation
+context (the villain-for-a-sketch framing) the malicious run's last-token shift was +7.9 instead
+of +11.9, but the other two readings did not fall (+6.0 own answers, +2.8 same tokens): a partial
+effect, from one run each. The tuned answers change
 tone but do not turn openly malicious: the emergent misalignment reported for large models is not
 something a 135M model reproduces in full. One seed is one run; a few tenths can be chance."""
 
