@@ -291,16 +291,20 @@ def test_recommend_strength_scales_with_the_residual_and_rounds() -> None:
         assert recommend_strength(vector_norm, residual_norm) is None
 
 
-def test_recommended_strength_reproduces_the_builtins() -> None:
-    """The rule, fed the measured residual norms, lands within a factor of 2 of every strength
-    that was chosen by reading outputs."""
+def test_builtin_strengths_lie_on_the_sweep_grid_around_the_rule() -> None:
+    """The rule gives the unit of the built-in check's sweep grid (0.5x to 2x of it); every
+    shipped strength is a point of that grid, and at most the rule's own strength: the sweeps
+    chose the smallest strength that clears the trait margin (README, Built-in personas)."""
+    from persona_explorer.builtin_check import strengths_for
+
     for vec in shipped_builtins():
         assert vec.layer in REFERENCE_RESIDUAL_NORMS and vec.strength, vec.name
+        assert vec.strength in strengths_for(vec), (vec.name, vec.strength)
         norm = float(vec.vectors[vec.layer].norm())
         got = recommend_strength(norm, REFERENCE_RESIDUAL_NORMS[vec.layer])
-        assert got is not None and vec.strength / 2 <= got <= vec.strength * 2, (vec.name, got)
+        assert got is not None and vec.strength / 3 <= got, (vec.name, got)
         ratio = vec.strength * norm / REFERENCE_RESIDUAL_NORMS[vec.layer]
-        assert 0.5 * REFERENCE_RATIO < ratio < 2 * REFERENCE_RATIO, vec.name
+        assert 0.25 * REFERENCE_RATIO < ratio <= REFERENCE_RATIO, (vec.name, ratio)
 
 
 def test_suggested_layer_stays_near_the_builtins_recorded_layers() -> None:
@@ -334,7 +338,7 @@ def test_extraction_records_a_strength_and_how_it_was_chosen(
 @pytest.mark.integration
 def test_residual_norms_measured_while_extracting_match_the_reference() -> None:
     """On the embedded model a small extraction measures the same scale the rule was calibrated
-    on, so its strength for a built-in's vector matches the built-in's recorded one."""
+    on (the residual norms that the built-in check's sweep grid is built from)."""
     from persona_explorer.model import load_model
     from persona_explorer.persona_data import load_builtin
 
@@ -344,10 +348,4 @@ def test_residual_norms_measured_while_extracting_match_the_reference() -> None:
     )
     for layer, reference in REFERENCE_RESIDUAL_NORMS.items():
         assert res.residual_norms[layer] == pytest.approx(reference, rel=0.15), layer
-    for vec in shipped_builtins():
-        assert vec.layer is not None and vec.strength is not None
-        got = recommend_strength(
-            float(vec.vectors[vec.layer].norm()), res.residual_norms[vec.layer]
-        )
-        assert got is not None and vec.strength / 2 <= got <= vec.strength * 2, (vec.name, got)
     assert res.vector.strength is not None and 0.25 <= res.vector.strength <= 12
