@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -293,6 +293,14 @@ class AppContext:
                 "this browser session; download them to keep them."
             )
         return self.library.save(vec, owner=check_owner(owner))
+
+    def heavy_queue(self) -> dict[str, Any]:
+        """Event options for a long job (extraction, sweep, screening, training): they share
+        one queue and its limit, so the model is never oversubscribed by them together."""
+        return {
+            "concurrency_limit": self.settings.extract_concurrency,
+            "concurrency_id": "extraction",
+        }
 
     def job_timer(self) -> JobTimer:
         return JobTimer(time.monotonic() + self.settings.limits.job_timeout_s)

@@ -354,8 +354,7 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         ],
         outputs=outputs,
         api_name="extract",
-        concurrency_limit=ctx.settings.extract_concurrency,
-        concurrency_id="extraction",
+        **ctx.heavy_queue(),
         show_progress_on=[result_md],
     )  # fmt: skip
     # A failed event keeps an error badge on its progress target; this replaces it (and the

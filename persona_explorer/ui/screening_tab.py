@@ -259,11 +259,7 @@ def build(ctx: AppContext, state: gr.State) -> ScreeningTab:
 
 def _wire(ctx: AppContext, tab: ScreeningTab, state: gr.State) -> None:
     private: dict[str, Any] = {"api_visibility": "private"}
-    heavy: dict[str, Any] = {
-        # Screening is a long job like an extraction: it shares that queue and its limit.
-        "concurrency_limit": ctx.settings.extract_concurrency,
-        "concurrency_id": "extraction",
-    }
+    heavy = ctx.heavy_queue()  # screening is a long job like an extraction
     screen = form_endpoint(
         ScreenForm,
         lambda form, session, request, progress: run_screen(

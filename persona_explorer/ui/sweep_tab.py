@@ -276,9 +276,7 @@ def _wire(ctx: AppContext, tab: SweepTab, owner: gr.BrowserState) -> None:
         outputs=outputs,
         api_name="sweep",
         show_progress_on=[tab.status],
-        # A sweep is a long job like an extraction: it shares that queue and its limit.
-        concurrency_limit=ctx.settings.extract_concurrency,
-        concurrency_id="extraction",
+        **ctx.heavy_queue(),  # a sweep is a long job like an extraction
     )  # fmt: skip
     # A failed run keeps an error badge on its progress target; a line about it replaces it.
     tab.swept.failure(

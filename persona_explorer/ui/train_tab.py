@@ -332,12 +332,9 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
 
 def _wire(ctx: AppContext, tab: TrainTab) -> None:
     private: dict[str, Any] = {"api_visibility": "private"}
-    heavy: dict[str, Any] = {
-        # Training and measuring are long jobs like an extraction: they share that queue and
-        # its limit (and the per-visitor cap on heavy jobs).
-        "concurrency_limit": ctx.settings.extract_concurrency,
-        "concurrency_id": "extraction",
-    }
+    # Training and measuring are long jobs like an extraction (and count against the
+    # per-visitor cap on heavy jobs).
+    heavy = ctx.heavy_queue()
     train = form_endpoint(
         TrainForm,
         lambda form, session, request, progress: run_train(
