@@ -8,14 +8,20 @@
 3. Extraction of a 5-pair x 20-question trait at 64 new tokens (200 rollouts). Target: <= 90 s on
    2 cores; and the speed-up over unbatched extraction (batch size 1, timed on a subset and
    scaled per rollout, said so in the output).
+4. The side-by-side decode against llama.cpp's ``llama-batched-bench`` on the same GGUF (embedded
+   model only; skipped, saying why, when the binary is not built): ``--rounds`` alternating
+   rounds at batches 1, 2 and 4, the median step-time ratio at batch 2 (:mod:`.bench_llama`).
+   Target: >= 1.0x (llama.cpp's step time / ours), aim 1.5x.
 
-``python -m persona_explorer bench [--json] [--quick]``; ``--quick`` shrinks every workload.
+``python -m persona_explorer bench [--json] [--quick] [--rounds N]``; ``--quick`` shrinks every
+workload (not the number of rounds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import bench_llama
 from .engine import decoder_for
 from .extract import ExtractionConfig, extract_persona
 from .generation import SamplingConfig, generate, left_pad
@@ -48,7 +55,11 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
 
 def weight_bytes_per_step(model: LoadedModel) -> int:
     """Bytes of weights a decoding step must read: every matrix once (the input embedding table
-    is only gathered, but a tied LM head reads all of it)."""
+    is only gathered, but a tied LM head reads all of it), in the form the decoder reads them
+    (the GGUF blocks or 16-bit copies of :mod:`.engine.compact` where it has them)."""
+    compact = getattr(decoder_for(model), "step_weight_bytes", 0)
+    if compact:
+        return int(compact)
     total = 0
     for name, t in model.weights.items():
         if t.dim() == 2 and "embed_tokens" not in name:
@@ -183,7 +194,7 @@ def bench_extraction(model: LoadedModel, persona: PersonaDefinition, quick: bool
     }
 
 
-def run(quick: bool = False, model: LoadedModel | None = None) -> dict:
+def run(quick: bool = False, model: LoadedModel | None = None, rounds: int = 3) -> dict:
     model = model or load_model()
     torch.manual_seed(0)
     persona = load_builtin("evil")
@@ -199,7 +210,18 @@ def run(quick: bool = False, model: LoadedModel | None = None) -> dict:
     vector = torch.randn(model.n_layers, model.d_model) * 2.0
     report["side_by_side"] = bench_side_by_side(model, vector, layer, tokens)
     report["decode_step"] = bench_decode_step(model, 8 if quick else 32)
+    report["llama_cpp"] = bench_llama.compare(
+        model,
+        model.chat_ids(PROMPT),
+        vector,
+        layer,
+        rounds=rounds,
+        tokens=tokens,
+        read_bandwidth_gbs=report["decode_step"]["read_bandwidth_gbs"],
+    )
     report["extraction"] = bench_extraction(model, persona, quick)
+    # Shared machines: a busy one slows every number, so the report says how busy it was.
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
@@ -214,10 +236,12 @@ def format_report(r: dict) -> str:
         f"{d['read_bandwidth_gbs']} GB/s); batch 1 {d['batch1_step_ms']} ms = "
         f"{d['batch1_fraction_of_bound']:.0%} of bound, batch 2 {d['batch2_step_ms']} ms = "
         f"{d['batch2_fraction_of_bound']:.0%} (target >= 50%)",
+        *bench_llama.format_comparison(r["llama_cpp"]),
         f"extraction: {e['rollouts']} rollouts x {e['max_new_tokens']} tokens in {e['seconds']} s"
         + (f" (target <= {e['target_seconds']} s)" if e["target_seconds"] else "")
         + f"; {e['speedup_over_unbatched']}x faster per rollout than unbatched "
         f"({e['unbatched_seconds_per_rollout']} s/rollout over {e['unbatched_rollouts_timed']})",
+        f"load average {r['load_average']}",
     ]
     return "\n".join(lines)
 
@@ -228,8 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds against llama.cpp (default 3)"
+    )
     args = parser.parse_args(argv)
-    report = run(quick=args.quick, model=load_model(args.model, device=args.device))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    model = load_model(args.model, device=args.device)
+    report = run(quick=args.quick, model=model, rounds=args.rounds)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -43,6 +43,8 @@ PERSONA_EXPLORER_JUDGE_MODEL           its model name                           
 PERSONA_EXPLORER_JUDGE_KEY_ENV         the *name* of the variable with its key     none
 PERSONA_EXPLORER_JUDGE_TIMEOUT_S       seconds one judge request may take          60
 PERSONA_EXPLORER_JUDGE_CONCURRENCY     judge requests in flight at once            4
+PERSONA_EXPLORER_LLAMA_BATCHED_BENCH   llama.cpp's ``llama-batched-bench`` that    the build of
+                                       ``bench`` compares against                  llama_server.sh
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where ``python app.py`` listens           127.0.0.1:7860
 =====================================  ==========================================  ===========
 
@@ -121,12 +123,16 @@ class Settings:
     extract_concurrency: int = 1
     server_name: str = "127.0.0.1"
     server_port: int = 7860
+    # llama.cpp's llama-batched-bench for the benchmark; None: the one scripts/llama_server.sh
+    # builds into the user cache directory (see bench_llama.find_batched_bench).
+    llama_batched_bench: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("data_dir", "cache_dir", "builtin_vectors_dir", "persona_data_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
-        if self.adapter is not None:
-            object.__setattr__(self, "adapter", Path(self.adapter).expanduser())
+        for name in ("adapter", "llama_batched_bench"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         for name, low, high in (
@@ -206,6 +212,7 @@ def load_settings(
         return Path(raw) if raw else default
 
     adapter = _raw(env, p + "ADAPTER")
+    batched_bench = _raw(env, p + "LLAMA_BATCHED_BENCH")
 
     limits = Limits(
         max_prompt_chars=_int(env, p + "MAX_PROMPT_CHARS", lim.max_prompt_chars),
@@ -240,4 +247,5 @@ def load_settings(
         extract_concurrency=_int(env, p + "EXTRACT_CONCURRENCY", base.extract_concurrency),
         server_name=text("GRADIO_SERVER_NAME", base.server_name),
         server_port=_int(env, "GRADIO_SERVER_PORT", base.server_port),
+        llama_batched_bench=Path(batched_bench) if batched_bench else None,
     )

@@ -37,6 +37,7 @@ import torch
 from .config import load_settings
 from .errors import UserError
 from .fileio import atomic_write
+from .gguf_blocks import BLOCK_FILE, QuantizedWeight, load_blocks, read_gguf_blocks, save_blocks
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ class LoadedModel:
     # The most tokens (prompt + response) the model was built to read, from its config; None
     # where the config does not say. Generation refuses prompts that would not fit.
     context_length: int | None = None
+    # The GGUF blocks ``weights`` were dequantized from, by HF name (the embedded model; empty
+    # for others): decoding reads these, the same numbers in a sixth of the bytes.
+    quantized: Mapping[str, QuantizedWeight] = field(default_factory=dict, repr=False)
     # Held for each forward pass: requests share the model by taking turns (see FairLock).
     compute_lock: FairLock = field(default_factory=FairLock, repr=False)
 
@@ -253,6 +257,22 @@ def _dequantize_to_cache(gguf: Path, target: Path, progress: ProgressFn | None) 
             raise
 
 
+def _embedded_blocks(folder: Path, config: Any) -> dict[str, QuantizedWeight]:
+    """The GGUF's blocks, stored beside the dequantized weights on first use (see
+    :mod:`.gguf_blocks`). Without them decoding reads the fp32 weights: slower, same numbers."""
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    try:
+        if not (folder / BLOCK_FILE).is_file():
+            gguf = embedded_gguf_path()
+            if gguf is None:
+                return {}
+            save_blocks(folder, read_gguf_blocks(gguf, config))
+        return load_blocks(folder, tied)
+    except (OSError, ValueError) as exc:
+        log.warning("decoding from the fp32 weights: the GGUF blocks could not be read (%s)", exc)
+        return {}
+
+
 def _load_hf(
     source: str | Path, dtype: torch.dtype, device: torch.device, local_only: bool
 ) -> tuple[Any, Any]:
@@ -314,6 +334,8 @@ def load_model(
     if progress:
         progress(0.8, "Wrapping the model in a TransformerLens bridge")
     loaded = model_from_hf(hf, tok, model_id)
+    if model_id == EMBEDDED_MODEL_ID:
+        loaded.quantized = _embedded_blocks(Path(source), hf.config)
     log.info("loaded %s in %.1fs", model_id, time.perf_counter() - started)
     if progress:
         progress(1.0, f"Loaded {loaded.display_name}")

@@ -192,3 +192,42 @@ def test_projections_come_from_the_generation_passes(
     expected = layer_projections(acts, vec.vectors)
     got = layer_projections(res.capture.response_mean[0], vec.vectors)
     assert torch.allclose(got, expected, rtol=1e-3, atol=1e-2)
+
+
+def test_decoding_steps_read_the_gguf_blocks_and_match_the_bridge(model: LoadedModel) -> None:
+    """Steps run on the Q4_1/Q8_0 blocks (where the kernel compiles) and agree with the bridge
+    over prompt + generated tokens, on a left-padded batch."""
+    dec = FastLlamaDecoder(model)
+    if dec.ops is not None:
+        assert dec.kernel == "avx2-gemv (Q4_1+Q8_0)"
+        assert dec.step_weight_bytes < 100e6  # 92 MiB of blocks, not 540 MB of fp32
+    prompts = [model.chat_ids(p) for p in PROMPTS[:2]]
+    ids, mask = left_pad(prompts, model.pad_token_id)
+    steps = 6
+    session = dec.session(ids, mask, steps)
+    seen: list[dict[int, torch.Tensor]] = []
+    tokens: list[list[int]] = [list(p) for p in prompts]
+    with torch.inference_mode():
+        tok = session.prefill().argmax(-1)
+        for _ in range(steps):
+            for row, t in enumerate(tok.tolist()):
+                tokens[row].append(int(t))
+            step: dict[int, torch.Tensor] = {}
+            seen.append(step)
+
+            def record(layer: int, h: torch.Tensor, step: dict = step) -> torch.Tensor:
+                step[layer] = h[:, -1].clone()
+                return h
+
+            tok = session.step(tok, record).argmax(-1)
+    session.close()
+    for row, p in enumerate(prompts):
+        with torch.inference_mode():
+            _, cache = model.bridge.run_with_cache(
+                torch.tensor([tokens[row]]), names_filter=lambda n: n.endswith("hook_resid_post")
+            )
+        for i in range(steps):
+            for layer in (0, 14, 29):
+                ref = cache[f"blocks.{layer}.hook_resid_post"][0, len(p) + i]
+                got = seen[i][layer][row]
+                assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), (row, i, layer)

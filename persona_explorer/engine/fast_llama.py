@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import compact, kernels
 from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask, prefill_slice
 
 if TYPE_CHECKING:
@@ -62,20 +62,30 @@ class _Proj:
     """One or more linear maps applied to the same input, in one call.
 
     CPU fp32: up to ``kernels.MAX_ROWS`` rows (decoding) go through the bandwidth-bound
-    matrix-vector kernel on the model's own weights; more rows (prompts, big batches) through
-    oneDNN with the weights fused and pre-packed once (MKL re-packs them on every call).
+    matrix-vector kernel on the compact copies of :mod:`.compact` (GGUF blocks, 16-bit copies, or
+    the model's own fp32 weights); more rows (prompts, big batches) through oneDNN with the fp32
+    weights fused and pre-packed once (MKL re-packs them on every call).
     Elsewhere (GPU, half precision): plain ``F.linear`` per weight, nothing copied.
     """
 
     def __init__(
-        self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], gemv: Any = None
+        self,
+        weights: list[torch.Tensor],
+        biases: list[torch.Tensor | None],
+        gemv: Any = None,
+        mats: list[kernels.Matrix] | None = None,
     ) -> None:
         self.splits = [w.shape[0] for w in weights]
         self.weights = weights
         self.biases = biases
         self.packed: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
-        self.gemv = gemv if gemv is not None and kernels.usable(weights) else None
+        use = gemv is not None and kernels.usable(weights)
+        self.gemv = (
+            kernels.Group(gemv, mats if mats is not None else [kernels.plain(w) for w in weights])
+            if use
+            else None
+        )
         if _can_pack(weights[0]):
             full = torch.cat(weights) if len(weights) > 1 else weights[0]
             self.packed = torch.ops.mkldnn._reorder_linear_weight(full.contiguous(), None)
@@ -87,41 +97,57 @@ class _Proj:
                     ]
                 )
 
-    def _split(self, out: torch.Tensor) -> list[torch.Tensor]:
+    def split(self, out: torch.Tensor) -> list[torch.Tensor]:
         return list(out.split(self.splits, dim=-1)) if len(self.splits) > 1 else [out]
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def fused(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """All outputs side by side [..., sum of sizes], plus ``add`` (a residual) if given."""
         if self.gemv is not None and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:
-            out = kernels.grouped_gemv(self.gemv, x, self.weights)
             if self.bias is not None:
-                out = out + self.bias
-            return self._split(out)
+                out = self.gemv(x) + self.bias
+                return out if add is None else out + add
+            return self.gemv(x, add)
         if self.packed is not None:
             out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            return self._split(out)
-        return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
+        elif len(self.weights) == 1:
+            out = F.linear(x, self.weights[0], self.biases[0])
+        else:
+            out = torch.cat(
+                [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)], -1
+            )
+        return out if add is None else out + add
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.split(self.fused(x))
+
+
+_MATRICES = {
+    "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "o": ("self_attn.o_proj",),
+    "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
+    "down": ("mlp.down_proj",),
+}
 
 
 class _Layer:
-    def __init__(self, w: dict[str, torch.Tensor | None], gemv: Any) -> None:
+    def __init__(
+        self, w: dict[str, torch.Tensor | None], gemv: Any, mats: dict[str, kernels.Matrix]
+    ) -> None:
         self.ln1 = w["input_layernorm.weight"]
         self.ln2 = w["post_attention_layernorm.weight"]
-        self.qkv = _Proj(
-            [
-                w["self_attn.q_proj.weight"],
-                w["self_attn.k_proj.weight"],
-                w["self_attn.v_proj.weight"],
-            ],  # type: ignore[list-item]
-            [w["self_attn.q_proj.bias"], w["self_attn.k_proj.bias"], w["self_attn.v_proj.bias"]],
-            gemv,
-        )
-        self.o = _Proj([w["self_attn.o_proj.weight"]], [w["self_attn.o_proj.bias"]], gemv)  # type: ignore[list-item]
-        self.gate_up = _Proj(
-            [w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"]],  # type: ignore[list-item]
-            [w["mlp.gate_proj.bias"], w["mlp.up_proj.bias"]],
-            gemv,
-        )
-        self.down = _Proj([w["mlp.down_proj.weight"]], [w["mlp.down_proj.bias"]], gemv)  # type: ignore[list-item]
+
+        def proj(parts: tuple[str, ...]) -> _Proj:
+            return _Proj(
+                [w[f"{p}.weight"] for p in parts],  # type: ignore[misc]
+                [w[f"{p}.bias"] for p in parts],
+                gemv,
+                [mats[f"{p}.weight"] for p in parts] if mats else None,
+            )
+
+        self.qkv = proj(_MATRICES["qkv"])
+        self.o = proj(_MATRICES["o"])
+        self.gate_up = proj(_MATRICES["gate_up"])
+        self.down = proj(_MATRICES["down"])
 
 
 def _static_rope(hf: Any) -> tuple[torch.Tensor, float] | None:
@@ -183,18 +209,43 @@ class FastLlamaDecoder:
         self.dtype = model.dtype
         cpu_fp32 = model.device.type == "cpu" and model.dtype == torch.float32
         gemv = kernels.load(use_kernel) if cpu_fp32 else None
-        self.kernel = "avx2-gemv" if gemv is not None else "onednn"
+        # The compiled element-wise ops (RMSNorm, RoPE) go with the kernel: same module.
+        self.ops = gemv
+        head_name = "lm_head.weight" if "lm_head.weight" in w else "model.embed_tokens.weight"
+        mats: dict[str, kernels.Matrix] = {}
+        if gemv is not None:
+            names = [
+                f"model.layers.{i}.{p}.weight"
+                for i in range(self.n_layers)
+                for parts in _MATRICES.values()
+                for p in parts
+            ] + [head_name]
+            blocks = compact.gguf_blocks(model)
+            mats = compact.compact_matrices(gemv, w, names, blocks)
+        formats = sorted({m.fmt.name for m in mats.values()})
+        self.kernel = f"avx2-gemv ({'+'.join(formats)})" if gemv is not None else "onednn"
+        self.step_weight_bytes = sum(m.nbytes for m in {id(m): m for m in mats.values()}.values())
         self.layers = [
             _Layer(
-                {k: w.get(f"model.layers.{i}.{k}") for k in _LAYER_KEYS + _OPTIONAL_BIASES}, gemv
+                {k: w.get(f"model.layers.{i}.{k}") for k in _LAYER_KEYS + _OPTIONAL_BIASES},
+                gemv,
+                {
+                    k.removeprefix(f"model.layers.{i}."): m
+                    for k, m in mats.items()
+                    if k.startswith(f"model.layers.{i}.")
+                },
             )
             for i in range(self.n_layers)
         ]
         self.embed = w["model.embed_tokens.weight"]
         self.norm = w["model.norm.weight"]
-        self.lm_head = _Proj([w.get("lm_head.weight", self.embed)], [w.get("lm_head.bias")], gemv)
+        self.lm_head = _Proj(
+            [w[head_name]], [w.get("lm_head.bias")], gemv, [mats[head_name]] if mats else None
+        )
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.ops is not None:
+            return self.ops.rms_norm(x, weight, self.eps)
         # Same op order as HF's LlamaRMSNorm (fp32 variance, scale after casting back).
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -279,16 +330,42 @@ class _FastSession:
         if end > self.total:
             raise RuntimeError("KV cache full: more steps than max_new_tokens")
         cos, sin = dec.rope_tables(positions)
+        # [b * s, head_dim] rows for the compiled RoPE, which works on qkv's [b, s, width] rows.
+        cos_rows = cos[:, 0].reshape(b * s, dec.head_dim).contiguous()
+        sin_rows = sin[:, 0].reshape(b * s, dec.head_dim).contiguous()
+        # A decoding step (after the prompt; its slot is marked valid): attention, RoPE and the
+        # cache writes run as one compiled call per layer, row-invariant by construction.
+        fused_step = dec.ops is not None and s == 1 and start >= self.input_ids.shape[1]
         h = F.embedding(ids, dec.embed)
         h = resid_fn(EMBED_LAYER, h)
         for i, layer in enumerate(dec.layers):
             x = dec.rms_norm(h, layer.ln1)
-            q, k, v = layer.qkv(x)
+            qkv = layer.qkv.fused(x)
+            if fused_step:
+                attn = dec.ops.decode_attention(
+                    qkv.view(b, -1),
+                    cos_rows,
+                    sin_rows,
+                    self.k[i],
+                    self.v[i],
+                    self.valid,
+                    start,
+                    dec.n_heads,
+                    dec.n_kv,
+                    dec.scaling,
+                )
+                h = self._mlp(layer, layer.o.fused(attn.view(b, 1, -1), add=h))
+                h = resid_fn(i, h)
+                continue
+            if dec.ops is not None:
+                dec.ops.rope_(qkv, cos_rows, sin_rows, dec.n_heads + dec.n_kv, dec.head_dim)
+            q, k, v = layer.qkv.split(qkv)
             q = q.view(b, s, dec.n_heads, dec.head_dim).transpose(1, 2)
             k = k.view(b, s, dec.n_kv, dec.head_dim).transpose(1, 2)
             v = v.view(b, s, dec.n_kv, dec.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            if dec.ops is None:
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
             self.k[i][:, :, start:end] = k
             self.v[i][:, :, start:end] = v
             if s == 1 and self.row_invariant:
@@ -305,13 +382,18 @@ class _FastSession:
                     enable_gqa=dec.n_kv != dec.n_heads,
                 )
             attn = attn.transpose(1, 2).reshape(b, s, dec.n_heads * dec.head_dim)
-            h = h + layer.o(attn)[0]
-            x = dec.rms_norm(h, layer.ln2)
-            gate, up = layer.gate_up(x)
-            h = h + layer.down(F.silu(gate) * up)[0]
+            h = self._mlp(layer, layer.o.fused(attn, add=h))
             h = resid_fn(i, h)
         self.length = end
         return h
+
+    def _mlp(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
+        dec = self.dec
+        x = dec.rms_norm(h, layer.ln2)
+        if dec.ops is not None:
+            return layer.down.fused(dec.ops.silu_mul(layer.gate_up.fused(x)), add=h)
+        gate, up = layer.gate_up(x)
+        return layer.down.fused(F.silu(gate) * up, add=h)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.dec.lm_head(self.dec.rms_norm(h, self.dec.norm))[0]

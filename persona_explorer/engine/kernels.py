@@ -1,16 +1,26 @@
-"""A small C++ kernel for the matrix-vector products of CPU decoding.
+"""The compiled CPU kernels of the fast decoder (C++ source: ``kernels.cpp``).
 
 Why hand-written: at batch 1-4 a decoding step is a stream of matrix-vector products, bounded by
 memory bandwidth. oneDNN and MKL reach about 11-12 GB/s on them on this project's 2-core machine
-while a plain read reaches ~20 GB/s; this AVX2 loop, parallel over output rows and reading each
-weight row once for all batch rows, reaches 15-20 GB/s. It reads the model's own weights (no
-copies) and several matrices in one call (q/k/v, gate/up). Every output is one dot product in a
-fixed order, so identical batch rows give bit-identical results.
+while a plain read reaches ~20 GB/s, and torch's int4 CPU matmul was 24x slower than fp32 at
+batch 2. So:
 
-It is compiled on first use with ``torch.utils.cpp_extension`` (about 20-40 s once; cached on disk
-by torch). Where that cannot work (no compiler, no AVX2) or the decoder is built without it (the
-``decode_kernel`` setting, ``PERSONA_EXPLORER_KERNEL=0``) decoding falls back to oneDNN; nothing
-else changes.
+* ``grouped_gemv``: y = W x (+ a residual) for up to 4 rows of x and several matrices in one call
+  (q/k/v, gate/up), parallel over output rows, each weight row read once for all batch rows.
+  Rows may be stored as GGUF Q4_1 or Q8_0 blocks, bf16, fp16 or fp32
+  (:class:`Format`); blocks are decoded in registers into exactly the fp32 values gguf's
+  dequantizer gives (``d*q`` is exact in fp32, so one rounding, as in numpy), so only the order
+  of summation differs from a dequantize-then-matmul. Every output is one dot product in a fixed
+  order: identical batch rows give bit-identical results.
+* ``decode_attention``: one decoding step's RoPE, KV-cache write and attention over the cached
+  keys, for every row, in one call per layer.
+* ``rms_norm``, ``rope_``, ``silu_mul``: the element-wise ops of every pass (prompts too), one
+  pass over memory each instead of torch's four to six.
+
+It is compiled on first use with ``torch.utils.cpp_extension`` (about 1-2 min once on 2 cores;
+cached on disk by torch). Where that cannot work (no compiler, no AVX2) or the decoder is built
+without it (the ``decode_kernel`` setting, ``PERSONA_EXPLORER_KERNEL=0``) decoding falls back to
+oneDNN and torch ops on the fp32 weights; nothing else changes.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,50 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 4
 
-_SOURCE = r"""
-#include <torch/extension.h>
-#include <immintrin.h>
-#include <vector>
-
-// y[m, off_j + o] = sum_k Ws[j][o, k] * x[m, k] for every matrix j; M <= 4 rows of x.
-torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws) {
-  const int64_t M = x.size(0), K = x.size(1);
-  std::vector<int64_t> offs(ws.size() + 1, 0);
-  for (size_t j = 0; j < ws.size(); ++j) offs[j + 1] = offs[j] + ws[j].size(0);
-  const int64_t O = offs.back();
-  auto y = torch::empty({M, O}, x.options());
-  const float* xp = x.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  std::vector<const float*> wp(ws.size());
-  for (size_t j = 0; j < ws.size(); ++j) wp[j] = ws[j].data_ptr<float>();
-  const int64_t K16 = K / 16 * 16;
-  #pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < O; ++row) {
-    size_t j = 0;
-    while (row >= offs[j + 1]) ++j;
-    const float* w = wp[j] + (row - offs[j]) * K;
-    __m256 a0[4], a1[4];
-    for (int m = 0; m < 4; ++m) { a0[m] = _mm256_setzero_ps(); a1[m] = _mm256_setzero_ps(); }
-    for (int64_t k = 0; k < K16; k += 16) {
-      const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
-      for (int m = 0; m < M; ++m) {
-        a0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp + m * K + k), a0[m]);
-        a1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp + m * K + k + 8), a1[m]);
-      }
-    }
-    for (int m = 0; m < M; ++m) {
-      const __m256 a = _mm256_add_ps(a0[m], a1[m]);
-      __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-      s = _mm_hadd_ps(s, s);
-      s = _mm_hadd_ps(s, s);
-      float acc = _mm_cvtss_f32(s);
-      for (int64_t k = K16; k < K; ++k) acc += w[k] * xp[m * K + k];
-      yp[m * O + row] = acc;
-    }
-  }
-  return y;
-}
-"""
+_SOURCE = (Path(__file__).with_name("kernels.cpp")).read_text()
 
 _lock = threading.Lock()
 _module: Any = None
@@ -108,13 +77,21 @@ def load(enabled: bool) -> Any:
         except (OSError, RuntimeError):
             built = False
         if not built:
-            log.warning("Compiling the CPU decode kernel (first run only, ~30 s)")
+            log.warning("Compiling the CPU decode kernels (first run only, 1-2 min)")
         try:
             _module = load_inline(
                 name=name,
                 cpp_sources=_SOURCE,
-                functions=["grouped_gemv"],
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+                functions=[
+                    "grouped_gemv",
+                    "dequantize",
+                    "rms_norm",
+                    "rope_",
+                    "silu_mul",
+                    "decode_attention",
+                ],
+                # No contraction: the element-wise ops keep torch's rounding (mul, then add).
+                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
@@ -124,14 +101,72 @@ def load(enabled: bool) -> Any:
         return _module
 
 
+class Format(IntEnum):
+    """How a matrix's rows are stored (the kernel's type codes)."""
+
+    F32 = 0
+    Q4_1 = 1  # GGUF blocks of 32: fp16 scale d, fp16 minimum m, 32 4-bit codes; w = d*q + m
+    Q8_0 = 2  # GGUF blocks of 32: fp16 scale d, 32 int8 codes; w = d*q
+    BF16 = 3
+    F16 = 4
+
+
+BLOCK = 32
+BLOCK_BYTES = {Format.Q4_1: 20, Format.Q8_0: 34}
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A weight matrix [out, in] as the kernel reads it: ``data`` holds its rows in ``fmt``
+    (uint8 blocks, 16-bit or fp32 values); ``in_features`` is its width in weights."""
+
+    data: torch.Tensor
+    fmt: Format
+    in_features: int
+
+    @property
+    def out_features(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+def plain(weight: torch.Tensor) -> Matrix:
+    return Matrix(weight, Format.F32, int(weight.shape[1]))
+
+
 def usable(weights: list[torch.Tensor]) -> bool:
     return all(
         w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() for w in weights
     )
 
 
-def grouped_gemv(module: Any, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """``x`` [..., K] with at most MAX_ROWS rows -> [..., sum of output sizes]."""
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    out = module.grouped_gemv(flat, weights)
-    return out.view(*x.shape[:-1], out.shape[-1])
+class Group:
+    """Matrices multiplied by the same input in one call, their arguments prepared once."""
+
+    def __init__(self, module: Any, mats: list[Matrix]) -> None:
+        self.module = module
+        self.mats = mats
+        self.data = [m.data for m in mats]
+        self.types = [int(m.fmt) for m in mats]
+
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [..., K] with at most MAX_ROWS rows -> [..., sum of output sizes] (+ ``add``)."""
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        if add is not None:
+            add = add.reshape(flat.shape[0], -1).contiguous()
+        out = self.module.grouped_gemv(flat, self.data, self.types, add)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def grouped_gemv(
+    module: Any, x: torch.Tensor, mats: list[Matrix], add: torch.Tensor | None = None
+) -> torch.Tensor:
+    return Group(module, mats)(x, add)
+
+
+def dequantize(module: Any, mat: Matrix) -> torch.Tensor:
+    """The fp32 weights ``mat`` stands for, decoded by the same code the products use."""
+    return module.dequantize(mat.data, int(mat.fmt), mat.in_features)

@@ -1,0 +1,86 @@
+"""The weights a decoding step reads, in the fewest bytes that give exactly the same numbers.
+
+A decoding step at batch 1-4 reads every weight once, so its time is the weights' bytes over the
+memory bandwidth. The model's fp32 weights (what the bridge and every prompt-length GEMM use)
+stay as they are; beside them the decoder keeps, for each matrix, a compact copy from which the
+kernel (:mod:`.kernels`) rebuilds the *same* fp32 values in registers:
+
+* **GGUF blocks** (the embedded model): the Q4_1 and Q8_0 blocks of the file the weights were
+  dequantized from (:mod:`persona_explorer.gguf_blocks` reads and stores them under HF names).
+  92 MiB instead of 540 MB.
+* **bf16 / fp16** (an HF checkpoint stored in half width and loaded in fp32): the weights are
+  exactly representable in 16 bits, so the 16-bit copy holds the same numbers at half the bytes.
+* **fp32** otherwise (a fine-tuned model's merged weights, random test models): the weights
+  themselves, no copy.
+
+Every compact copy is checked against the fp32 weights before use: the kernel's own decode of it
+must equal them bit for bit (the products then differ from fp32 ones only in the order of
+summation). A copy that does not match is dropped, with a log line, and the fp32 weights serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .kernels import Format, Matrix, dequantize, plain
+
+if TYPE_CHECKING:
+    from ..model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["compact_matrices", "gguf_blocks"]
+
+
+def gguf_blocks(model: LoadedModel) -> dict[str, Matrix]:
+    """The model's GGUF blocks (:attr:`LoadedModel.quantized`) as kernel matrices."""
+    return {
+        name: Matrix(q.data, Format[q.kind], q.in_features) for name, q in model.quantized.items()
+    }
+
+
+def _half_copy(weight: torch.Tensor) -> Matrix | None:
+    """A 16-bit copy holding exactly ``weight``'s values, if there is one."""
+    bits = weight.view(torch.int32)
+    if not bool((bits & 0xFFFF).any()):
+        return Matrix(weight.to(torch.bfloat16).view(torch.int16), Format.BF16, weight.shape[1])
+    half = weight.to(torch.float16)
+    if torch.equal(half.float(), weight):
+        return Matrix(half.view(torch.int16), Format.F16, weight.shape[1])
+    return None
+
+
+def compact_matrices(
+    module: Any,
+    weights: Mapping[str, torch.Tensor],
+    names: list[str],
+    blocks: Mapping[str, Matrix],
+) -> dict[str, Matrix]:
+    """For each name, the compact copy that decodes to exactly ``weights[name]``, else fp32."""
+    out: dict[str, Matrix] = {}
+    dropped = []
+    for name in names:
+        weight = weights[name]
+        candidate = blocks.get(name)
+        if candidate is None and weight.dim() == 2 and weight.is_contiguous():
+            candidate = _half_copy(weight)
+        if candidate is not None and (
+            candidate.out_features != weight.shape[0]
+            or candidate.in_features != weight.shape[1]
+            or not torch.equal(dequantize(module, candidate), weight)
+        ):
+            dropped.append(name)
+            candidate = None
+        out[name] = candidate if candidate is not None else plain(weight)
+    if dropped:
+        log.warning(
+            "%d compact weight copies did not match the model's weights and are not used "
+            "(first: %s); decoding reads fp32 for those",
+            len(dropped),
+            dropped[0],
+        )
+    return out

@@ -1,0 +1,395 @@
+#include <torch/extension.h>
+#include <immintrin.h>
+#include <cmath>
+#include <cstring>
+#include <algorithm>
+#include <vector>
+
+// Weight formats, by code. Rows stay rows: a quantized row is K/32 blocks of 32 weights.
+//   0 f32; 1 Q4_1 (fp16 d, fp16 m, 16 bytes of nibbles: w = d*q + m); 2 Q8_0 (fp16 d, 32 int8:
+//   w = d*q); 3 bf16; 4 f16. d*q is exact in fp32 for both block types, so fma(q, d, m) rounds
+//   once, as gguf's dequantize (d*q + m in fp32) does: the weights are the same numbers.
+enum { F32 = 0, Q4_1 = 1, Q8_0 = 2, BF16 = 3, F16 = 4 };
+
+static inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_hadd_ps(s, s);
+  s = _mm_hadd_ps(s, s);
+  return _mm_cvtss_f32(s);
+}
+
+static inline __m256 half_scalar(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _mm256_set1_ps(_cvtsh_ss(h));
+}
+
+// The 32 weights of one block (or 32 consecutive weights of a plain row) as 4 x 8 floats.
+template <int T>
+static inline void load32(const uint8_t* row, int64_t b, __m256 w[4]) {
+  if constexpr (T == F32) {
+    const float* p = reinterpret_cast<const float*>(row) + b * 32;
+    for (int j = 0; j < 4; ++j) w[j] = _mm256_loadu_ps(p + 8 * j);
+  } else if constexpr (T == BF16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + b * 32;
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8 * j)));
+      w[j] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+  } else if constexpr (T == F16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + b * 32;
+    for (int j = 0; j < 4; ++j) w[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8 * j)));
+  } else if constexpr (T == Q4_1) {
+    const uint8_t* p = row + b * 20;
+    const __m256 d = half_scalar(p), m = half_scalar(p + 2);
+    const __m128i qs = _mm_loadu_si128((const __m128i*)(p + 4));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(qs, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), d, m);
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d, m);
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d, m);
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d, m);
+  } else {  // Q8_0
+    const uint8_t* p = row + b * 34;
+    const __m256 d = half_scalar(p);
+    for (int j = 0; j < 4; ++j) {
+      const __m128i q = _mm_loadl_epi64((const __m128i*)(p + 2 + 8 * j));
+      w[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+    }
+  }
+}
+
+static inline int64_t row_bytes(int type, int64_t K) {
+  switch (type) {
+    case Q4_1: return K / 32 * 20;
+    case Q8_0: return K / 32 * 34;
+    case BF16: case F16: return K * 2;
+    default: return K * 4;
+  }
+}
+
+// out[m] = dot(row, x[m]) for M rows of x; a fixed order, so identical x rows agree bitwise.
+// Four accumulators per row of x where registers allow (M <= 2): the FMA chains, not the loads,
+// bound this loop once the weights are 4-bit.
+template <int T, int M>
+static inline void dot_rows(const uint8_t* row, const float* x, int64_t K, float* out,
+                            int64_t stride) {
+  constexpr int A = M <= 2 ? 4 : 2;
+  __m256 acc[M][A];
+  for (int m = 0; m < M; ++m)
+    for (int a = 0; a < A; ++a) acc[m][a] = _mm256_setzero_ps();
+  const int64_t nb = K / 32;
+  __m256 w[4];
+  for (int64_t b = 0; b < nb; ++b) {
+    load32<T>(row, b, w);
+    const float* xb = x + b * 32;
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j)
+        acc[m][j % A] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xb + m * K + 8 * j), acc[m][j % A]);
+  }
+  for (int m = 0; m < M; ++m) {
+    __m256 total = acc[m][0];
+    for (int a = 1; a < A; ++a) total = _mm256_add_ps(total, acc[m][a]);
+    float s = hsum(total);
+    if constexpr (T == F32 || T == BF16 || T == F16) {
+      // A tail shorter than a block (plain rows only: quantized rows are whole blocks).
+      for (int64_t k = nb * 32; k < K; ++k) {
+        float wk;
+        if constexpr (T == F32) wk = reinterpret_cast<const float*>(row)[k];
+        else if constexpr (T == BF16) {
+          uint32_t bits = uint32_t(reinterpret_cast<const uint16_t*>(row)[k]) << 16;
+          std::memcpy(&wk, &bits, 4);
+        } else wk = _cvtsh_ss(reinterpret_cast<const uint16_t*>(row)[k]);
+        s += wk * x[m * K + k];
+      }
+    }
+    out[m * stride] = s;
+  }
+}
+
+template <int T>
+static inline void dot_any(const uint8_t* row, const float* x, int64_t K, int M, float* out, int64_t stride) {
+  switch (M) {
+    case 1: dot_rows<T, 1>(row, x, K, out, stride); break;
+    case 2: dot_rows<T, 2>(row, x, K, out, stride); break;
+    case 3: dot_rows<T, 3>(row, x, K, out, stride); break;
+    default: dot_rows<T, 4>(row, x, K, out, stride); break;
+  }
+}
+
+// y[m, off_j + o] = sum_k W_j[o, k] x[m, k] (+ add[m, off_j + o]) for every matrix j, M <= 4.
+torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<int64_t> types,
+                           c10::optional<torch::Tensor> add) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) <= 4 && x.scalar_type() == torch::kFloat32 && x.is_contiguous());
+  TORCH_CHECK(ws.size() == types.size());
+  const int64_t M = x.size(0), K = x.size(1);
+  std::vector<int64_t> offs(ws.size() + 1, 0);
+  std::vector<const uint8_t*> wp(ws.size());
+  for (size_t j = 0; j < ws.size(); ++j) {
+    TORCH_CHECK(ws[j].is_contiguous() && ws[j].dim() == 2);
+    TORCH_CHECK(ws[j].size(1) * ws[j].element_size() == row_bytes(types[j], K), "weight width");
+    TORCH_CHECK(types[j] == F32 || types[j] >= BF16 || K % 32 == 0, "blocks need K % 32 == 0");
+    offs[j + 1] = offs[j] + ws[j].size(0);
+    wp[j] = static_cast<const uint8_t*>(ws[j].data_ptr());
+  }
+  const int64_t O = offs.back();
+  auto y = torch::empty({M, O}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float* ap = nullptr;
+  if (add.has_value()) {
+    TORCH_CHECK(add->is_contiguous() && add->numel() == M * O);
+    ap = add->data_ptr<float>();
+  }
+  #pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < O; ++r) {
+    size_t j = 0;
+    while (r >= offs[j + 1]) ++j;
+    const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
+    switch (types[j]) {
+      case Q4_1: dot_any<Q4_1>(row, xp, K, M, yp + r, O); break;
+      case Q8_0: dot_any<Q8_0>(row, xp, K, M, yp + r, O); break;
+      case BF16: dot_any<BF16>(row, xp, K, M, yp + r, O); break;
+      case F16: dot_any<F16>(row, xp, K, M, yp + r, O); break;
+      default: dot_any<F32>(row, xp, K, M, yp + r, O); break;
+    }
+    if (ap) for (int64_t m = 0; m < M; ++m) yp[m * O + r] += ap[m * O + r];
+  }
+  return y;
+}
+
+// The fp32 weights a matrix stands for (tests, and the check against the model's own weights).
+torch::Tensor dequantize(torch::Tensor w, int64_t type, int64_t K) {
+  TORCH_CHECK(w.is_contiguous() && w.dim() == 2);
+  const int64_t O = w.size(0);
+  auto y = torch::empty({O, K}, torch::kFloat32);
+  const uint8_t* wp = static_cast<const uint8_t*>(w.data_ptr());
+  float* yp = y.data_ptr<float>();
+  const int64_t rb = row_bytes(type, K);
+  TORCH_CHECK(w.size(1) * w.element_size() == rb, "weight width");
+  #pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < O; ++r) {
+    const uint8_t* row = wp + r * rb;
+    float* out = yp + r * K;
+    __m256 v[4];
+    const int64_t nb = (type == Q4_1 || type == Q8_0) ? K / 32 : 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      if (type == Q4_1) load32<Q4_1>(row, b, v); else load32<Q8_0>(row, b, v);
+      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + 8 * j, v[j]);
+    }
+    if (nb == 0) {
+      for (int64_t k = 0; k < K; ++k) {
+        if (type == F32) out[k] = reinterpret_cast<const float*>(row)[k];
+        else if (type == F16) out[k] = _cvtsh_ss(reinterpret_cast<const uint16_t*>(row)[k]);
+        else {
+          uint32_t bits = uint32_t(reinterpret_cast<const uint16_t*>(row)[k]) << 16;
+          std::memcpy(out + k, &bits, 4);
+        }
+      }
+    }
+  }
+  return y;
+}
+
+// HF's RMSNorm op for op: w * (x * rsqrt(mean(x^2) + eps)), rows of a [N, D] tensor.
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32);
+  auto xc = x.contiguous();
+  const int64_t D = xc.size(-1), N = xc.numel() / D;
+  auto y = torch::empty_like(xc);
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = w.contiguous().data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  #pragma omp parallel for schedule(static) if (N > 4)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* r = xp + n * D;
+    float* o = yp + n * D;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= D; k += 8) { const __m256 v = _mm256_loadu_ps(r + k); acc = _mm256_fmadd_ps(v, v, acc); }
+    float ss = hsum(acc);
+    for (; k < D; ++k) ss += r[k] * r[k];
+    const float inv = 1.0f / std::sqrt(ss / float(D) + float(eps));
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (k = 0; k + 8 <= D; k += 8)
+      _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_loadu_ps(wp + k), _mm256_mul_ps(_mm256_loadu_ps(r + k), iv)));
+    for (; k < D; ++k) o[k] = wp[k] * (r[k] * inv);
+  }
+  return y;
+}
+
+// Rotary embedding, in place, on the first `heads` heads of each row of qkv [N, width] (q then
+// k: pass heads = q_heads + kv_heads). cos/sin [N, head_dim]. x*cos + rotate_half(x)*sin.
+void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads, int64_t head_dim) {
+  TORCH_CHECK(qkv.is_contiguous() && cos.is_contiguous() && sin.is_contiguous());
+  TORCH_CHECK(qkv.scalar_type() == torch::kFloat32 && cos.scalar_type() == torch::kFloat32);
+  const int64_t W = qkv.size(-1), N = qkv.numel() / W, half = head_dim / 2;
+  float* p = qkv.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  #pragma omp parallel for schedule(static) if (N > 4)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* c = cp + n * head_dim;
+    const float* s = sp + n * head_dim;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* x = p + n * W + h * head_dim;
+      int64_t i = 0;
+      for (; i + 8 <= half; i += 8) {
+        const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
+        const __m256 ca = _mm256_loadu_ps(c + i), sa = _mm256_loadu_ps(s + i);
+        const __m256 cb = _mm256_loadu_ps(c + half + i), sb = _mm256_loadu_ps(s + half + i);
+        _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, ca), _mm256_mul_ps(b, sa)));
+        _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, cb), _mm256_mul_ps(a, sb)));
+      }
+      for (; i < half; ++i) {
+        const float a = x[i], b = x[half + i];
+        x[i] = a * c[i] - b * s[i];
+        x[half + i] = b * c[half + i] + a * s[half + i];
+      }
+    }
+  }
+}
+
+// exp(x) for 8 floats: Cephes' expf (range reduction by ln 2, degree-5 polynomial), within
+// 2 ulp of expf over the range that does not underflow; enough for softmax and SiLU.
+static inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f),
+                                              _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx),
+                                                       _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// silu(gate) * up from the fused gate/up output [N, 2I] -> [N, I].
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  TORCH_CHECK(gate_up.scalar_type() == torch::kFloat32);
+  auto g = gate_up.contiguous();
+  const int64_t W = g.size(-1), I = W / 2, N = g.numel() / W;
+  auto sizes = g.sizes().vec();
+  sizes.back() = I;
+  auto y = torch::empty(sizes, g.options());
+  const float* gp = g.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  #pragma omp parallel for schedule(static) if (N * I > 16384)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* a = gp + n * W;
+    const float* u = a + I;
+    float* o = yp + n * I;
+    int64_t i = 0;
+    for (; i + 8 <= I; i += 8) {
+      const __m256 x = _mm256_loadu_ps(a + i);
+      const __m256 den = _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x)));
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_div_ps(x, den), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < I; ++i) o[i] = a[i] / (1.0f + std::exp(-a[i])) * u[i];
+  }
+  return y;
+}
+
+// One decoding step's attention for every row: RoPE on q and k (cos/sin [B, D]), k and v
+// written into the caches [B, KV, T, D] at slot `pos`, then softmax(q k^T * scale) v over the
+// slots [0, pos] that `valid` [B, >pos] marks. qkv [B, (H + 2 KV) * D] -> [B, H * D]. Each
+// (row, head) runs the same code in the same order, so identical rows give identical outputs.
+torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
+                               torch::Tensor kcache, torch::Tensor vcache, torch::Tensor valid,
+                               int64_t pos, int64_t H, int64_t KV, double scale) {
+  TORCH_CHECK(qkv.is_contiguous() && kcache.is_contiguous() && vcache.is_contiguous());
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && valid.is_contiguous());
+  TORCH_CHECK(valid.scalar_type() == torch::kBool && qkv.scalar_type() == torch::kFloat32);
+  const int64_t B = qkv.size(0), T = kcache.size(2), D = kcache.size(3), half = D / 2;
+  TORCH_CHECK(qkv.size(1) == (H + 2 * KV) * D && pos < T && D % 8 == 0 && H % KV == 0);
+  TORCH_CHECK(valid.size(0) == B && valid.size(1) > pos);
+  auto out = torch::empty({B, H * D}, qkv.options());
+  float* qp = qkv.data_ptr<float>();
+  float* kc = kcache.data_ptr<float>();
+  float* vc = vcache.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  const bool* ok = valid.data_ptr<bool>();
+  const int64_t vstride = valid.size(1);
+  float* op = out.data_ptr<float>();
+  const int64_t W = qkv.size(1), L = pos + 1;
+  // RoPE (same arithmetic as rope_) on q and k in place, and the cache writes.
+  for (int64_t b = 0; b < B; ++b) {
+    const float* c = cp + b * D;
+    const float* s = sp + b * D;
+    for (int64_t h = 0; h < H + KV; ++h) {
+      float* x = qp + b * W + h * D;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = x[i], z = x[half + i];
+        x[i] = a * c[i] - z * s[i];
+        x[half + i] = z * c[half + i] + a * s[half + i];
+      }
+    }
+    for (int64_t g = 0; g < KV; ++g) {
+      std::memcpy(kc + ((b * KV + g) * T + pos) * D, qp + b * W + (H + g) * D, D * 4);
+      std::memcpy(vc + ((b * KV + g) * T + pos) * D, qp + b * W + (H + KV + g) * D, D * 4);
+    }
+  }
+  const int64_t group = H / KV;
+  #pragma omp parallel
+  {
+    std::vector<float> sc(L + 8);
+    #pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H, g = h / group;
+      const float* q = qp + b * W + h * D;
+      const float* keys = kc + (b * KV + g) * T * D;
+      const float* vals = vc + (b * KV + g) * T * D;
+      const bool* mask = ok + b * vstride;
+      float mx = -INFINITY;
+      for (int64_t t = 0; t < L; ++t) {
+        if (!mask[t]) { sc[t] = -INFINITY; continue; }
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < D; i += 8)
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(keys + t * D + i), acc);
+        sc[t] = hsum(acc) * float(scale);
+        mx = sc[t] > mx ? sc[t] : mx;
+      }
+      int64_t t = 0;
+      const __m256 vmx = _mm256_set1_ps(mx);
+      for (; t + 8 <= L; t += 8)
+        _mm256_storeu_ps(sc.data() + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(sc.data() + t), vmx)));
+      if (t < L) {
+        float tmp[8];
+        for (int j = 0; j < 8; ++j) tmp[j] = t + j < L ? sc[t + j] - mx : -100.0f;
+        _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
+        for (int64_t j = 0; t + j < L; ++j) sc[t + j] = tmp[j];
+      }
+      float total = 0.0f;
+      for (t = 0; t < L; ++t) {
+        if (!mask[t]) sc[t] = 0.0f;
+        total += sc[t];
+      }
+      const float inv = 1.0f / total;
+      float* o = op + b * H * D + h * D;
+      for (int64_t i0 = 0; i0 < D; i0 += 64) {  // up to 8 accumulators: one pass over t
+        const int n = int(std::min<int64_t>(64, D - i0) / 8);
+        __m256 acc[8];
+        for (int j = 0; j < n; ++j) acc[j] = _mm256_setzero_ps();
+        for (t = 0; t < L; ++t) {
+          if (sc[t] == 0.0f) continue;
+          const __m256 p = _mm256_set1_ps(sc[t]);
+          const float* v = vals + t * D + i0;
+          for (int j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * j), acc[j]);
+        }
+        const __m256 vi = _mm256_set1_ps(inv);
+        for (int j = 0; j < n; ++j) _mm256_storeu_ps(o + i0 + 8 * j, _mm256_mul_ps(acc[j], vi));
+      }
+    }
+  }
+  return out;
+}

@@ -1,0 +1,273 @@
+"""The compiled CPU kernels against plain references, and the compact weight copies.
+
+References are independent of the kernel: gguf's own numpy dequantizer for the GGUF blocks, torch
+for the 16-bit formats, float64 matmuls for the products, and the element-wise ops as the fast
+decoder wrote them in torch before they were compiled.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from persona_explorer.engine import compact, kernels
+from persona_explorer.engine.fast_llama import FastLlamaDecoder, _decode_attention, _rotate_half
+from persona_explorer.engine.kernels import BLOCK_BYTES, Format, Matrix
+from persona_explorer.generation import left_pad
+from persona_explorer.model import LoadedModel, model_from_hf
+from tests.tiny_models import (
+    bridge_resids,
+    build_hf_model,
+    build_tiny,
+    build_tokenizer,
+    with_decoder,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GGUF_TYPES = {
+    Format.Q4_1: gguf.GGMLQuantizationType.Q4_1,
+    Format.Q8_0: gguf.GGMLQuantizationType.Q8_0,
+}
+
+
+@pytest.fixture(scope="module")
+def ops():
+    module = kernels.load(True)
+    if module is None:
+        pytest.skip("no compiler or no AVX2: the kernel falls back (tested below)")
+    return module
+
+
+def random_blocks(fmt: Format, rows: int, cols: int, seed: int) -> np.ndarray:
+    """Random codes with realistic fp16 scales (and minimums): every bit pattern of the codes."""
+    rng = np.random.default_rng(seed)
+    n = cols // 32
+    raw = rng.integers(0, 256, (rows, n, BLOCK_BYTES[fmt]), dtype=np.uint8)
+    raw[:, :, 0:2] = (
+        (rng.standard_normal((rows, n)) * 0.02).astype(np.float16)[..., None].view(np.uint8)
+    )
+    if fmt == Format.Q4_1:
+        raw[:, :, 2:4] = (
+            (rng.standard_normal((rows, n)) * 0.1).astype(np.float16)[..., None].view(np.uint8)
+        )
+    return raw.reshape(rows, n * BLOCK_BYTES[fmt])
+
+
+def reference_product(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (x.double() @ weights.double().T).float()
+
+
+def assert_close_product(got: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> None:
+    want = reference_product(x, weights)
+    # Only the order of summation differs: bounded by K * eps * sum |w x|.
+    bound = (x.abs().double() @ weights.abs().double().T).float() * 2e-6 * 4
+    assert ((got - want).abs() <= bound + 1e-30).all()
+
+
+@pytest.mark.parametrize("fmt", [Format.Q4_1, Format.Q8_0])
+@pytest.mark.parametrize(("rows", "cols"), [(1, 32), (7, 96), (65, 576), (3, 1536)])
+def test_block_kernel_matches_dequantize_then_matmul(
+    ops, fmt: Format, rows: int, cols: int
+) -> None:
+    raw = random_blocks(fmt, rows, cols, seed=rows * cols)
+    reference = torch.from_numpy(gguf.quants.dequantize(raw, GGUF_TYPES[fmt]).copy())
+    mat = Matrix(torch.from_numpy(raw), fmt, cols)
+    # The same numbers as gguf's dequantizer (the one transformers uses), bit for bit.
+    assert torch.equal(kernels.dequantize(ops, mat), reference)
+    for batch in (1, 2, 3, 4):
+        x = torch.randn(batch, cols)
+        assert_close_product(kernels.grouped_gemv(ops, x, [mat]), x, reference)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "dtype"),
+    [(Format.F32, torch.float32), (Format.BF16, torch.bfloat16), (Format.F16, torch.float16)],
+)
+@pytest.mark.parametrize(("rows", "cols"), [(5, 37), (33, 64), (2, 200)])
+def test_plain_kernel_reads_16_bit_rows_exactly(
+    ops, fmt: Format, dtype: torch.dtype, rows: int, cols: int
+) -> None:
+    weights = torch.randn(rows, cols).to(dtype)
+    data = weights if dtype == torch.float32 else weights.view(torch.int16)
+    mat = Matrix(data.contiguous(), fmt, cols)
+    assert torch.equal(kernels.dequantize(ops, mat), weights.float())
+    for batch in (1, 2, 3, 4):
+        x = torch.randn(batch, cols)
+        assert_close_product(kernels.grouped_gemv(ops, x, [mat]), x, weights.float())
+
+
+def test_grouped_matrices_identical_rows_and_the_fused_residual(ops) -> None:
+    q4 = Matrix(torch.from_numpy(random_blocks(Format.Q4_1, 9, 64, 1)), Format.Q4_1, 64)
+    q8 = Matrix(torch.from_numpy(random_blocks(Format.Q8_0, 4, 64, 2)), Format.Q8_0, 64)
+    f32 = kernels.plain(torch.randn(3, 64))
+    x = torch.randn(1, 64).repeat(4, 1)
+    out = kernels.grouped_gemv(ops, x, [q4, q8, f32])
+    assert out.shape == (4, 16)
+    # Identical input rows give bit-identical outputs: a strength-0 row equals the baseline.
+    assert all(torch.equal(out[0], out[i]) for i in range(1, 4))
+    whole = torch.cat([kernels.dequantize(ops, m) for m in (q4, q8, f32)])
+    assert_close_product(out, x, whole)
+    residual = torch.randn(4, 16)
+    assert torch.equal(kernels.grouped_gemv(ops, x, [q4, q8, f32], add=residual), out + residual)
+
+
+def test_elementwise_ops_match_torch(ops) -> None:
+    x = torch.randn(3, 5, 64) * 3
+    w = torch.randn(64)
+    xf = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(ops.rms_norm(x, w, 1e-5), w * xf, rtol=1e-5, atol=1e-6)
+
+    heads, kv, dim = 4, 2, 16
+    qkv = torch.randn(7, (heads + 2 * kv) * dim)
+    cos, sin = torch.randn(7, dim), torch.randn(7, dim)
+    want = qkv.clone()
+    for h in range(heads + kv):
+        part = want[:, h * dim : (h + 1) * dim]
+        part.copy_(part * cos + _rotate_half(part) * sin)
+    ops.rope_(qkv, cos, sin, heads + kv, dim)
+    assert torch.equal(qkv, want)  # same arithmetic, no contraction
+
+    gate_up = torch.randn(3, 2 * 37) * 4
+    gate, up = gate_up.split(37, -1)
+    assert torch.allclose(ops.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 1), (2, 9), (4, 70)])
+def test_decode_attention_matches_the_torch_step(ops, batch: int, length: int) -> None:
+    heads, kv, dim, total = 6, 2, 32, 80
+    torch.manual_seed(length)
+    kcache = torch.randn(batch, kv, total, dim)
+    vcache = torch.randn(batch, kv, total, dim)
+    valid = torch.zeros(batch, total, dtype=torch.bool)
+    valid[:, :length] = True
+    valid[0, : length // 2] = False  # left padding on one row
+    valid[:, length - 1] = True
+    qkv = torch.randn(batch, (heads + 2 * kv) * dim)
+    cos, sin = torch.randn(batch, dim), torch.randn(batch, dim)
+    # Reference: the torch path of the decoder's step.
+    q, k, v = qkv.clone().split([heads * dim, kv * dim, kv * dim], -1)
+    q = q.view(batch, 1, heads, dim).transpose(1, 2)
+    k = k.reshape(batch, 1, kv, dim).transpose(1, 2)
+    c, s = cos[:, None, None], sin[:, None, None]
+    q = q * c + _rotate_half(q) * s
+    k = k * c + _rotate_half(k) * s
+    kref, vref = kcache.clone(), vcache.clone()
+    kref[:, :, length - 1] = k[:, :, 0]
+    vref[:, :, length - 1] = v.reshape(batch, kv, dim)
+    mask = valid[:, None, None, :length]
+    want = _decode_attention(q, kref[:, :, :length], vref[:, :, :length], mask, dim**-0.5)
+    got = ops.decode_attention(
+        qkv, cos, sin, kcache, vcache, valid, length - 1, heads, kv, dim**-0.5
+    )
+    assert torch.equal(kcache, kref) and torch.equal(vcache, vref)
+    assert torch.allclose(got, want.reshape(batch, heads * dim), rtol=1e-5, atol=1e-5)
+    # Identical rows stay identical.
+    same = ops.decode_attention(
+        qkv[:1].repeat(3, 1),
+        cos[:1].repeat(3, 1),
+        sin[:1].repeat(3, 1),
+        kcache[:1].repeat(3, 1, 1, 1),
+        vcache[:1].repeat(3, 1, 1, 1),
+        valid[:1].repeat(3, 1),
+        length - 1,
+        heads,
+        kv,
+        dim**-0.5,
+    )
+    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+
+
+def half_width_copy(dtype: torch.dtype) -> LoadedModel:
+    """A tiny Llama whose fp32 weights are exactly bf16/fp16 values (a half-width checkpoint)."""
+    hf = build_hf_model("llama", seed=0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(p.to(dtype).float())
+    return model_from_hf(hf, build_tokenizer(), f"tiny-{dtype}")
+
+
+@pytest.mark.parametrize(("dtype", "fmt"), [(torch.bfloat16, "BF16"), (torch.float16, "F16")])
+def test_half_width_checkpoints_decode_from_16_bit_copies(ops, dtype, fmt: str) -> None:
+    model = half_width_copy(dtype)
+    dec = FastLlamaDecoder(model)
+    assert dec.kernel == f"avx2-gemv ({fmt})"
+    fp32_bytes = sum(w.numel() * 4 for k, w in model.weights.items() if k.endswith("proj.weight"))
+    assert dec.step_weight_bytes < 0.55 * (fp32_bytes + model.weights["lm_head.weight"].numel() * 4)
+    # Decoding steps agree with the bridge over prompt + generated tokens.
+    prompt = model.chat_ids("Hello there, how are you?")
+    ids, mask = left_pad([prompt], model.pad_token_id)
+    session = dec.session(ids, mask, 6)
+    seen: list[torch.Tensor] = []
+    tokens = list(prompt)
+    with torch.inference_mode():
+        tok = session.prefill().argmax(-1)
+        for _ in range(5):
+            tokens.append(int(tok))
+            tok = session.step(tok, lambda i, h: seen.append(h[0, -1].clone()) or h).argmax(-1)
+    _, ref = bridge_resids(model, tokens)
+    n_layers = model.n_layers
+    for step in range(5):
+        for layer in range(n_layers):
+            want = ref[layer][len(prompt) + step]
+            got = seen[step * (n_layers + 1) + layer + 1]
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (step, layer)
+
+
+def test_a_copy_that_does_not_match_is_dropped(ops, caplog: pytest.LogCaptureFixture) -> None:
+    weight = torch.randn(8, 64)
+    wrong = Matrix(torch.from_numpy(random_blocks(Format.Q8_0, 8, 64, 5)), Format.Q8_0, 64)
+    with caplog.at_level(logging.WARNING):
+        mats = compact.compact_matrices(ops, {"w": weight}, ["w"], {"w": wrong})
+    assert mats["w"].fmt == Format.F32 and mats["w"].data is weight
+    assert "did not match" in caplog.text
+
+
+def test_without_the_kernel_everything_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_supported", lambda: "CPU capability DEFAULT has no AVX2")
+    assert kernels.load(True) is None
+    model = with_decoder(build_tiny("llama"), "fast")
+    dec = FastLlamaDecoder(model)
+    assert dec.kernel == "onednn" and dec.ops is None
+    prompt = model.chat_ids("Hello there")
+    ids, mask = left_pad([prompt, prompt], model.pad_token_id)
+    session = dec.session(ids, mask, 3)
+    with torch.inference_mode():
+        tok = session.prefill().argmax(-1)
+        out = session.step(tok)
+    assert torch.equal(out[0], out[1]) and torch.isfinite(out).all()
+
+
+def test_stored_blocks_round_trip_and_odd_entries_are_ignored(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from persona_explorer.gguf_blocks import BLOCK_FILE, QuantizedWeight, load_blocks, save_blocks
+
+    embed = QuantizedWeight(torch.from_numpy(random_blocks(Format.Q8_0, 6, 64, 3)), "Q8_0")
+    down = QuantizedWeight(torch.from_numpy(random_blocks(Format.Q4_1, 4, 96, 4)), "Q4_1")
+    blocks = {"model.embed_tokens.weight": embed, "model.layers.0.mlp.down_proj.weight": down}
+    save_blocks(tmp_path, blocks)
+    loaded = load_blocks(tmp_path, tied_embeddings=True)
+    assert set(loaded) == {*blocks, "lm_head.weight"}
+    assert loaded["lm_head.weight"] is loaded["model.embed_tokens.weight"]
+    assert torch.equal(loaded["model.layers.0.mlp.down_proj.weight"].data, down.data)
+    assert loaded["model.layers.0.mlp.down_proj.weight"].in_features == 96
+    # A file someone else wrote: unknown kinds, wrong dtypes and shapes are skipped, not used.
+    save_file(
+        {
+            "a": torch.zeros(4, 20, dtype=torch.uint8),
+            "b": torch.zeros(4, 5),
+            "c": torch.zeros(3, dtype=torch.uint8),
+        },
+        str(tmp_path / BLOCK_FILE),
+        metadata={"a": "Q9_9", "b": "Q8_0", "c": "Q4_1"},
+    )
+    assert load_blocks(tmp_path, tied_embeddings=False) == {}
+    assert load_blocks(tmp_path / "missing", tied_embeddings=False) == {}
