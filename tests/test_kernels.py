@@ -271,3 +271,20 @@ def test_stored_blocks_round_trip_and_odd_entries_are_ignored(tmp_path) -> None:
     )
     assert load_blocks(tmp_path, tied_embeddings=False) == {}
     assert load_blocks(tmp_path / "missing", tied_embeddings=False) == {}
+
+
+def test_decoding_steps_of_big_batches_use_the_packed_products(ops) -> None:
+    """More rows than the matrix-vector kernel takes: the step runs per op (oneDNN products,
+    compiled attention) and identical rows still agree bit for bit."""
+    model = with_decoder(build_tiny("llama"), "fast")
+    dec = FastLlamaDecoder(model)
+    prompt = model.chat_ids("Hello there")
+    rows = kernels.MAX_ROWS + 3
+    ids, mask = left_pad([prompt] * rows, model.pad_token_id)
+    session = dec.session(ids, mask, 4)
+    with torch.inference_mode():
+        tok = session.prefill().argmax(-1)
+        for _ in range(3):
+            logits = session.step(tok)
+            tok = logits.argmax(-1)
+    assert all(torch.equal(logits[0], logits[i]) for i in range(1, rows))

@@ -12,11 +12,16 @@ callers pass in.
   model exactly.
 * :mod:`.hf` — :class:`~.hf.HFDecoder`, the bridge-wrapped HF forward with hooks: any
   architecture.
-* :mod:`.kernels` — the AVX2 matrix-vector kernel the fast decoder uses on CPU.
+* :mod:`.kernels` — the compiled AVX2 kernels the fast decoder uses on CPU (source:
+  ``kernels.cpp``): matrix-vector products on GGUF blocks, 16-bit or fp32 rows, decode
+  attention, RMSNorm, RoPE, SiLU, and a whole layer of a decoding step in one call.
+* :mod:`.compact` — the compact copies of the weights a decoding step reads (the model's GGUF
+  blocks, or 16-bit copies), each checked to decode to exactly the model's fp32 weights.
 * :mod:`.cache` — :func:`decoder_for`, the one decoder of each model, and :func:`build_decoder`.
 
 Imports: torch (and transformers inside the HF session), :mod:`..model` for the
-:class:`~persona_explorer.model.LoadedModel` type, :mod:`..config` for the ``fast_decoder`` and
+:class:`~persona_explorer.model.LoadedModel` type (its ``quantized`` blocks come from
+:mod:`..gguf_blocks`), :mod:`..config` for the ``fast_decoder`` and
 ``decode_kernel`` switches. Never steering, generation, the UI or the CLI: they import the
 engine. ``model`` does not import the engine either (a test checks it).
 

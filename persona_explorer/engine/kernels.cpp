@@ -199,7 +199,8 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   const int64_t D = xc.size(-1), N = xc.numel() / D;
   auto y = torch::empty_like(xc);
   const float* xp = xc.data_ptr<float>();
-  const float* wp = w.contiguous().data_ptr<float>();
+  auto wc = w.contiguous();
+  const float* wp = wc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   #pragma omp parallel for schedule(static) if (N > 4)
   for (int64_t n = 0; n < N; ++n) {
@@ -392,4 +393,25 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tens
     }
   }
   return out;
+}
+
+// One decoder layer for one decoding step, in one call (the Python between a layer's seven ops
+// cost about as much as its attention): h [B, d] -> h after the layer, the caches written.
+// Llama-family layout: pre-norms, q/k/v (optional bias), o, SiLU-gated MLP, two residual adds.
+torch::Tensor decode_layer(torch::Tensor h, torch::Tensor ln1, torch::Tensor ln2, double eps,
+                           std::vector<torch::Tensor> qkv_w, std::vector<int64_t> qkv_t,
+                           c10::optional<torch::Tensor> qkv_bias,
+                           std::vector<torch::Tensor> o_w, std::vector<int64_t> o_t,
+                           std::vector<torch::Tensor> gu_w, std::vector<int64_t> gu_t,
+                           std::vector<torch::Tensor> down_w, std::vector<int64_t> down_t,
+                           torch::Tensor cos, torch::Tensor sin, torch::Tensor kcache,
+                           torch::Tensor vcache, torch::Tensor valid, int64_t pos, int64_t H,
+                           int64_t KV, double scale) {
+  auto x = rms_norm(h, ln1, eps);
+  auto qkv = grouped_gemv(x, qkv_w, qkv_t, c10::nullopt);
+  if (qkv_bias.has_value()) qkv.add_(*qkv_bias);
+  auto attn = decode_attention(qkv, cos, sin, kcache, vcache, valid, pos, H, KV, scale);
+  auto h1 = grouped_gemv(attn, o_w, o_t, h);
+  auto gu = grouped_gemv(rms_norm(h1, ln2, eps), gu_w, gu_t, c10::nullopt);
+  return grouped_gemv(silu_mul(gu), down_w, down_t, h1);
 }

@@ -89,6 +89,7 @@ def load(enabled: bool) -> Any:
                     "rope_",
                     "silu_mul",
                     "decode_attention",
+                    "decode_layer",
                 ],
                 # No contraction: the element-wise ops keep torch's rounding (mul, then add).
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
