@@ -371,41 +371,24 @@ class _FastSession:
         fused_step = dec.ops is not None and s == 1 and start >= self.input_ids.shape[1]
         h = F.embedding(ids, dec.embed)
         h = resid_fn(EMBED_LAYER, h)
+        whole_layer = fused_step and b <= kernels.MAX_ROWS
+
+        def step_args(i: int) -> tuple[Any, ...]:  # the compiled step's cache arguments
+            kv = (self.k[i], self.v[i], self.valid, start)
+            return (cos_rows, sin_rows, *kv, dec.n_heads, dec.n_kv, dec.scaling)
+
         for i, layer in enumerate(dec.layers):
-            if fused_step and b <= kernels.MAX_ROWS and layer.step_args is not None:
-                h = dec.ops.decode_layer(
-                    h.reshape(b, -1).contiguous(),
-                    layer.ln1,
-                    layer.ln2,
-                    dec.eps,
-                    *layer.step_args,
-                    cos_rows,
-                    sin_rows,
-                    self.k[i],
-                    self.v[i],
-                    self.valid,
-                    start,
-                    dec.n_heads,
-                    dec.n_kv,
-                    dec.scaling,
+            if whole_layer and layer.step_args is not None:
+                h2 = h.reshape(b, -1).contiguous()
+                h2 = dec.ops.decode_layer(
+                    h2, layer.ln1, layer.ln2, dec.eps, *layer.step_args, *step_args(i)
                 )
-                h = resid_fn(i, h.view(b, 1, -1))
+                h = resid_fn(i, h2.view(b, 1, -1))
                 continue
             x = dec.rms_norm(h, layer.ln1)
             qkv = layer.qkv.fused(x)
             if fused_step:
-                attn = dec.ops.decode_attention(
-                    qkv.view(b, -1),
-                    cos_rows,
-                    sin_rows,
-                    self.k[i],
-                    self.v[i],
-                    self.valid,
-                    start,
-                    dec.n_heads,
-                    dec.n_kv,
-                    dec.scaling,
-                )
+                attn = dec.ops.decode_attention(qkv.view(b, -1), *step_args(i))
                 h = self._mlp(layer, layer.o.fused(attn.view(b, 1, -1), add=h))
                 h = resid_fn(i, h)
                 continue
