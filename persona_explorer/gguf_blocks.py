@@ -24,7 +24,14 @@ import torch
 
 from .fileio import atomic_write
 
-__all__ = ["BLOCK_FILE", "QuantizedWeight", "load_blocks", "read_gguf_blocks", "save_blocks"]
+__all__ = [
+    "BLOCK_FILE",
+    "QuantizedWeight",
+    "load_blocks",
+    "read_gguf_blocks",
+    "save_blocks",
+    "with_tied_head",
+]
 
 BLOCK_FILE = "blocks.safetensors"
 KINDS = {"Q4_1": 20, "Q8_0": 34}  # bytes per block of 32 weights
@@ -111,9 +118,17 @@ def load_blocks(folder: Path, tied_embeddings: bool) -> dict[str, QuantizedWeigh
         for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             kind = kinds.get(name)
             data = f.get_tensor(name)
-            if kind in KINDS and data.dtype == torch.uint8 and data.dim() == 2:
+            whole_blocks = data.dim() == 2 and data.shape[1] % KINDS.get(kind or "", 1) == 0
+            if kind in KINDS and data.dtype == torch.uint8 and whole_blocks:
                 out[name] = QuantizedWeight(data, kind)
-    embed = out.get("model.embed_tokens.weight")
-    if tied_embeddings and embed is not None and "lm_head.weight" not in out:
-        out["lm_head.weight"] = embed
-    return out
+    return with_tied_head(out, tied_embeddings)
+
+
+def with_tied_head(
+    blocks: dict[str, QuantizedWeight], tied_embeddings: bool
+) -> dict[str, QuantizedWeight]:
+    """A tied LM head reads the embedding's blocks (GGUF stores them once)."""
+    embed = blocks.get("model.embed_tokens.weight")
+    if tied_embeddings and embed is not None and "lm_head.weight" not in blocks:
+        blocks["lm_head.weight"] = embed
+    return blocks

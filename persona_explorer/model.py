@@ -37,7 +37,14 @@ import torch
 from .config import load_settings
 from .errors import UserError
 from .fileio import atomic_write
-from .gguf_blocks import BLOCK_FILE, QuantizedWeight, load_blocks, read_gguf_blocks, save_blocks
+from .gguf_blocks import (
+    BLOCK_FILE,
+    QuantizedWeight,
+    load_blocks,
+    read_gguf_blocks,
+    save_blocks,
+    with_tied_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +268,19 @@ def _embedded_blocks(folder: Path, config: Any) -> dict[str, QuantizedWeight]:
     """The GGUF's blocks, stored beside the dequantized weights on first use (see
     :mod:`.gguf_blocks`). Without them decoding reads the fp32 weights: slower, same numbers."""
     tied = bool(getattr(config, "tie_word_embeddings", False))
+    gguf = embedded_gguf_path()
     try:
-        if not (folder / BLOCK_FILE).is_file():
-            gguf = embedded_gguf_path()
-            if gguf is None:
-                return {}
-            save_blocks(folder, read_gguf_blocks(gguf, config))
-        return load_blocks(folder, tied)
+        if (folder / BLOCK_FILE).is_file() or gguf is None:
+            return load_blocks(folder, tied)
+        blocks = read_gguf_blocks(gguf, config)
     except (OSError, ValueError) as exc:
         log.warning("decoding from the fp32 weights: the GGUF blocks could not be read (%s)", exc)
         return {}
+    try:
+        save_blocks(folder, blocks)
+    except OSError as exc:  # a read-only cache: read the GGUF again on the next start
+        log.warning("could not store the GGUF blocks in %s (%s)", folder, exc)
+    return with_tied_head(blocks, tied)
 
 
 def _load_hf(

@@ -231,3 +231,28 @@ def test_decoding_steps_read_the_gguf_blocks_and_match_the_bridge(model: LoadedM
                 ref = cache[f"blocks.{layer}.hook_resid_post"][0, len(p) + i]
                 got = seen[i][layer][row]
                 assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), (row, i, layer)
+
+
+def test_gguf_blocks_are_stored_once_and_a_read_only_cache_still_gets_them(
+    model: LoadedModel, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from persona_explorer import model as model_module
+    from persona_explorer.gguf_blocks import BLOCK_FILE
+
+    cfg = model.hf_model.config
+
+    def refuse(*_args: object) -> None:
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(model_module, "save_blocks", refuse)
+    unsaved = model_module._embedded_blocks(tmp_path, cfg)
+    assert not (tmp_path / BLOCK_FILE).exists()
+    monkeypatch.undo()
+    stored = model_module._embedded_blocks(tmp_path, cfg)
+    assert (tmp_path / BLOCK_FILE).is_file()
+    for blocks in (unsaved, stored):
+        assert set(blocks) == set(model.quantized)
+        assert blocks["lm_head.weight"] is blocks["model.embed_tokens.weight"]
+        name = "model.layers.3.self_attn.k_proj.weight"
+        assert torch.equal(blocks[name].data, model.quantized[name].data)
+    assert {q.kind for q in stored.values()} == {"Q4_1", "Q8_0"}

@@ -271,6 +271,20 @@ def test_stored_blocks_round_trip_and_odd_entries_are_ignored(tmp_path) -> None:
     )
     assert load_blocks(tmp_path, tied_embeddings=False) == {}
     assert load_blocks(tmp_path / "missing", tied_embeddings=False) == {}
+    # Rows that are not whole blocks are not blocks.
+    save_file(
+        {"d": torch.zeros(4, 25, dtype=torch.uint8)}, str(tmp_path / BLOCK_FILE), {"d": "Q4_1"}
+    )
+    assert load_blocks(tmp_path, tied_embeddings=False) == {}
+
+
+def test_16_bit_copies_only_where_memory_allows(ops) -> None:
+    weights = {"a": torch.randn(64, 64).to(torch.bfloat16).float(), "b": torch.randn(64, 64)}
+    roomy = compact.compact_matrices(ops, weights, ["a", "b"], {}, free_bytes=1 << 30)
+    assert (roomy["a"].fmt, roomy["b"].fmt) == (Format.BF16, Format.F32)
+    assert torch.equal(kernels.dequantize(ops, roomy["a"]), weights["a"])
+    tight = compact.compact_matrices(ops, weights, ["a", "b"], {}, free_bytes=64 * 64 * 2)
+    assert tight["a"].fmt == Format.F32 and tight["a"].data is weights["a"]
 
 
 def test_decoding_steps_of_big_batches_use_the_packed_products(ops) -> None:

@@ -10,6 +10,8 @@ kernel (:mod:`.kernels`) rebuilds the *same* fp32 values in registers:
   92 MiB instead of 540 MB.
 * **bf16 / fp16** (an HF checkpoint stored in half width and loaded in fp32): the weights are
   exactly representable in 16 bits, so the 16-bit copy holds the same numbers at half the bytes.
+  The copies add half the fp32 weights' memory, so they are made only while they fit in half of
+  the memory free when the decoder is built.
 * **fp32** otherwise (a fine-tuned model's merged weights, random test models): the weights
   themselves, no copy.
 
@@ -21,6 +23,7 @@ summation). A copy that does not match is dropped, with a log line, and the fp32
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -54,20 +57,38 @@ def _half_copy(weight: torch.Tensor) -> Matrix | None:
     return None
 
 
+def available_memory() -> int | None:
+    """Bytes of physical memory free now (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def compact_matrices(
     module: Any,
     weights: Mapping[str, torch.Tensor],
     names: list[str],
     blocks: Mapping[str, Matrix],
+    free_bytes: int | None = None,
 ) -> dict[str, Matrix]:
-    """For each name, the compact copy that decodes to exactly ``weights[name]``, else fp32."""
+    """For each name, the compact copy that decodes to exactly ``weights[name]``, else fp32.
+
+    16-bit copies sit beside the fp32 weights (the bridge and prompt passes read those), so they
+    are made only while they would take at most half of ``free_bytes`` (default: the memory free
+    now): a big fp32 model on a small machine decodes from fp32 rather than swapping.
+    """
     out: dict[str, Matrix] = {}
     dropped = []
+    budget = (free_bytes if free_bytes is not None else available_memory() or 0) // 2
     for name in names:
         weight = weights[name]
         candidate = blocks.get(name)
-        if candidate is None and weight.dim() == 2 and weight.is_contiguous():
+        fits = weight.numel() * 2 <= budget
+        if candidate is None and fits and weight.dim() == 2 and weight.is_contiguous():
             candidate = _half_copy(weight)
+            if candidate is not None:
+                budget -= candidate.nbytes
         if candidate is not None and (
             candidate.out_features != weight.shape[0]
             or candidate.in_features != weight.shape[1]
