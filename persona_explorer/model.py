@@ -135,7 +135,7 @@ class LoadedModel:
     # where the config does not say. Generation refuses prompts that would not fit.
     context_length: int | None = None
     # The GGUF blocks ``weights`` were dequantized from, by HF name (the embedded model; empty
-    # for others): decoding reads these, the same numbers in a sixth of the bytes.
+    # for others): decoding reads these, the same numbers in a fifth of the bytes.
     quantized: Mapping[str, QuantizedWeight] = field(default_factory=dict, repr=False)
     # Held for each forward pass: requests share the model by taking turns (see FairLock).
     compute_lock: FairLock = field(default_factory=FairLock, repr=False)

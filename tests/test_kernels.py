@@ -77,12 +77,20 @@ def test_block_kernel_matches_dequantize_then_matmul(
 ) -> None:
     raw = random_blocks(fmt, rows, cols, seed=rows * cols)
     reference = torch.from_numpy(gguf.quants.dequantize(raw, GGUF_TYPES[fmt]).copy())
-    mat = Matrix(torch.from_numpy(raw), fmt, cols)
-    # The same numbers as gguf's dequantizer (the one transformers uses), bit for bit.
-    assert torch.equal(kernels.dequantize(ops, mat), reference)
-    for batch in (1, 2, 3, 4):
-        x = torch.randn(batch, cols)
-        assert_close_product(kernels.grouped_gemv(ops, x, [mat]), x, reference)
+    stored = Matrix(torch.from_numpy(raw), fmt, cols)
+    repacked = kernels.repack(stored)
+    assert repacked.fmt == {Format.Q4_1: Format.Q4_1X, Format.Q8_0: Format.Q8_0X}[fmt]
+    for mat in (stored, repacked):
+        # The same numbers as gguf's dequantizer (the one transformers uses), bit for bit.
+        assert torch.equal(kernels.dequantize(ops, mat), reference)
+        for batch in (1, 2, 3, 4):
+            x = torch.randn(batch, cols)
+            assert_close_product(kernels.grouped_gemv(ops, x, [mat]), x, reference)
+    # Both layouts sum in the same order: identical products.
+    x = torch.randn(2, cols)
+    assert torch.equal(
+        kernels.grouped_gemv(ops, x, [stored]), kernels.grouped_gemv(ops, x, [repacked])
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,23 +10,24 @@ callback still runs after every layer. :func:`fast_path_problem` says when a mod
 can run exactly; :mod:`.hf` serves those.
 
 Where a decoding step's time goes (embedded model, side by side = batch 2 with steering and
-capture on, 2 threads, idle machine; ``bench`` compares it with llama.cpp):
+capture on, 2 threads, idle machine; timed per op, i.e. without the whole-layer call, which
+saves another ~0.3-0.5 ms of the Python; ``bench`` compares the step with llama.cpp):
 
 =====================================================  ==========  =====
-matrix-vector products on the Q4_1/Q8_0 blocks (96 MB)  7.0 ms     ~75 %
-attention incl. RoPE and cache write (30 calls)        0.55 ms    ~6 %
-RMSNorm (61) and SiLU-gate (30)                        0.3 ms     ~3 %
-residual callback: steering edit + capture (31)        0.3 ms     ~3 %
-sampling and the step's bookkeeping                    0.25 ms    ~3 %
-Python between ops and in the generation loop          ~1 ms      ~10 %
+matrix-vector products on the repacked Q4_1/Q8_0 blocks 6.1 ms     ~76 %
+attention incl. RoPE and cache write (30 calls)        0.4 ms     ~5 %
+RMSNorm (61 calls) and SiLU-gate (30)                  0.25 ms    ~3 %
+residual callback: steering edit + capture (31)        0.1 ms     ~1 %
+sampling and the step's bookkeeping                    0.1 ms     ~1 %
+Python between ops and in the generation loop          ~1 ms      ~13 %
 =====================================================  ==========  =====
 
-The products run at 13-14 GB/s of blocks, a third of the read bandwidth: they are bound by
-decoding the blocks in registers (about one vector instruction per weight at batch 2), not by
-memory. The weights must be exactly the bridge's, so the decode cannot be folded away (a
-block's ``d * sum(q x) + m * sum(x)`` would use unrounded weights) and x is never quantized
-(llama.cpp's Q8 activations are why it is faster at batch 1). Before this file decoded from the
-blocks, the same step took 46-50 ms: ~30 ms reading 540 MB of fp32, ~15 ms of per-op overhead
+The products run at 15-18 GB/s of blocks, well under the ~40 GB/s read bandwidth: they are bound
+by decoding the blocks in registers (about one vector instruction per weight), not by memory.
+The weights must be exactly the bridge's, so the decode cannot be folded away (a block's
+``d * sum(q x) + m * sum(x)`` would use unrounded weights) and x is never quantized (llama.cpp
+quantizes activations to Q8 for integer dot products). Before this file decoded from the blocks,
+the same step took 46-50 ms: ~30 ms reading 540 MB of fp32 and ~15 ms of per-op overhead
 (25 torch ops per layer) that the compiled calls removed.
 
 The weights are packed when the decoder is built: it sees the model as it was then, so a model

@@ -7,7 +7,8 @@ batch 2. So:
 
 * ``grouped_gemv``: y = W x (+ a residual) for up to 4 rows of x and several matrices in one call
   (q/k/v, gate/up), parallel over output rows, each weight row read once for all batch rows.
-  Rows may be stored as GGUF Q4_1 or Q8_0 blocks, bf16, fp16 or fp32
+  Rows may be stored as GGUF Q4_1 or Q8_0 blocks (as in the file, or repacked with their fp16
+  scales widened to fp32 ahead of time, which is what decoding uses), bf16, fp16 or fp32
   (:class:`Format`); blocks are decoded in registers into exactly the fp32 values gguf's
   dequantizer gives (``d*q`` is exact in fp32, so one rounding, as in numpy), so only the order
   of summation differs from a dequantize-then-matmul. Every output is one dot product in a fixed
@@ -110,10 +111,13 @@ class Format(IntEnum):
     Q8_0 = 2  # GGUF blocks of 32: fp16 scale d, 32 int8 codes; w = d*q
     BF16 = 3
     F16 = 4
+    Q4_1X = 5  # Q4_1 repacked per row: the blocks' d and m as fp32, then the codes
+    Q8_0X = 6  # Q8_0 repacked per row: the blocks' d as fp32, then the codes
 
 
 BLOCK = 32
-BLOCK_BYTES = {Format.Q4_1: 20, Format.Q8_0: 34}
+BLOCK_BYTES = {Format.Q4_1: 20, Format.Q8_0: 34, Format.Q4_1X: 24, Format.Q8_0X: 36}
+_REPACKED = {Format.Q4_1: (Format.Q4_1X, 2), Format.Q8_0: (Format.Q8_0X, 1)}
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,19 @@ class Matrix:
 
 def plain(weight: torch.Tensor) -> Matrix:
     return Matrix(weight, Format.F32, int(weight.shape[1]))
+
+
+def repack(mat: Matrix) -> Matrix:
+    """GGUF blocks in the kernel's faster layout (same numbers: fp16 scales widen exactly)."""
+    if mat.fmt not in _REPACKED:
+        return mat
+    fmt, n_scales = _REPACKED[mat.fmt]
+    rows, blocks = mat.out_features, mat.in_features // BLOCK
+    raw = mat.data.reshape(rows, blocks, BLOCK_BYTES[mat.fmt])
+    scales = raw[:, :, : 2 * n_scales].contiguous().view(torch.float16).float()
+    codes = raw[:, :, 2 * n_scales :].reshape(rows, -1)
+    data = torch.cat([scales.reshape(rows, -1).view(torch.uint8), codes], dim=1)
+    return Matrix(data.contiguous(), fmt, mat.in_features)
 
 
 def usable(weights: list[torch.Tensor]) -> bool:
