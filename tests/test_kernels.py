@@ -85,12 +85,10 @@ def test_block_kernel_matches_dequantize_then_matmul(
         assert torch.equal(kernels.dequantize(ops, mat), reference)
         for batch in (1, 2, 3, 4):
             x = torch.randn(batch, cols)
-            assert_close_product(kernels.grouped_gemv(ops, x, [mat]), x, reference)
+            assert_close_product(kernels.Group(ops, [mat])(x), x, reference)
     # Both layouts sum in the same order: identical products.
     x = torch.randn(2, cols)
-    assert torch.equal(
-        kernels.grouped_gemv(ops, x, [stored]), kernels.grouped_gemv(ops, x, [repacked])
-    )
+    assert torch.equal(kernels.Group(ops, [stored])(x), kernels.Group(ops, [repacked])(x))
 
 
 @pytest.mark.parametrize(
@@ -107,7 +105,7 @@ def test_plain_kernel_reads_16_bit_rows_exactly(
     assert torch.equal(kernels.dequantize(ops, mat), weights.float())
     for batch in (1, 2, 3, 4):
         x = torch.randn(batch, cols)
-        assert_close_product(kernels.grouped_gemv(ops, x, [mat]), x, weights.float())
+        assert_close_product(kernels.Group(ops, [mat])(x), x, weights.float())
 
 
 def test_grouped_matrices_identical_rows_and_the_fused_residual(ops) -> None:
@@ -115,14 +113,14 @@ def test_grouped_matrices_identical_rows_and_the_fused_residual(ops) -> None:
     q8 = Matrix(torch.from_numpy(random_blocks(Format.Q8_0, 4, 64, 2)), Format.Q8_0, 64)
     f32 = kernels.plain(torch.randn(3, 64))
     x = torch.randn(1, 64).repeat(4, 1)
-    out = kernels.grouped_gemv(ops, x, [q4, q8, f32])
+    out = kernels.Group(ops, [q4, q8, f32])(x)
     assert out.shape == (4, 16)
     # Identical input rows give bit-identical outputs: a strength-0 row equals the baseline.
     assert all(torch.equal(out[0], out[i]) for i in range(1, 4))
     whole = torch.cat([kernels.dequantize(ops, m) for m in (q4, q8, f32)])
     assert_close_product(out, x, whole)
     residual = torch.randn(4, 16)
-    assert torch.equal(kernels.grouped_gemv(ops, x, [q4, q8, f32], add=residual), out + residual)
+    assert torch.equal(kernels.Group(ops, [q4, q8, f32])(x, residual), out + residual)
 
 
 def test_elementwise_ops_match_torch(ops) -> None:

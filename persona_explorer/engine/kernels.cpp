@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 // Weight formats, by code. Rows stay rows: a quantized row is K/32 blocks of 32 weights.
@@ -78,6 +79,35 @@ static inline void load32(const uint8_t* row, int64_t b, __m256 w[4], int64_t nb
   }
 }
 
+// Weight k of a plain (f32, bf16, f16) row, for the tail after its last whole 32.
+template <int T>
+static inline float plain_at(const uint8_t* row, int64_t k) {
+  if constexpr (T == F32) {
+    return reinterpret_cast<const float*>(row)[k];
+  } else if constexpr (T == BF16) {
+    const uint32_t bits = uint32_t(reinterpret_cast<const uint16_t*>(row)[k]) << 16;
+    float w;
+    std::memcpy(&w, &bits, 4);
+    return w;
+  } else {
+    return _cvtsh_ss(reinterpret_cast<const uint16_t*>(row)[k]);
+  }
+}
+
+// Calls f(std::integral_constant<int, T>) for the runtime type code: one switch for every op.
+template <typename Fn>
+static inline void by_type(int64_t type, Fn&& f) {
+  switch (type) {
+    case Q4_1: f(std::integral_constant<int, Q4_1>{}); break;
+    case Q4_1X: f(std::integral_constant<int, Q4_1X>{}); break;
+    case Q8_0: f(std::integral_constant<int, Q8_0>{}); break;
+    case Q8_0X: f(std::integral_constant<int, Q8_0X>{}); break;
+    case BF16: f(std::integral_constant<int, BF16>{}); break;
+    case F16: f(std::integral_constant<int, F16>{}); break;
+    default: f(std::integral_constant<int, F32>{}); break;
+  }
+}
+
 static inline bool is_block_type(int64_t type) {
   return type == Q4_1 || type == Q8_0 || type == Q4_1X || type == Q8_0X;
 }
@@ -118,15 +148,7 @@ static inline void dot_rows(const uint8_t* row, const float* x, int64_t K, float
     float s = hsum(total);
     if constexpr (T == F32 || T == BF16 || T == F16) {
       // A tail shorter than a block (plain rows only: quantized rows are whole blocks).
-      for (int64_t k = nb * 32; k < K; ++k) {
-        float wk;
-        if constexpr (T == F32) wk = reinterpret_cast<const float*>(row)[k];
-        else if constexpr (T == BF16) {
-          uint32_t bits = uint32_t(reinterpret_cast<const uint16_t*>(row)[k]) << 16;
-          std::memcpy(&wk, &bits, 4);
-        } else wk = _cvtsh_ss(reinterpret_cast<const uint16_t*>(row)[k]);
-        s += wk * x[m * K + k];
-      }
+      for (int64_t k = nb * 32; k < K; ++k) s += plain_at<T>(row, k) * x[m * K + k];
     }
     out[m * stride] = s;
   }
@@ -171,15 +193,7 @@ torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::
     size_t j = 0;
     while (r >= offs[j + 1]) ++j;
     const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
-    switch (types[j]) {
-      case Q4_1: dot_any<Q4_1>(row, xp, K, M, yp + r, O); break;
-      case Q4_1X: dot_any<Q4_1X>(row, xp, K, M, yp + r, O); break;
-      case Q8_0X: dot_any<Q8_0X>(row, xp, K, M, yp + r, O); break;
-      case Q8_0: dot_any<Q8_0>(row, xp, K, M, yp + r, O); break;
-      case BF16: dot_any<BF16>(row, xp, K, M, yp + r, O); break;
-      case F16: dot_any<F16>(row, xp, K, M, yp + r, O); break;
-      default: dot_any<F32>(row, xp, K, M, yp + r, O); break;
-    }
+    by_type(types[j], [&](auto t) { dot_any<decltype(t)::value>(row, xp, K, M, yp + r, O); });
     if (ap) for (int64_t m = 0; m < M; ++m) yp[m * O + r] += ap[m * O + r];
   }
   return y;
@@ -199,27 +213,17 @@ torch::Tensor dequantize(torch::Tensor w, int64_t type, int64_t K) {
   for (int64_t r = 0; r < O; ++r) {
     const uint8_t* row = wp + r * rb;
     float* out = yp + r * K;
-    __m256 v[4];
-    const int64_t nb = is_block_type(type) ? K / 32 : 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      switch (type) {
-        case Q4_1: load32<Q4_1>(row, b, v, nb); break;
-        case Q4_1X: load32<Q4_1X>(row, b, v, nb); break;
-        case Q8_0: load32<Q8_0>(row, b, v, nb); break;
-        default: load32<Q8_0X>(row, b, v, nb); break;
+    by_type(type, [&](auto t) {
+      constexpr int T = decltype(t)::value;
+      const int64_t nb = K / 32;
+      __m256 v[4];
+      for (int64_t b = 0; b < nb; ++b) {  // the same decode the products use
+        load32<T>(row, b, v, nb);
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + 8 * j, v[j]);
       }
-      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + 8 * j, v[j]);
-    }
-    if (nb == 0) {
-      for (int64_t k = 0; k < K; ++k) {
-        if (type == F32) out[k] = reinterpret_cast<const float*>(row)[k];
-        else if (type == F16) out[k] = _cvtsh_ss(reinterpret_cast<const uint16_t*>(row)[k]);
-        else {
-          uint32_t bits = uint32_t(reinterpret_cast<const uint16_t*>(row)[k]) << 16;
-          std::memcpy(out + k, &bits, 4);
-        }
-      }
-    }
+      if constexpr (T == F32 || T == BF16 || T == F16)
+        for (int64_t k = nb * 32; k < K; ++k) out[k] = plain_at<T>(row, k);
+    });
   }
   return y;
 }
@@ -252,6 +256,24 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   return y;
 }
 
+// x*cos + rotate_half(x)*sin on one head of `2 * half` values, in place; mul then add/sub (no
+// contraction), so the result is torch's to the bit.
+static inline void rotate_head(float* x, const float* c, const float* s, int64_t half) {
+  int64_t i = 0;
+  for (; i + 8 <= half; i += 8) {
+    const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
+    const __m256 ca = _mm256_loadu_ps(c + i), sa = _mm256_loadu_ps(s + i);
+    const __m256 cb = _mm256_loadu_ps(c + half + i), sb = _mm256_loadu_ps(s + half + i);
+    _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, ca), _mm256_mul_ps(b, sa)));
+    _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, cb), _mm256_mul_ps(a, sb)));
+  }
+  for (; i < half; ++i) {
+    const float a = x[i], b = x[half + i];
+    x[i] = a * c[i] - b * s[i];
+    x[half + i] = b * c[half + i] + a * s[half + i];
+  }
+}
+
 // Rotary embedding, in place, on the first `heads` heads of each row of qkv [N, width] (q then
 // k: pass heads = q_heads + kv_heads). cos/sin [N, head_dim]. x*cos + rotate_half(x)*sin.
 void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads, int64_t head_dim) {
@@ -265,22 +287,7 @@ void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t head
   for (int64_t n = 0; n < N; ++n) {
     const float* c = cp + n * head_dim;
     const float* s = sp + n * head_dim;
-    for (int64_t h = 0; h < heads; ++h) {
-      float* x = p + n * W + h * head_dim;
-      int64_t i = 0;
-      for (; i + 8 <= half; i += 8) {
-        const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
-        const __m256 ca = _mm256_loadu_ps(c + i), sa = _mm256_loadu_ps(s + i);
-        const __m256 cb = _mm256_loadu_ps(c + half + i), sb = _mm256_loadu_ps(s + half + i);
-        _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, ca), _mm256_mul_ps(b, sa)));
-        _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, cb), _mm256_mul_ps(a, sb)));
-      }
-      for (; i < half; ++i) {
-        const float a = x[i], b = x[half + i];
-        x[i] = a * c[i] - b * s[i];
-        x[half + i] = b * c[half + i] + a * s[half + i];
-      }
-    }
+    for (int64_t h = 0; h < heads; ++h) rotate_head(p + n * W + h * head_dim, c, s, half);
   }
 }
 
@@ -355,18 +362,9 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tens
   const int64_t vstride = valid.size(1);
   float* op = out.data_ptr<float>();
   const int64_t W = qkv.size(1), L = pos + 1;
-  // RoPE (same arithmetic as rope_) on q and k in place, and the cache writes.
+  // RoPE (as rope_) on q and k in place, and the cache writes.
   for (int64_t b = 0; b < B; ++b) {
-    const float* c = cp + b * D;
-    const float* s = sp + b * D;
-    for (int64_t h = 0; h < H + KV; ++h) {
-      float* x = qp + b * W + h * D;
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = x[i], z = x[half + i];
-        x[i] = a * c[i] - z * s[i];
-        x[half + i] = z * c[half + i] + a * s[half + i];
-      }
-    }
+    for (int64_t h = 0; h < H + KV; ++h) rotate_head(qp + b * W + h * D, cp + b * D, sp + b * D, half);
     for (int64_t g = 0; g < KV; ++g) {
       std::memcpy(kc + ((b * KV + g) * T + pos) * D, qp + b * W + (H + g) * D, D * 4);
       std::memcpy(vc + ((b * KV + g) * T + pos) * D, qp + b * W + (H + KV + g) * D, D * 4);

@@ -166,7 +166,6 @@ class Group:
 
     def __init__(self, module: Any, mats: list[Matrix]) -> None:
         self.module = module
-        self.mats = mats
         self.data = [m.data for m in mats]
         self.types = [int(m.fmt) for m in mats]
 
@@ -177,12 +176,6 @@ class Group:
             add = add.reshape(flat.shape[0], -1).contiguous()
         out = self.module.grouped_gemv(flat, self.data, self.types, add)
         return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def grouped_gemv(
-    module: Any, x: torch.Tensor, mats: list[Matrix], add: torch.Tensor | None = None
-) -> torch.Tensor:
-    return Group(module, mats)(x, add)
 
 
 def dequantize(module: Any, mat: Matrix) -> torch.Tensor:
