@@ -19,6 +19,7 @@ capture, greedy sampling), excluding the prompt pass.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -42,7 +43,7 @@ BATCHES = (1, 2, 4)
 HEADLINE_BATCH = 2
 TARGET = 1.0
 AIM = 1.5
-BUILD_SCRIPT = REPO_ROOT / "scripts" / "llama_server.sh"
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "llama_build.py"
 BINARY_NAME = "llama-batched-bench"
 RUN_TIMEOUT_S = 600
 # Other processes' share of the CPUs above which a round is flagged as run on a busy machine.
@@ -60,23 +61,36 @@ class Lookup:
     reason: str = ""
 
 
-def script_version(script: Path = BUILD_SCRIPT) -> str | None:
-    """The llama.cpp version the build script caches under (``version=...``), if it says."""
-    try:
-        found = re.search(r"^version=(\S+)$", script.read_text(), re.MULTILINE)
-    except OSError:
+def build_script() -> Any:
+    """``scripts/llama_build.py`` as a module (it is a standalone script: the system Python runs
+    it before the venv exists), or None where the repository's scripts are not there."""
+    spec = importlib.util.spec_from_file_location("llama_build", BUILD_SCRIPT)
+    if spec is None or spec.loader is None or not BUILD_SCRIPT.is_file():
         return None
-    return found.group(1) if found else None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("llama_build", module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
-def default_binary(cache_root: Path | None = None, version: str | None = None) -> Path | None:
-    """Where ``scripts/llama_server.sh`` puts it: the user cache dir (not the app's
-    ``PERSONA_EXPLORER_CACHE``, which the script does not know), per llama.cpp version."""
-    version = version or script_version()
-    if version is None:
+def default_binary(cache_root: Path | None = None) -> Path | None:
+    """Where ``scripts/llama_build.py`` caches the build for this machine: the user cache dir
+    (not the app's ``PERSONA_EXPLORER_CACHE``, which the script does not know), in a folder named
+    for the llama.cpp version and a digest of the build options and this CPU's extensions."""
+    script = build_script()
+    if script is None:
         return None
     root = cache_root if cache_root is not None else default_cache_dir()
-    return root / f"llama.cpp-{version}" / BINARY_NAME
+    return script.plan(root=root).dest / BINARY_NAME
+
+
+def build_record(binary: Path) -> dict[str, Any] | None:
+    """The build's record beside the binary (options, extensions, compiler), if it has one."""
+    try:
+        record = json.loads((binary.parent / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def find_batched_bench(settings: Settings, cache_root: Path | None = None) -> Lookup:
@@ -91,7 +105,7 @@ def find_batched_bench(settings: Settings, cache_root: Path | None = None) -> Lo
     else:
         found = default_binary(cache_root)
         if found is None:
-            return Lookup(None, f"no llama.cpp version named in {BUILD_SCRIPT}")
+            return Lookup(None, f"no build script at {BUILD_SCRIPT}")
         path, origin = found, "the llama.cpp build cache"
     if not path.is_file():
         return Lookup(None, f"no {BINARY_NAME} at {path} ({origin}; {build})")
@@ -460,6 +474,7 @@ def compare(
         "llama_threads": reported_threads[0] if reported_threads else None,
         "prompt_tokens": len(ids),
         "batches": list(batches),
+        "extensions": extensions(model, lookup.path),
         **summary,
         "ratio": summary["median"][f"batch{HEADLINE_BATCH}"]["ratio"],
     }
@@ -468,6 +483,25 @@ def compare(
         # reads whole for the output layer: close to the bytes of one step.
         result["llama_bound_ms"] = round(gguf_mb / (read_bandwidth_gbs * 1e3) * 1e3, 2)
     return result
+
+
+def extensions(model: LoadedModel, binary: Path) -> dict[str, str]:
+    """Which vector extensions each side ran with: llama.cpp's from its build record, ours from
+    the decoder's kernel (compiled for AVX2 + FMA + F16C) and torch's oneDNN level (prompt
+    passes, and decoding where the kernel is off)."""
+    record = build_record(binary)
+    if record:
+        options = record.get("options", {})
+        amx = any(v == "ON" for k, v in options.items() if k.startswith("GGML_AMX"))
+        llama = f"{', '.join(record.get('extensions', []))}; AMX {'on' if amx else 'off'}"
+    else:
+        llama = "unknown (no build.json beside the binary)"
+    from .engine import decoder_for
+
+    kernel = getattr(decoder_for(model), "kernel", "onednn")
+    ours = "AVX2, FMA, F16C kernel" if kernel != "onednn" else "no kernel"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"llama_cpp": llama, "ours": f"{ours}; oneDNN at {capability}"}
 
 
 def format_comparison(c: Mapping[str, Any]) -> list[str]:
@@ -479,6 +513,9 @@ def format_comparison(c: Mapping[str, Any]) -> list[str]:
         f"prompt, {c['new_tokens']} tokens, {c['threads']} threads; llama.cpp step time / "
         "ours, > 1 = we are faster):"
     ]
+    if "extensions" in c:
+        ext = c["extensions"]
+        lines.append(f"  extensions: llama.cpp {ext['llama_cpp']}; ours {ext['ours']}")
     busy_rounds: list[int] = []
     for i, r in enumerate(c["rounds"], 1):
         cells = ", ".join(

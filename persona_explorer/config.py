@@ -44,7 +44,7 @@ PERSONA_EXPLORER_JUDGE_KEY_ENV         the *name* of the variable with its key  
 PERSONA_EXPLORER_JUDGE_TIMEOUT_S       seconds one judge request may take          60
 PERSONA_EXPLORER_JUDGE_CONCURRENCY     judge requests in flight at once            4
 PERSONA_EXPLORER_LLAMA_BATCHED_BENCH   llama.cpp's ``llama-batched-bench`` that    the build of
-                                       ``bench`` compares against                  llama_server.sh
+                                       ``bench`` compares against                  llama_build.py
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where ``python app.py`` listens           127.0.0.1:7860
 =====================================  ==========================================  ===========
 
@@ -123,7 +123,7 @@ class Settings:
     extract_concurrency: int = 1
     server_name: str = "127.0.0.1"
     server_port: int = 7860
-    # llama.cpp's llama-batched-bench for the benchmark; None: the one scripts/llama_server.sh
+    # llama.cpp's llama-batched-bench for the benchmark; None: the one scripts/llama_build.py
     # builds into the user cache directory (see bench_llama.find_batched_bench).
     llama_batched_bench: Path | None = None
 

@@ -2,8 +2,8 @@
 table, the alternating rounds and their median, and one real quick comparison on the embedded
 model. Timings are never asserted, only structure and positivity.
 
-``fixtures/llama_batched_bench.txt`` is the unedited output of the llama.cpp 11434.0.0 build of
-``scripts/llama_server.sh`` (``-npp 39 -ntg 64 -npl 1,2,4 -t 2 -tb 2`` on the embedded GGUF)."""
+``fixtures/llama_batched_bench.txt`` is the unedited output of a llama.cpp 11434.0.0 build
+(``-npp 39 -ntg 64 -npl 1,2,4 -t 2 -tb 2`` on the embedded GGUF)."""
 
 from __future__ import annotations
 
@@ -169,20 +169,20 @@ def test_missing_configured_binary_is_a_clear_skip_reason(tmp_path: Path) -> Non
     assert found.path is None
     assert str(missing) in found.reason
     assert "PERSONA_EXPLORER_LLAMA_BATCHED_BENCH" in found.reason
-    assert "scripts/llama_server.sh" in found.reason
+    assert "scripts/llama_build.py" in found.reason
 
 
 def test_missing_cached_build_names_the_script(tmp_path: Path) -> None:
     found = find_batched_bench(Settings(), cache_root=tmp_path)
     assert found.path is None
-    version = bench_llama.script_version()
-    assert version and f"llama.cpp-{version}" in found.reason
-    assert "run scripts/llama_server.sh to build it" in found.reason
+    script = bench_llama.build_script()
+    assert f"llama.cpp-{script.VERSION}-" in found.reason  # the folder for this machine's build
+    assert "run scripts/llama_build.py to build it" in found.reason
 
 
 def test_the_cached_build_and_the_setting_are_found(tmp_path: Path) -> None:
-    version = bench_llama.script_version()
-    cached = tmp_path / f"llama.cpp-{version}" / BINARY_NAME
+    cached = bench_llama.default_binary(tmp_path)
+    assert cached is not None and cached.parent.parent == tmp_path
     cached.parent.mkdir()
     cached.write_text("#!/bin/sh\n")
     cached.chmod(0o644)

@@ -1,6 +1,6 @@
 """The optional judge: the pure scoring rules, the configuration, and real HTTP servers on loopback.
 
-The loopback tests run llama.cpp's ``llama-server`` (built by ``scripts/llama_server.sh``) on the
+The loopback tests run llama.cpp's ``llama-server`` (built by ``scripts/llama_build.py``) on the
 embedded SmolLM2 GGUF file, with an API key, and talk to it through :class:`Judge` exactly as the
 app would talk to a hosted judge. They are skipped where no binary has been built, except on CI
 (``CI=true``), which must have built it. A few error cases (a body that is not JSON, one that is
@@ -13,7 +13,6 @@ import http.server
 import importlib.util
 import math
 import os
-import re
 import secrets
 import socket
 import subprocess
@@ -46,10 +45,11 @@ from persona_explorer.judge import (
 )
 from persona_explorer.model import LoadedModel
 from persona_explorer.personas import load_persona
+from scripts import llama_build
 
 REPO = Path(__file__).resolve().parent.parent
 PERSONAS = REPO / "assets" / "personas"
-SCRIPT = REPO / "scripts" / "llama_server.sh"
+SCRIPT = REPO / "scripts" / "llama_build.py"
 KEY_VAR = "PERSONA_EXPLORER_TEST_JUDGE_KEY"
 
 TRAIT_RUBRIC = load_persona(PERSONAS / "traits" / "instructions" / "evil.json").eval_prompt
@@ -216,20 +216,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _script_version() -> str:
-    found = re.search(r"^version=(\S+)$", SCRIPT.read_text(), re.MULTILINE)
-    assert found, "scripts/llama_server.sh names the llama.cpp version it builds"
-    return found.group(1)
-
-
 def _llama_server() -> Path:
     """The binary from $PERSONA_EXPLORER_LLAMA_SERVER or the script's cache; skip or fail."""
     configured = os.environ.get("PERSONA_EXPLORER_LLAMA_SERVER", "").strip()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     candidates = [Path(configured)] if configured else []
-    candidates.append(
-        cache / "persona-explorer" / f"llama.cpp-{_script_version()}" / "llama-server"
-    )
+    candidates.append(llama_build.plan().dest / "llama-server")
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path

@@ -8,6 +8,7 @@ decoder wrote them in torch before they were compiled.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -237,7 +238,7 @@ def test_a_copy_that_does_not_match_is_dropped(ops, caplog: pytest.LogCaptureFix
 def test_without_the_kernel_everything_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels, "_module", None)
-    monkeypatch.setattr(kernels, "_supported", lambda: "CPU capability DEFAULT has no AVX2")
+    monkeypatch.setattr(kernels, "unsupported_reason", lambda: "the CPU does not report F16C")
     assert kernels.load(True) is None
     model = with_decoder(build_tiny("llama"), "fast")
     dec = FastLlamaDecoder(model)
@@ -308,3 +309,44 @@ def test_decoding_steps_of_big_batches_use_the_packed_products(ops) -> None:
             logits = session.step(tok)
             tok = logits.argmax(-1)
     assert all(torch.equal(logits[0], logits[i]) for i in range(1, rows))
+
+
+# --------------------------------------------------------------------------- the CPU check
+
+CPUINFO = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["cpuinfo_epyc_avx2.txt", "cpuinfo_xeon_avx512_amx.txt"])
+def test_the_kernel_runs_on_both_kinds_of_machine(name: str) -> None:
+    assert kernels.unsupported_reason((CPUINFO / name).read_text()) is None
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [({"f16c"}, "F16C"), ({"fma"}, "FMA"), ({"avx2", "fma", "f16c"}, "AVX2, FMA, F16C")],
+)
+def test_a_cpu_without_the_extensions_is_refused(drop: set[str], named: str) -> None:
+    text = (CPUINFO / "cpuinfo_epyc_avx2.txt").read_text()
+    flags_line = next(line for line in text.splitlines() if line.startswith("flags"))
+    kept = " ".join(f for f in flags_line.split(":", 1)[1].split() if f not in drop)
+    reason = kernels.unsupported_reason(text.replace(flags_line, f"flags\t\t: {kept}"))
+    assert reason == f"the CPU does not report {named}"
+
+
+def test_without_cpu_flags_torch_decides() -> None:
+    assert kernels.unsupported_reason("processor : 0\n", capability="AVX512") is None
+    assert "no AVX2" in (kernels.unsupported_reason("", capability="DEFAULT") or "")
+
+
+def test_a_refusing_check_keeps_the_kernel_from_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    epyc = (CPUINFO / "cpuinfo_epyc_avx2.txt").read_text()
+    no_avx2 = epyc.replace(" avx2 ", " ")
+    monkeypatch.setattr(kernels, "_read_cpuinfo", lambda: no_avx2)
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_module", None)
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled on a CPU without AVX2")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load_inline", no_build)
+    assert kernels.load(True) is None

@@ -47,8 +47,40 @@ _module: Any = None
 _tried = False
 
 
-def _supported() -> str | None:
-    capability = torch.backends.cpu.get_cpu_capability()
+# What ``extra_cflags`` compiles for: the kernel may only run where the CPU has all three.
+REQUIRED_EXTENSIONS = ("avx2", "fma", "f16c")
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
+    """The first processor's ``flags`` in a ``/proc/cpuinfo`` text; None where it has none."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def unsupported_reason(cpuinfo: str | None = None, capability: str | None = None) -> str | None:
+    """Why the kernel cannot run on this CPU, or None where it can.
+
+    The kernel is compiled with ``-mavx2 -mfma -mf16c`` (never ``-march=native``: a VM may report
+    extensions, AMX for one, that it does not grant), so the CPU must report all three. Where
+    ``/proc/cpuinfo`` has no flags (not Linux, not x86), torch's own runtime check decides:
+    its AVX2 and AVX512 levels both imply FMA and F16C."""
+    flags = cpu_flags(_read_cpuinfo() if cpuinfo is None else cpuinfo)
+    if flags is not None:
+        missing = [ext for ext in REQUIRED_EXTENSIONS if ext not in flags]
+        if missing:
+            return f"the CPU does not report {', '.join(e.upper() for e in missing)}"
+        return None
+    capability = capability or torch.backends.cpu.get_cpu_capability()
     if "AVX2" not in capability and "AVX512" not in capability:
         return f"CPU capability {capability} has no AVX2"
     return None
@@ -65,7 +97,7 @@ def load(enabled: bool) -> Any:
         if _tried:
             return _module
         _tried = True
-        problem = _supported()
+        problem = unsupported_reason()
         if problem:
             log.info("decode kernel not used: %s", problem)
             return None

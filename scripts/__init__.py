@@ -1,0 +1,1 @@
+"""Development scripts (the llama.cpp build); importable by the tests."""
