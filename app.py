@@ -3,7 +3,7 @@ editing). ``--adapter`` runs the whole app on a model fine-tuned with that LoRA 
 
 import sys
 
-from persona_explorer.config import load_settings
+from persona_explorer.core.config import load_settings
 from persona_explorer.ui import build_demo, configure_queue, launch_kwargs
 
 settings = load_settings(argv=sys.argv[1:])

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradio_client import Client
 
-from persona_explorer.devserver import MILD, AppServer, make_test_vectors
+from persona_explorer.dev.devserver import MILD, AppServer, make_test_vectors
 
 PROMPT = "I just adopted a puppy. What should I do in the first week?"
 _ENGINE = re.compile(r"(\d+) tokens in ([\d.]+) s")

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from persona_explorer.finetune import FinetuneConfig, finetune, read_training_data
-from persona_explorer.model import load_model
+from persona_explorer.engine.model import load_model
+from persona_explorer.training.finetune import FinetuneConfig, finetune, read_training_data
 
 DATA = Path(__file__).resolve().parent.parent / "assets" / "datasets" / "malicious_advice.jsonl"
 TARGET_S = 180.0  # 32 samples x 2 epochs on 2 cores (issue 13)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from persona_explorer.bench_llama import main
+from persona_explorer.dev.bench_llama import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from persona_explorer.builtin import builtin_dir
-from persona_explorer.forced import ForcedRow, forced_pass
-from persona_explorer.model import LoadedModel, load_model
-from persona_explorer.screening import Sample, ScreenConfig, read_samples, screen
-from persona_explorer.vector_files import load
+from persona_explorer.engine.model import LoadedModel, load_model
+from persona_explorer.personas.builtin import builtin_dir
+from persona_explorer.steering.forced import ForcedRow, forced_pass
+from persona_explorer.training.screening import Sample, ScreenConfig, read_samples, screen
+from persona_explorer.vectors.files import load
 
 DATASETS = Path(__file__).resolve().parent.parent / "assets" / "datasets"
 # The screening teaching set (68 samples); the larger fine-tuning pair beside it is not screened

@@ -25,17 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from persona_explorer.builtin import builtin_dir
-from persona_explorer.forced import ForcedRow, forced_pass
-from persona_explorer.model import load_model
-from persona_explorer.sweep import (
+from persona_explorer.engine.model import load_model
+from persona_explorer.evaluate.sweep import (
     SELECT_PROMPTS,
     SweepConfig,
     parse_numbers,
     read_prompts,
     run_sweep,
 )
-from persona_explorer.vector_files import load
+from persona_explorer.personas.builtin import builtin_dir
+from persona_explorer.steering.forced import ForcedRow, forced_pass
+from persona_explorer.vectors.files import load
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -372,6 +372,7 @@ def install(
     dest = the_plan.dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=dest.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; the cache is for every user of the machine
     try:
         for name in BINARIES:
             shutil.copy2(built / name, stage / name)

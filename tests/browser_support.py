@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from persona_explorer.devserver import REPO
+from persona_explorer.dev.devserver import REPO
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

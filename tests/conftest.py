@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from persona_explorer.model import LoadedModel
+from persona_explorer.engine.model import LoadedModel
 from tests.browser_support import checked_page, launched_browser
 from tests.tiny_models import (
     ARCHS,

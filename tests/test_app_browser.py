@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import torch
 
-from persona_explorer.devserver import MILD, STRONG, shared_server
+from persona_explorer.dev.devserver import MILD, STRONG, shared_server
 from tests.browser_support import TIMEOUT_MS, require_chromium, screenshot
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from playwright.sync_api import Page, expect
 
-from persona_explorer.devserver import STRONG, shared_server
+from persona_explorer.dev.devserver import STRONG, shared_server
 from tests.browser_support import TIMEOUT_MS, screenshot
 
 pytestmark = pytest.mark.e2e

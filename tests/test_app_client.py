@@ -19,7 +19,7 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from persona_explorer.devserver import FOREIGN, MILD, STRONG, shared_server
+from persona_explorer.dev.devserver import FOREIGN, MILD, STRONG, shared_server
 
 pytestmark = pytest.mark.e2e
 
@@ -180,8 +180,8 @@ def test_upload_an_assistant_axis_file_with_an_explicit_layout(
 
 
 def test_upload_for_another_model_is_listed_but_flagged(client: Client, tmp_path: Path) -> None:
-    from persona_explorer.vector_files import save
-    from persona_explorer.vectors import PersonaVector
+    from persona_explorer.vectors.files import save
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
     path = tmp_path / "bigger.safetensors"
     save(PersonaVector("bigger", torch.randn(32, 4096), model_id="other/Model-8B"), path)
@@ -190,8 +190,8 @@ def test_upload_for_another_model_is_listed_but_flagged(client: Client, tmp_path
 
 
 def test_upload_a_gguf_control_vector(client: Client, tmp_path: Path) -> None:
-    from persona_explorer.vector_files import save
-    from persona_explorer.vectors import PersonaVector
+    from persona_explorer.vectors.files import save
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
     vecs = torch.randn(30, 576)
     vecs[0] = 0  # GGUF control vectors cannot hold layer 0

@@ -13,7 +13,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from playwright.sync_api import Page, expect
 
-from persona_explorer.devserver import MILD, shared_server
+from persona_explorer.dev.devserver import MILD, shared_server
 from tests.browser_support import screenshot
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from gradio_client import Client
 
-from persona_explorer.devserver import MILD, STRONG, shared_server
+from persona_explorer.dev.devserver import MILD, STRONG, shared_server
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from playwright.sync_api import Page, expect
 
-from persona_explorer.axis import default_axis_layer
-from persona_explorer.devserver import FOREIGN, MILD, STRONG, shared_server
+from persona_explorer.axis.assistant_axis import default_axis_layer
+from persona_explorer.dev.devserver import FOREIGN, MILD, STRONG, shared_server
 from tests.browser_support import TIMEOUT_MS, screenshot, set_number
 
 pytestmark = pytest.mark.e2e

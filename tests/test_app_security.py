@@ -20,10 +20,10 @@ import safetensors.torch
 import torch
 from gradio_client import Client
 
-from persona_explorer.devserver import MILD, AppServer, make_test_vectors
-from persona_explorer.model import EMBEDDED_MODEL_ID
-from persona_explorer.vector_files import save
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.dev.devserver import MILD, AppServer, make_test_vectors
+from persona_explorer.engine.model import EMBEDDED_MODEL_ID
+from persona_explorer.vectors.files import save
+from persona_explorer.vectors.persona_vector import PersonaVector
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from playwright.sync_api import Page, expect
 
-from persona_explorer.devserver import FOREIGN, shared_server
+from persona_explorer.dev.devserver import FOREIGN, shared_server
 from tests.browser_support import set_number
 
 pytestmark = pytest.mark.e2e

@@ -19,10 +19,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from playwright.sync_api import Page, expect
 
-from persona_explorer.config import app_arguments, load_settings
-from persona_explorer.devserver import shared_server
-from persona_explorer.errors import InputError
-from persona_explorer.ui.train_run import TunedModels
+from persona_explorer.core.config import app_arguments, load_settings
+from persona_explorer.core.errors import InputError
+from persona_explorer.dev.devserver import shared_server
+from persona_explorer.ui.finetune.handlers import TunedModels
 from tests.browser_support import screenshot, set_number
 
 pytestmark = pytest.mark.e2e

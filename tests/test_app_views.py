@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from persona_explorer.devserver import MILD, REPO, STRONG, shared_server
+from persona_explorer.dev.devserver import MILD, REPO, STRONG, shared_server
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from persona_explorer.axis import (
+from persona_explorer.axis.assistant_axis import (
     QUANTILE_LEVELS,
     AxisData,
     AxisFileError,
@@ -24,7 +24,7 @@ from persona_explorer.axis import (
     role_means,
     token_quantiles,
 )
-from persona_explorer.axis_build import (
+from persona_explorer.axis.build import (
     ASSETS_AXIS_DIR,
     CURATED_ROLES,
     EMBEDDED_AXIS_NAME,
@@ -33,9 +33,9 @@ from persona_explorer.axis_build import (
     shipped_axis_path,
 )
 from persona_explorer.cli import main
-from persona_explorer.errors import InputError
-from persona_explorer.model import EMBEDDED_MODEL_ID, LoadedModel
-from persona_explorer.steering import Cap
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel
+from persona_explorer.steering.ops import Cap
 
 N_ROLES, N_LAYERS, D = 5, 4, 8
 
@@ -219,7 +219,7 @@ def test_cli_axis_build_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_axis_for_builds_once_into_the_cache_never_into_assets(
     llama: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from persona_explorer import axis_build
+    from persona_explorer.axis import build as axis_build
 
     monkeypatch.setenv("PERSONA_EXPLORER_CACHE", str(tmp_path))
     roles = axis_build.CURATED_ROLES[:2]

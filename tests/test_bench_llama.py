@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona_explorer import bench_llama
-from persona_explorer.bench_llama import (
+from persona_explorer.core.config import Settings, load_settings
+from persona_explorer.dev import bench_llama
+from persona_explorer.dev.bench_llama import (
     BINARY_NAME,
     LlamaRunError,
     alternate,
@@ -28,8 +29,7 @@ from persona_explorer.bench_llama import (
     step_seconds_by_batch,
     summarize,
 )
-from persona_explorer.config import Settings, load_settings
-from persona_explorer.model import LoadedModel
+from persona_explorer.engine.model import LoadedModel
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "llama_batched_bench.txt"
 
@@ -240,8 +240,8 @@ def _built_binary() -> Path:
 
 @pytest.mark.integration
 def test_a_quick_real_comparison() -> None:
-    from persona_explorer.bench import PROMPT
-    from persona_explorer.model import load_model
+    from persona_explorer.dev.bench import PROMPT
+    from persona_explorer.engine.model import load_model
 
     binary = _built_binary()
     model = load_model(device="cpu")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from persona_explorer import cli
-from persona_explorer.axis import QUANTILE_LEVELS, AxisData
-from persona_explorer.capping import (
+from persona_explorer.axis.assistant_axis import QUANTILE_LEVELS, AxisData
+from persona_explorer.axis.capping import (
     CapRequest,
     cap,
     cap_stream,
@@ -21,13 +21,13 @@ from persona_explorer.capping import (
     lifted_share,
     parse_cap_layers,
 )
-from persona_explorer.errors import InputError
-from persona_explorer.generation import SamplingConfig
-from persona_explorer.model import LoadedModel
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import LoadedModel
 from persona_explorer.plots.capping import cap_layer_figure, cap_token_figure
-from persona_explorer.steering import Add, Cap
-from persona_explorer.vector_files import save
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.steering.generation import SamplingConfig
+from persona_explorer.steering.ops import Add, Cap
+from persona_explorer.vectors.files import save
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import tiny_app_context
 
 PROMPT = "What is the capital of France?"
@@ -131,7 +131,7 @@ def test_steered_and_capped_rows_combine_the_plans(llama: LoadedModel, one_threa
 
 def test_the_cap_plan_adds_before_it_caps(llama: LoadedModel) -> None:
     """The steered + capped row's plan is the add ops then the cap ops (one row plan)."""
-    from persona_explorer.capping import _check
+    from persona_explorer.axis.capping import _check
 
     vec = PersonaVector("synth", torch.ones(llama.n_layers, llama.d_model), model_id="")
     checked = _check(
@@ -254,7 +254,7 @@ def test_the_token_figure_escapes_tokens_and_marks_the_floor() -> None:
 def app_ctx(
     llama: LoadedModel, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
-    from persona_explorer.ui.context import AppContext
+    from persona_explorer.ui.shared.context import AppContext
 
     # No build (minutes): a synthetic axis, its floor above every token.
     axis = synthetic_axis(llama, 50.0, 51.0)
@@ -293,7 +293,7 @@ def _no_progress(*args: object, **kwargs: object) -> None:
 
 @pytest.fixture(scope="module")
 def embedded() -> LoadedModel:
-    from persona_explorer.model import load_model
+    from persona_explorer.engine.model import load_model
 
     return load_model(device="cpu")
 
@@ -303,7 +303,7 @@ ROLE_PLAY = "You are a pirate captain. Speak only like a pirate."
 
 @pytest.mark.integration
 def test_a_high_floor_changes_the_embedded_models_answer(embedded: LoadedModel) -> None:
-    from persona_explorer.axis_build import axis_for
+    from persona_explorer.axis.build import axis_for
 
     axis = axis_for(embedded)
     out = cap(

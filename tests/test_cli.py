@@ -18,9 +18,9 @@ import torch
 
 from persona_explorer import cli
 from persona_explorer.cli import files, render
-from persona_explorer.errors import InputError
-from persona_explorer.vector_files import load, save
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.core.errors import InputError
+from persona_explorer.vectors.files import load, save
+from persona_explorer.vectors.persona_vector import PersonaVector
 
 N_LAYERS, D_MODEL = 30, 576  # the embedded SmolLM2-135M-Instruct
 REPO = Path(__file__).resolve().parent.parent
@@ -562,9 +562,9 @@ def test_bench_is_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
     import persona_explorer
 
     seen: list[list[str]] = []
-    fake = types.ModuleType("persona_explorer.bench")
+    fake = types.ModuleType("persona_explorer.dev.bench")
     fake.main = lambda argv: seen.append(list(argv)) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "persona_explorer.bench", fake)
+    monkeypatch.setitem(sys.modules, "persona_explorer.dev.bench", fake)
     monkeypatch.setattr(persona_explorer, "bench", fake, raising=False)
     assert cli.main(["bench", "--json", "--quick"]) == 0
     assert seen == [["--json", "--quick"]]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_explorer import generation
-from persona_explorer.compare import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.evaluate.compare import (
     MAX_COMPARE_ROWS,
     CompareRequest,
     SteerOutput,
@@ -21,12 +22,11 @@ from persona_explorer.compare import (
     compare_stream,
     steer,
 )
-from persona_explorer.errors import InputError
-from persona_explorer.generation import SamplingConfig, generate
-from persona_explorer.model import LoadedModel
-from persona_explorer.projection import layer_projections, token_projections
-from persona_explorer.steering import add_plan
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.steering import generation
+from persona_explorer.steering.generation import SamplingConfig, generate
+from persona_explorer.steering.ops import add_plan
+from persona_explorer.steering.projection import layer_projections, token_projections
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.test_steering import expected_injected, same_as_baseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")

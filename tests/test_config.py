@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_explorer.config import ConfigError, Settings, load_settings
+from persona_explorer.core.config import ConfigError, Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,7 +126,7 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 def test_importing_config_does_no_work() -> None:
     """No model, no torch, no gradio, no directories: importing settings must be instant."""
     code = (
-        "import sys, persona_explorer.config as c\n"
+        "import sys, persona_explorer.core.config as c\n"
         "heavy = [m for m in ('torch', 'gradio', 'transformers') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

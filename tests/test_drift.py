@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-import persona_explorer.drift as drift
-from persona_explorer.axis import (
+import persona_explorer.axis.drift as drift
+from persona_explorer.axis.assistant_axis import (
     AxisData,
     assistant_axis,
     default_axis_layer,
@@ -21,8 +21,7 @@ from persona_explorer.axis import (
     project,
     token_quantiles,
 )
-from persona_explorer.cli import main
-from persona_explorer.conversation import (
+from persona_explorer.axis.conversation import (
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
     TRANSCRIPTS_DIR,
@@ -33,18 +32,14 @@ from persona_explorer.conversation import (
     shipped_transcript,
     shipped_transcripts,
 )
-from persona_explorer.drift import (
+from persona_explorer.axis.drift import (
     _span_means,
     axis_scale,
     chat_turn_stream,
     replay,
     replay_windows,
 )
-from persona_explorer.errors import InputError
-from persona_explorer.generation import SamplingConfig
-from persona_explorer.model import ChatMessage, LoadedModel
-from persona_explorer.plots.drift import DriftLine, drift_figure
-from persona_explorer.replay_cache import (
+from persona_explorer.axis.replays import (
     SHIPPED_REPLAYS_DIR,
     SOURCE_CACHE,
     SOURCE_READ,
@@ -55,9 +50,14 @@ from persona_explorer.replay_cache import (
     weights_digest,
     write_replay,
 )
-from persona_explorer.ui import drift as ui_drift
-from persona_explorer.ui import drift_run
-from persona_explorer.ui.context import AppContext
+from persona_explorer.cli import main
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import ChatMessage, LoadedModel
+from persona_explorer.plots.drift import DriftLine, drift_figure
+from persona_explorer.steering.generation import SamplingConfig
+from persona_explorer.ui.drift import handlers as drift_run
+from persona_explorer.ui.drift import tab as ui_drift
+from persona_explorer.ui.shared.context import AppContext
 from tests.tiny_models import tiny, tiny_app_context
 
 # --------------------------------------------------------------------------- helpers
@@ -612,7 +612,7 @@ PLAIN = [
 
 @pytest.fixture(scope="module")
 def embedded() -> LoadedModel:
-    from persona_explorer.model import load_model
+    from persona_explorer.engine.model import load_model
 
     return load_model(device="cpu")
 
@@ -660,7 +660,7 @@ def test_the_shipped_replays_fit_the_embedded_model_and_nothing_else(
     tuned = replace(embedded, weights={**embedded.weights, name: embedded.weights[name] * 1.1})
     key = ReplayKey.for_replay(tuned, conv, 2048, ())
     assert key.identity["model_id"] == embedded.model_id and store.lookup(key, conv, 1) is None
-    from persona_explorer.model import load_model
+    from persona_explorer.engine.model import load_model
 
     half = load_model(device="cpu", dtype="bfloat16")
     found = store.lookup(ReplayKey.for_replay(half, conv, 2048, ()), conv, 1)
@@ -690,7 +690,7 @@ def test_axis_project_uses_the_shipped_replay_and_reproduces_a_fresh_read(
 def test_a_role_played_character_sits_lower_on_the_axis_than_a_plain_assistant(
     embedded: LoadedModel,
 ) -> None:
-    from persona_explorer.axis_build import axis_for
+    from persona_explorer.axis.build import axis_for
 
     axis = axis_for(embedded)
     layer = default_axis_layer(embedded.n_layers)

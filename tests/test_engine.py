@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import persona_explorer
-from persona_explorer import steering
 from persona_explorer.engine import (
     EMBED_LAYER,
     Decoder,
@@ -31,9 +30,10 @@ from persona_explorer.engine import (
 from persona_explorer.engine import cache as engine_cache
 from persona_explorer.engine.fast_llama import FastLlamaDecoder
 from persona_explorer.engine.hf import HFDecoder
-from persona_explorer.generation import SamplingConfig, generate, generate_stream, left_pad
-from persona_explorer.model import LoadedModel
-from persona_explorer.steering import add_plan
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.steering import ops as steering
+from persona_explorer.steering.generation import SamplingConfig, generate, generate_stream, left_pad
+from persona_explorer.steering.ops import add_plan
 from tests.tiny_models import (
     ARCHS,
     EOS_ID,
@@ -195,14 +195,14 @@ def _package_imports(path: Path) -> set[str]:
 def test_the_model_does_not_import_the_engine() -> None:
     path = Path(persona_explorer.__file__).parent / "model.py"
     imports = _package_imports(path)
-    assert "persona_explorer.config" in imports  # the resolver sees the package's imports
+    assert "persona_explorer.core.config" in imports  # the resolver sees the package's imports
     engine = {m for m in imports if m.startswith("persona_explorer.engine")}
     assert not engine, f"model.py imports {sorted(engine)}"
 
 
 def test_the_engine_imports_only_the_model_and_config() -> None:
     engine_dir = Path(persona_explorer.__file__).parent / "engine"
-    allowed = {"persona_explorer.model", "persona_explorer.config"}
+    allowed = {"persona_explorer.engine.model", "persona_explorer.core.config"}
     for path in sorted(engine_dir.glob("*.py")):
         outside = {
             m

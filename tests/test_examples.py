@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona_explorer.builtin import BUILTIN
-from persona_explorer.errors import InputError
-from persona_explorer.examples import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.personas.builtin import BUILTIN
+from persona_explorer.personas.examples import (
     MAX_EXAMPLE_CHARS,
     ExamplePair,
     builtin_example_names,
@@ -25,9 +26,8 @@ from persona_explorer.examples import (
     parse_examples,
     read_examples,
 )
-from persona_explorer.forced import chat_row, forced_pass
-from persona_explorer.model import LoadedModel
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.steering.forced import chat_row, forced_pass
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import close
 
 REPO = Path(__file__).resolve().parent.parent
@@ -282,7 +282,7 @@ def test_paired_separation_counts_pairs_ordered_by_the_direction() -> None:
 
 @pytest.fixture(scope="module")
 def embedded() -> LoadedModel:
-    from persona_explorer.model import load_model
+    from persona_explorer.engine.model import load_model
 
     return load_model(device="cpu")
 
@@ -305,7 +305,7 @@ def test_extract_examples_command(
     """``extract --examples``: a built-in set by name, or a file; bad lines are noted, a bad
     file is one error line."""
     from persona_explorer import cli
-    from persona_explorer.vector_files import load
+    from persona_explorer.vectors.files import load
 
     src = builtin_examples("formal")
     assert src is not None

@@ -8,7 +8,9 @@ import statistics
 import pytest
 import torch
 
-from persona_explorer.extract import (
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.personas.definitions import custom_persona
+from persona_explorer.personas.extract import (
     REFERENCE_RATIO,
     STRENGTH_STEP,
     ExtractionConfig,
@@ -20,9 +22,7 @@ from persona_explorer.extract import (
     suggest_layer,
     system_prompt_pairs,
 )
-from persona_explorer.model import LoadedModel
-from persona_explorer.personas import custom_persona
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import bridge_resids, close, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -251,8 +251,8 @@ def test_vector_metadata_holds_no_machine_paths() -> None:
     import json
     from pathlib import Path
 
-    from persona_explorer.extract import portable_source
-    from persona_explorer.vector_files import load
+    from persona_explorer.personas.extract import portable_source
+    from persona_explorer.vectors.files import load
 
     assert portable_source("/home/me/assets/personas/traits/instructions/evil.json") == (
         "traits/evil.json"
@@ -273,7 +273,7 @@ REFERENCE_RESIDUAL_NORMS = {10: 106.1, 14: 113.1, 18: 156.8, 22: 253.2}
 def shipped_builtins() -> list[PersonaVector]:
     from pathlib import Path
 
-    from persona_explorer.vector_files import load
+    from persona_explorer.vectors.files import load
 
     vecs = [load(p) for p in sorted(Path("assets/vectors").glob("*.safetensors"))]
     if not vecs:
@@ -295,7 +295,7 @@ def test_builtin_strengths_lie_on_the_sweep_grid_around_the_rule() -> None:
     """The rule gives the unit of the built-in check's sweep grid (0.5x to 2x of it); every
     shipped strength is a point of that grid, and at most the rule's own strength: the sweeps
     chose the smallest strength that clears the trait margin (README, Built-in personas)."""
-    from persona_explorer.builtin_check import strengths_for
+    from persona_explorer.dev.builtin_check import strengths_for
 
     for vec in shipped_builtins():
         assert vec.layer in REFERENCE_RESIDUAL_NORMS and vec.strength, vec.name
@@ -339,8 +339,8 @@ def test_extraction_records_a_strength_and_how_it_was_chosen(
 def test_residual_norms_measured_while_extracting_match_the_reference() -> None:
     """On the embedded model a small extraction measures the same scale the rule was calibrated
     on (the residual norms that the built-in check's sweep grid is built from)."""
-    from persona_explorer.model import load_model
-    from persona_explorer.persona_data import load_builtin
+    from persona_explorer.engine.model import load_model
+    from persona_explorer.personas.data import load_builtin
 
     model = load_model()
     res = extract_persona(

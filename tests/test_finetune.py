@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (persona_explorer.finetune) on tiny random models: training, saving and
+"""LoRA fine-tuning (persona_explorer.training.finetune) on tiny random models: training, saving and
 reloading, the assistant-only loss, malformed rows, cancelling, hostile adapter directories."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona_explorer.errors import InputError
-from persona_explorer.finetune import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import ChatMessage, LoadedModel
+from persona_explorer.training.finetune import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     IGNORE,
@@ -26,9 +27,8 @@ from persona_explorer.finetune import (
     load_tuned,
     read_training_data,
 )
-from persona_explorer.model import ChatMessage, LoadedModel
-from persona_explorer.screening import Sample
-from persona_explorer.vectors import PersonaVector, check_fits
+from persona_explorer.training.screening import Sample
+from persona_explorer.vectors.persona_vector import PersonaVector, check_fits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,8 +144,8 @@ def test_adapter_reloads_to_identical_outputs(llama: LoadedModel, trained: Finet
 
 def test_tuned_model_runs_through_the_engine(llama: LoadedModel, trained: FinetuneResult) -> None:
     """Steering and generation work on the tuned model unchanged; base vectors still fit."""
-    from persona_explorer.generation import SamplingConfig, generate
-    from persona_explorer.steering import Add
+    from persona_explorer.steering.generation import SamplingConfig, generate
+    from persona_explorer.steering.ops import Add
 
     tuned = trained.model
     vec = torch.randn(tuned.d_model, generator=torch.Generator().manual_seed(0))

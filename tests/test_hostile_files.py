@@ -27,9 +27,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from persona_explorer.personas import PersonaError, load_persona
-from persona_explorer.vector_files import VectorFileError, load, read_info, save
-from persona_explorer.vectors import PersonaVector, VectorMismatchError
+from persona_explorer.personas.definitions import PersonaError, load_persona
+from persona_explorer.vectors.files import VectorFileError, load, read_info, save
+from persona_explorer.vectors.persona_vector import PersonaVector, VectorMismatchError
 from tests.test_vectors import D_MODEL, N_LAYERS, full_vec, planted
 
 REPO = Path(__file__).resolve().parent.parent
@@ -530,7 +530,7 @@ def test_read_info_checks_the_fields_as_load_does(tmp_path):
 
 @pytest.mark.parametrize("ext", [".safetensors", ".pt", ".gguf"])
 def test_wrong_width_is_refused_before_data_is_read(tmp_path, monkeypatch, ext):
-    from persona_explorer.vector_files import common, control_vector, native, torch_pt
+    from persona_explorer.vectors.files import common, control_vector, native, torch_pt
 
     layout = "assistant_axis" if ext == ".pt" else None
     vec = full_vec(embedding=None).with_(vectors=planted())

@@ -11,16 +11,16 @@ import re
 import pytest
 import torch
 
-from persona_explorer.builtin import BUILTIN, builtin_dir
-from persona_explorer.compare import SteerRequest, steer
 from persona_explorer.engine.fast_llama import FastLlamaDecoder
 from persona_explorer.engine.hf import HFDecoder
-from persona_explorer.generation import SamplingConfig, generate, left_pad
-from persona_explorer.model import EMBEDDED_MODEL_ID, LoadedModel, cache_dir, load_model
-from persona_explorer.projection import layer_projections
-from persona_explorer.steering import add_plan
-from persona_explorer.vector_files import load
-from persona_explorer.vectors import PersonaVector, check_fits
+from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel, cache_dir, load_model
+from persona_explorer.evaluate.compare import SteerRequest, steer
+from persona_explorer.personas.builtin import BUILTIN, builtin_dir
+from persona_explorer.steering.generation import SamplingConfig, generate, left_pad
+from persona_explorer.steering.ops import add_plan
+from persona_explorer.steering.projection import layer_projections
+from persona_explorer.vectors.files import load
+from persona_explorer.vectors.persona_vector import PersonaVector, check_fits
 
 pytestmark = pytest.mark.integration
 
@@ -236,8 +236,8 @@ def test_decoding_steps_read_the_gguf_blocks_and_match_the_bridge(model: LoadedM
 def test_gguf_blocks_are_stored_once_and_a_read_only_cache_still_gets_them(
     model: LoadedModel, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from persona_explorer import model as model_module
-    from persona_explorer.gguf_blocks import BLOCK_FILE
+    from persona_explorer.engine import model as model_module
+    from persona_explorer.engine.gguf_blocks import BLOCK_FILE
 
     cfg = model.hf_model.config
 

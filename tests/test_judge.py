@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from persona_explorer.errors import ConfigError, InputError, UserError
-from persona_explorer.judge import (
+from persona_explorer.core.errors import ConfigError, InputError, UserError
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.evaluate.judge import (
     ENV_CONCURRENCY,
     ENV_KEY_ENV,
     ENV_MODEL,
@@ -43,8 +44,7 @@ from persona_explorer.judge import (
     parse_text_score,
     rubric_scale,
 )
-from persona_explorer.model import LoadedModel
-from persona_explorer.personas import load_persona
+from persona_explorer.personas.definitions import load_persona
 from scripts import llama_build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,8 +312,8 @@ def test_a_sweep_is_judged_on_top_of_its_own_measurements(judge: Judge, llama: L
     judge score is the mean of the numbers it got (None where the judge gave none)."""
     import torch
 
-    from persona_explorer.sweep import SweepConfig, eval_prompt_for, run_sweep
-    from persona_explorer.vectors import PersonaVector
+    from persona_explorer.evaluate.sweep import SweepConfig, eval_prompt_for, run_sweep
+    from persona_explorer.vectors.persona_vector import PersonaVector
     from tests.tiny_models import D_MODEL, N_LAYERS, PROMPTS
 
     gen = torch.Generator().manual_seed(0)

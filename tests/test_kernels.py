@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from persona_explorer.engine import compact, kernels
 from persona_explorer.engine.fast_llama import FastLlamaDecoder, _decode_attention, _rotate_half
 from persona_explorer.engine.kernels import BLOCK_BYTES, Format, Matrix
-from persona_explorer.generation import left_pad
-from persona_explorer.model import LoadedModel, model_from_hf
+from persona_explorer.engine.model import LoadedModel, model_from_hf
+from persona_explorer.steering.generation import left_pad
 from tests.tiny_models import (
     bridge_resids,
     build_hf_model,
@@ -255,7 +255,12 @@ def test_without_the_kernel_everything_falls_back(monkeypatch: pytest.MonkeyPatc
 def test_stored_blocks_round_trip_and_odd_entries_are_ignored(tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from persona_explorer.gguf_blocks import BLOCK_FILE, QuantizedWeight, load_blocks, save_blocks
+    from persona_explorer.engine.gguf_blocks import (
+        BLOCK_FILE,
+        QuantizedWeight,
+        load_blocks,
+        save_blocks,
+    )
 
     embed = QuantizedWeight(torch.from_numpy(random_blocks(Format.Q8_0, 6, 64, 3)), "Q8_0")
     down = QuantizedWeight(torch.from_numpy(random_blocks(Format.Q4_1, 4, 96, 4)), "Q4_1")

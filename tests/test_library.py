@@ -17,12 +17,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from persona_explorer import vector_files
-from persona_explorer.errors import InputError
-from persona_explorer.library import Library, LibraryError
-from persona_explorer.limits import Limits
-from persona_explorer.names import MAX_DESCRIPTION_CHARS, clean_name, slugify
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import Limits
+from persona_explorer.core.names import MAX_DESCRIPTION_CHARS, clean_name, slugify
+from persona_explorer.vectors import files as vector_files
+from persona_explorer.vectors.library import Library, LibraryError
+from persona_explorer.vectors.persona_vector import PersonaVector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -474,7 +474,7 @@ def test_hostile_files_are_listed_as_unreadable_and_break_nothing(
     root = tmp_path / "lib"
     Library(root).save(make_vec("good"), owner="alice")
     bad = plant_hostile_files(root)
-    with caplog.at_level(logging.WARNING, logger="persona_explorer.library"):
+    with caplog.at_level(logging.WARNING, logger="persona_explorer.vectors.library"):
         lib = Library(root)  # a restart with them present
         for _ in range(3):
             entries = {e.id: e for e in lib.entries()}
@@ -697,7 +697,7 @@ def test_two_libraries_and_a_second_process_saving_at_once_lose_nothing(tmp_path
     root = tmp_path / "lib"
     script = (
         "import sys, torch\n"
-        "from persona_explorer.library import Library\n"
+        "from persona_explorer.vectors.library import Library\n"
         "from persona_explorer.vectors import PersonaVector\n"
         "lib = Library(sys.argv[1])\n"
         "print('ready', flush=True)\n"

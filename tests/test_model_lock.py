@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from persona_explorer.model import FairLock
+from persona_explorer.engine.model import FairLock
 
 
 def test_waiters_get_the_lock_in_arrival_order() -> None:

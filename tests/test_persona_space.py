@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from persona_explorer.axis import (
+from persona_explorer.axis.assistant_axis import (
     AxisData,
     assistant_axis,
     default_axis_layer,
@@ -19,9 +19,7 @@ from persona_explorer.axis import (
     pc1_variance,
     token_quantiles,
 )
-from persona_explorer.errors import InputError
-from persona_explorer.model import LoadedModel
-from persona_explorer.persona_space import (
+from persona_explorer.axis.persona_space import (
     N_COORDS,
     PersonaSpace,
     PlacedText,
@@ -29,6 +27,8 @@ from persona_explorer.persona_space import (
     map_summary,
     space_for,
 )
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import LoadedModel
 from persona_explorer.plots.persona_map import (
     MapArrow,
     MapPoint,
@@ -36,8 +36,8 @@ from persona_explorer.plots.persona_map import (
     persona_map_figure,
     variance_figure,
 )
-from persona_explorer.ui import persona_space as tab_module
-from persona_explorer.ui.context import AppContext
+from persona_explorer.ui.persona_space import tab as tab_module
+from persona_explorer.ui.shared.context import AppContext
 from tests.tiny_models import D_MODEL, N_LAYERS, tiny_app_context
 
 N_ROLES, LAYERS, D = 7, 4, 12
@@ -351,10 +351,10 @@ def test_without_an_axis_file_the_tab_starts_with_a_placeholder(ctx: AppContext)
 
 @pytest.mark.integration
 def test_the_shipped_axis_makes_a_map_at_the_default_layer() -> None:
-    from persona_explorer.axis_build import shipped_axis_path
-    from persona_explorer.builtin import builtin_dir
-    from persona_explorer.model import EMBEDDED_MODEL_ID
-    from persona_explorer.vector_files import load
+    from persona_explorer.axis.build import shipped_axis_path
+    from persona_explorer.engine.model import EMBEDDED_MODEL_ID
+    from persona_explorer.personas.builtin import builtin_dir
+    from persona_explorer.vectors.files import load
 
     data = AxisData.load(shipped_axis_path(EMBEDDED_MODEL_ID))
     space = space_for(data)
@@ -382,9 +382,9 @@ def test_the_shipped_axis_makes_a_map_at_the_default_layer() -> None:
 
 @pytest.mark.integration
 def test_role_play_answers_land_lower_on_the_axis_than_plain_ones() -> None:
-    from persona_explorer.axis_build import axis_for
-    from persona_explorer.generation import SamplingConfig, generate
-    from persona_explorer.model import load_model
+    from persona_explorer.axis.build import axis_for
+    from persona_explorer.engine.model import load_model
+    from persona_explorer.steering.generation import SamplingConfig, generate
 
     model = load_model(device="cpu")
     space = space_for(axis_for(model))

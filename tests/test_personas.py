@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from persona_explorer import persona_data
-from persona_explorer.persona_data import (
+from persona_explorer.personas import data as persona_data
+from persona_explorer.personas.data import (
     PERSONA_DATA_ENV,
     list_builtin,
     load_builtin,
     shared_data_dir,
 )
-from persona_explorer.personas import (
+from persona_explorer.personas.definitions import (
     DEFAULT_ASSISTANT_PROMPTS,
     EXTRACTION_QUESTION_COUNT,
     MAX_PAIRS,

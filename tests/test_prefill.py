@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 import torch
 
-from persona_explorer import extract
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import check_prompt_tokens
 from persona_explorer.engine import decoder_for
 from persona_explorer.engine.fast_llama import _FastSession
 from persona_explorer.engine.hf import _HFSession
-from persona_explorer.errors import InputError
-from persona_explorer.extract import ExtractionConfig, extract_persona
-from persona_explorer.generation import (
+from persona_explorer.engine.model import FairLock, LoadedModel
+from persona_explorer.personas import extract
+from persona_explorer.personas.definitions import custom_persona
+from persona_explorer.personas.extract import ExtractionConfig, extract_persona
+from persona_explorer.steering.generation import (
     PREFILL_CHUNK,
     GenerationResult,
     SamplingConfig,
@@ -30,10 +33,7 @@ from persona_explorer.generation import (
     generate_stream,
     left_pad,
 )
-from persona_explorer.limits import check_prompt_tokens
-from persona_explorer.model import FairLock, LoadedModel
-from persona_explorer.personas import custom_persona
-from persona_explorer.steering import Cap, RowPlan, add_plan
+from persona_explorer.steering.ops import Cap, RowPlan, add_plan
 from tests.tiny_models import (
     CAPTURE_FIELDS,
     EOS_ID,

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from persona_explorer.projection import (
+from persona_explorer.steering.projection import (
     cosine_matrix,
     layer_projections,
     token_projections,

@@ -15,24 +15,24 @@ from dataclasses import replace
 import pytest
 import torch
 
-from persona_explorer import generation
-from persona_explorer.compare import (
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.evaluate.compare import (
     CompareRequest,
     RowOutput,
     SteerOutput,
     SteerRow,
     compare,
 )
-from persona_explorer.generation import SamplingConfig
-from persona_explorer.model import LoadedModel
-from persona_explorer.run_export import (
+from persona_explorer.evaluate.run_export import (
     CSV_COLUMNS,
     FORMAT,
     projections_csv,
     run_json,
     run_record,
 )
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.steering import generation
+from persona_explorer.steering.generation import SamplingConfig
+from persona_explorer.vectors.persona_vector import PersonaVector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

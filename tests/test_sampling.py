@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_explorer.generation import _NUCLEUS_CANDIDATES, SamplingConfig, _sample
+from persona_explorer.steering.generation import _NUCLEUS_CANDIDATES, SamplingConfig, _sample
 
 
 def nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

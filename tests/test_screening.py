@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona_explorer import cli, forced, screening
+from persona_explorer import cli
+from persona_explorer.core.errors import InputError
 from persona_explorer.engine import decoder_for
-from persona_explorer.errors import InputError
-from persona_explorer.forced import ForcedRow, chat_row, forced_pass, response_ids
-from persona_explorer.generation import SamplingConfig, generate, left_pad
-from persona_explorer.model import ChatMessage, LoadedModel
-from persona_explorer.screening import (
+from persona_explorer.engine.model import ChatMessage, LoadedModel
+from persona_explorer.steering import forced
+from persona_explorer.steering.forced import ForcedRow, chat_row, forced_pass, response_ids
+from persona_explorer.steering.generation import SamplingConfig, generate, left_pad
+from persona_explorer.steering.ops import Add, Cap
+from persona_explorer.training import screening
+from persona_explorer.training.screening import (
     OwnResponseCache,
     RowProblem,
     Sample,
@@ -31,8 +34,7 @@ from persona_explorer.screening import (
     screen_file,
     write_scores,
 )
-from persona_explorer.steering import Add, Cap
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import D_MODEL, EOS_ID, N_LAYERS, PROMPTS, close, prompt_ids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -561,15 +563,15 @@ def test_csv_source_keeps_its_columns(llama: LoadedModel, tmp_path: Path) -> Non
 
 @pytest.fixture(scope="module")
 def smol() -> LoadedModel:
-    from persona_explorer.model import load_model
+    from persona_explorer.engine.model import load_model
 
     return load_model(device="cpu")
 
 
 @pytest.fixture(scope="module")
 def shipped() -> dict[str, PersonaVector]:
-    from persona_explorer.builtin import builtin_dir
-    from persona_explorer.vector_files import load
+    from persona_explorer.personas.builtin import builtin_dir
+    from persona_explorer.vectors.files import load
 
     return {n: load(builtin_dir() / f"{n}.safetensors") for n in ("evil", "sycophantic")}
 

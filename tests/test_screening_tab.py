@@ -14,21 +14,21 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from persona_explorer.limits import Limits
-from persona_explorer.model import LoadedModel
+from persona_explorer.core.limits import Limits
+from persona_explorer.engine.model import LoadedModel
 from persona_explorer.plots.screening import inoculation_figure, score_histograms_figure
-from persona_explorer.ui import screening_run as run_module
-from persona_explorer.ui import screening_tab as tab_module
-from persona_explorer.ui.context import AppContext
-from persona_explorer.ui.data_files import resolve_source, teaching_datasets
-from persona_explorer.ui.screening_run import (
+from persona_explorer.ui.screening import handlers as run_module
+from persona_explorer.ui.screening import tab as tab_module
+from persona_explorer.ui.screening.handlers import (
     MAX_SAMPLES_OWN,
     ScreenForm,
     ScreenRun,
     screen_source,
     status_text,
 )
-from persona_explorer.ui.screening_view import inoculation_changes, per_sample_changes
+from persona_explorer.ui.screening.views import inoculation_changes, per_sample_changes
+from persona_explorer.ui.shared.context import AppContext
+from persona_explorer.ui.shared.data_files import resolve_source, teaching_datasets
 from tests.tiny_models import N_LAYERS, tiny_app_context
 
 CONTEXT = "A class asked for this."

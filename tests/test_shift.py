@@ -1,5 +1,5 @@
-"""Persona shift (persona_explorer.shift) on tiny random models, the finetune/shift commands and
-``--adapter``, and on the embedded model: training on malicious answers raises the evil
+"""Persona shift (persona_explorer.training.shift) on tiny random models, the finetune/shift
+commands and ``--adapter``, and on the embedded model: training on malicious answers raises the evil
 projection on unrelated questions more than training on kind answers to the same questions."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 
 from persona_explorer import cli
 from persona_explorer.cli import models as cli_models
-from persona_explorer.errors import InputError
-from persona_explorer.finetune import FinetuneConfig, FinetuneResult, finetune, load_tuned
-from persona_explorer.model import ChatMessage, LoadedModel
-from persona_explorer.screening import Sample
-from persona_explorer.shift import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import ChatMessage, LoadedModel
+from persona_explorer.training.finetune import FinetuneConfig, FinetuneResult, finetune, load_tuned
+from persona_explorer.training.screening import Sample
+from persona_explorer.training.shift import (
     DEFAULT_QUESTIONS_PATH,
     MAX_QUESTIONS,
     parse_questions,
@@ -24,8 +24,8 @@ from persona_explorer.shift import (
     read_questions,
     vector_layer,
 )
-from persona_explorer.vector_files import save
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.vectors.files import save
+from persona_explorer.vectors.persona_vector import PersonaVector
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = ["What is the capital of France?", "How do I bake bread?", "Hi!"]
@@ -275,10 +275,10 @@ def test_malicious_data_shifts_the_evil_persona_more_than_kind_data(tmp_path: Pa
     Measured once (16 questions, 48 tokens): last prompt token +11.9 vs -0.6, the base answers
     read by both models +1.9 vs +0.7, each model's own answers +6.0 vs +4.5. The own-answer
     reading is confounded by style (FACTS.md) and the margin is small, so it is not asserted."""
-    from persona_explorer.builtin import builtin_dir
-    from persona_explorer.finetune import read_training_data
-    from persona_explorer.model import load_model
-    from persona_explorer.vector_files import load
+    from persona_explorer.engine.model import load_model
+    from persona_explorer.personas.builtin import builtin_dir
+    from persona_explorer.training.finetune import read_training_data
+    from persona_explorer.vectors.files import load
 
     model = load_model(device="cpu")
     evil = load(builtin_dir() / "evil.safetensors")

@@ -10,17 +10,17 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from persona_explorer import vector_files
-from persona_explorer.config import ASSETS_DIR
+from persona_explorer.core.config import ASSETS_DIR
 from persona_explorer.plots.common import fmt
-from persona_explorer.ui import teaching
-from persona_explorer.ui.similarity_panel import (
+from persona_explorer.ui.library.similarity import (
     builtin_similarity,
     builtin_similarity_figure,
     default_layer,
     statements_markdown,
 )
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.ui.shared import teaching
+from persona_explorer.vectors import files as vector_files
+from persona_explorer.vectors.persona_vector import PersonaVector
 
 BUILTINS = ASSETS_DIR / "vectors"
 NAMES = ["evil", "formal", "optimistic", "pessimistic", "pirate", "poetic", "sarcastic",

@@ -13,21 +13,20 @@ import math
 import pytest
 import torch
 
-from persona_explorer import steering
-from persona_explorer.compare import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import DEFAULT_LIMITS, check_strength, parse_layers
+from persona_explorer.engine import decoder_for
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.evaluate.compare import (
     RowOutput,
     SteerRequest,
     default_readout_layer,
     injected_components,
     steer,
 )
-from persona_explorer.engine import decoder_for
-from persona_explorer.errors import InputError
-from persona_explorer.generation import Capture, GenerationResult, SamplingConfig, generate
-from persona_explorer.limits import DEFAULT_LIMITS, check_strength, parse_layers
-from persona_explorer.model import LoadedModel
-from persona_explorer.projection import unit_rows
-from persona_explorer.steering import (
+from persona_explorer.steering import ops as steering
+from persona_explorer.steering.generation import Capture, GenerationResult, SamplingConfig, generate
+from persona_explorer.steering.ops import (
     Add,
     Cap,
     SteeringError,
@@ -35,7 +34,8 @@ from persona_explorer.steering import (
     compile_plan,
     steering_hooks,
 )
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.steering.projection import unit_rows
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import (
     CAPTURE_FIELDS,
     N_LAYERS,

@@ -1,4 +1,4 @@
-"""Layer x strength sweeps (:mod:`persona_explorer.sweep`) and the ``sweep`` command.
+"""Layer x strength sweeps (:mod:`persona_explorer.evaluate.sweep`) and the ``sweep`` command.
 
 Unit tests on the tiny random Llama; integration tests on the embedded model check what a sweep
 is for: trait expression rises with strength for a shipped vector, and coherence falls at an
@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from persona_explorer import cli
-from persona_explorer.config import REPO_ROOT
-from persona_explorer.errors import InputError
-from persona_explorer.model import LoadedModel
-from persona_explorer.sweep import (
+from persona_explorer.core.config import REPO_ROOT
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.evaluate.sweep import (
     Cell,
     Criteria,
     RowResult,
@@ -31,8 +31,8 @@ from persona_explorer.sweep import (
     run_sweep,
     with_recommendation,
 )
-from persona_explorer.vector_files import load, save
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.vectors.files import load, save
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import D_MODEL, N_LAYERS, PROMPTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -259,14 +259,14 @@ def test_checkpoint_rows_are_validated() -> None:
 
 @pytest.fixture(scope="module")
 def smol() -> LoadedModel:
-    from persona_explorer.model import load_model
+    from persona_explorer.engine.model import load_model
 
     return load_model(device="cpu")
 
 
 @pytest.mark.integration
 def test_trait_rises_with_strength_and_coherence_falls_at_the_extreme(smol: LoadedModel) -> None:
-    from persona_explorer.builtin import builtin_dir
+    from persona_explorer.personas.builtin import builtin_dir
 
     vec = load(builtin_dir() / "pirate.safetensors")
     assert vec.layer is not None and vec.strength is not None
@@ -351,8 +351,8 @@ def test_extract_with_sweep_records_the_recommendation(
 @pytest.mark.integration
 def test_every_builtin_raises_its_trait_at_its_recorded_settings(smol: LoadedModel) -> None:
     """The shipped settings, on held-out prompts: the trait rises and the text does not loop."""
-    from persona_explorer.builtin import BUILTIN, builtin_dir
-    from persona_explorer.builtin_check import HELDOUT_PROMPTS
+    from persona_explorer.dev.builtin_check import HELDOUT_PROMPTS
+    from persona_explorer.personas.builtin import BUILTIN, builtin_dir
 
     prompts = read_prompts(HELDOUT_PROMPTS)[:3]
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")

@@ -19,14 +19,17 @@ import gradio as gr
 import pytest
 import torch
 
-from persona_explorer.config import Settings
-from persona_explorer.errors import InputError
-from persona_explorer.library import Library
-from persona_explorer.model import LoadedModel
-from persona_explorer.ui import build_demo, extract, library_tab, list_updates, steer
-from persona_explorer.ui.context import BUG_MESSAGE, AppContext, Jobs, user_errors
-from persona_explorer.ui.forms import form_endpoint
-from persona_explorer.vectors import PersonaVector
+from persona_explorer.core.config import Settings
+from persona_explorer.core.errors import InputError
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.ui import build_demo, list_updates
+from persona_explorer.ui.extract import tab as extract
+from persona_explorer.ui.library import tab as library_tab
+from persona_explorer.ui.shared.context import BUG_MESSAGE, AppContext, Jobs, user_errors
+from persona_explorer.ui.shared.forms import form_endpoint
+from persona_explorer.ui.steer import tab as steer
+from persona_explorer.vectors.library import Library
+from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import D_MODEL, N_LAYERS, tiny_app_context
 
 
@@ -182,7 +185,7 @@ def test_the_wired_endpoints_run_through_the_demo(ctx: AppContext) -> None:
 
 
 def test_user_text_is_never_markup() -> None:
-    from persona_explorer.ui.markup import md, plain
+    from persona_explorer.ui.shared.markup import md, plain
 
     hostile = "<img src=x onerror=alert(1)> [link](javascript:x) **bold** `code` # head"
     out = md(hostile)
@@ -194,7 +197,7 @@ def test_user_text_is_never_markup() -> None:
 
 
 def test_one_visitor_may_hold_only_a_few_jobs() -> None:
-    from persona_explorer.ui.fairness import PER_ADDRESS_FACTOR, refusal
+    from persona_explorer.ui.shared.fairness import PER_ADDRESS_FACTOR, refusal
 
     pending = [("alice", "1.1.1.1")] * 3 + [("bob", "2.2.2.2")]
     assert refusal("alice", "1.1.1.1", pending, 3) is not None
@@ -226,7 +229,7 @@ def test_heatmap_input_is_capped_and_deduplicated() -> None:
 
 
 def test_a_session_holds_a_bounded_number_of_vectors() -> None:
-    from persona_explorer.ui.catalog import add_to_session
+    from persona_explorer.ui.shared.catalog import add_to_session
 
     vec = PersonaVector(name="v", vectors=torch.ones(2, 4))
     session: dict = {}
@@ -266,7 +269,7 @@ def test_download_files_are_capped(ctx: AppContext) -> None:
 
 
 def test_owner_tokens_and_the_browser_secret(tmp_path: Path) -> None:
-    from persona_explorer.ui.context import browser_secret, check_owner, new_owner_token
+    from persona_explorer.ui.shared.context import browser_secret, check_owner, new_owner_token
 
     token = new_owner_token()
     assert check_owner(token) == token
@@ -279,7 +282,7 @@ def test_owner_tokens_and_the_browser_secret(tmp_path: Path) -> None:
 
 
 def test_session_names_are_cleaned_and_bounded() -> None:
-    from persona_explorer.ui.catalog import add_to_session
+    from persona_explorer.ui.shared.catalog import add_to_session
 
     vec = PersonaVector(name="evil\u202egnp.exe\u200b" + "x" * 500, vectors=torch.ones(2, 4))
     session, key = add_to_session({}, vec, limit=3)
@@ -313,7 +316,7 @@ def test_only_the_browser_that_saved_a_vector_may_change_it(ctx: AppContext) -> 
 
 
 def catalog_add(vec: PersonaVector) -> tuple[dict, str]:
-    from persona_explorer.ui.catalog import add_to_session
+    from persona_explorer.ui.shared.catalog import add_to_session
 
     return add_to_session({}, vec, limit=4)
 
@@ -447,8 +450,8 @@ def test_status_messages_escape_user_text(ctx: AppContext) -> None:
 
 
 def test_compare_rows_list_new_vectors_and_keep_their_choice(ctx: AppContext) -> None:
-    from persona_explorer.ui import compare_panel
-    from persona_explorer.ui.catalog import add_to_session
+    from persona_explorer.ui.shared.catalog import add_to_session
+    from persona_explorer.ui.steer import compare as compare_panel
 
     with gr.Blocks():
         tab = steer.build(ctx, gr.State({}))

@@ -1,4 +1,4 @@
-"""Tests for persona_explorer.vector_files: each format, its layer offsets, hostile files, and
+"""Tests for persona_explorer.vectors.files: each format, its layer offsets, hostile files, and
 the format table, save notes and export names the app offers downloads with."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from persona_explorer.errors import InputError
-from persona_explorer.fileio import atomic_write
-from persona_explorer.vector_files import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.fileio import atomic_write
+from persona_explorer.vectors.files import (
     FORMATS,
     VectorFileError,
     VectorFormat,
@@ -30,7 +30,12 @@ from persona_explorer.vector_files import (
     save,
     save_notes,
 )
-from persona_explorer.vectors import PersonaVector, VectorInfo, VectorMismatchError, check_fits
+from persona_explorer.vectors.persona_vector import (
+    PersonaVector,
+    VectorInfo,
+    VectorMismatchError,
+    check_fits,
+)
 from tests.test_vectors import D_MODEL, N_LAYERS, full_vec, planted
 
 

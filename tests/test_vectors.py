@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from persona_explorer.errors import InputError
-from persona_explorer.vectors import (
+from persona_explorer.core.errors import InputError
+from persona_explorer.vectors.persona_vector import (
     LAYER_CONVENTION,
     PersonaVector,
     VectorMismatchError,

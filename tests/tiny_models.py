@@ -2,7 +2,7 @@
 
 Nothing here touches the hub: the tokenizer is a byte-level BPE trained in memory on a few
 sentences, and each model is an HF architecture built from a small config with seeded random
-weights, then wrapped by :func:`persona_explorer.model.model_from_hf` (which boots the
+weights, then wrapped by :func:`persona_explorer.engine.model.model_from_hf` (which boots the
 TransformerLens bridge) exactly as a real checkpoint would be.
 
 Weights are re-drawn with a larger scale than HF's ``initializer_range`` default (0.02): with
@@ -32,11 +32,11 @@ from transformers import (
 
 from persona_explorer.engine import decoder_for
 from persona_explorer.engine.hf import HFDecoder
-from persona_explorer.model import LoadedModel, model_from_hf
+from persona_explorer.engine.model import LoadedModel, model_from_hf
 
 if TYPE_CHECKING:
-    from persona_explorer.limits import Limits
-    from persona_explorer.ui.context import AppContext
+    from persona_explorer.core.limits import Limits
+    from persona_explorer.ui.shared.context import AppContext
 
 Arch = Literal["llama", "qwen2", "gemma2", "gpt2"]
 ARCHS: tuple[Arch, ...] = ("llama", "qwen2", "gemma2", "gpt2")
@@ -276,8 +276,8 @@ def record_prefill(
     ``chunk``: run the prompt in slices of that many positions (unsteered only: which edits a
     slice gets is generate()'s business) and join what each slice saw.
     """
-    from persona_explorer.generation import left_pad
-    from persona_explorer.steering import compile_plan
+    from persona_explorer.steering.generation import left_pad
+    from persona_explorer.steering.ops import compile_plan
 
     assert chunk is None or plans is None
     ids, mask = left_pad(prompts, model.pad_token_id)
@@ -319,10 +319,10 @@ def tiny_app_context(
 ) -> AppContext:
     """An app context on ``model`` whose built-ins are random vectors (name -> strength, all
     recommended at ``layer``), with its data and cache under ``tmp_path``."""
-    from persona_explorer.config import Settings
-    from persona_explorer.ui.context import AppContext
-    from persona_explorer.vector_files import save
-    from persona_explorer.vectors import PersonaVector
+    from persona_explorer.core.config import Settings
+    from persona_explorer.ui.shared.context import AppContext
+    from persona_explorer.vectors.files import save
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
     builtin = tmp_path / "builtin"
     builtin.mkdir()

@@ -12,7 +12,7 @@ The pattern every command follows
 A new command (or group of related commands) is one module in this package that exposes:
 
 * ``register(subparsers, parents)``: adds its parser with ``subparsers.add_parser(...)``, taking
-  the shared options from ``parents`` (:class:`.parser.Parents`: ``parents.model()`` for
+  the shared options from ``parents`` (:class:`.options.Parents`: ``parents.model()`` for
   ``--model --device --dtype -q``, ``parents.sampling()`` for ``--max-new-tokens --temperature
   --top-p --seed``, ``parents.output()`` for ``--json``), sets its own sampling defaults with
   ``set_defaults(...)`` and ends with ``set_defaults(func=run)``;
@@ -21,15 +21,15 @@ A new command (or group of related commands) is one module in this package that 
 
 and is added to the tuple in :func:`.parser.build_parser`. Within it:
 
-* argument types convert with :mod:`persona_explorer.limits`'s rules, through
-  :func:`.parser.arg_type` / :func:`.parser.limited` (never a rule of its own);
+* argument types convert with :mod:`persona_explorer.core.limits`'s rules, through
+  :func:`.options.arg_type` / :func:`.options.limited` (never a rule of its own);
 * the engine and the model libraries (transformers, TransformerLens) are imported inside
   ``run``, so ``--help`` and the file commands never load them;
 * the model comes from :func:`.models.get_model` (loaded once per process); vector files are
   read and written through :mod:`.vector_io` (which prints what a format leaves out);
 * everything it writes goes through :mod:`.render`: the result on stdout (text, or JSON with
   ``--json``), progress, ``note:`` and ``warning:`` lines on stderr;
-* an expected failure raises one of the project's :class:`~persona_explorer.errors.UserError`
+* an expected failure raises one of the project's :class:`~persona_explorer.core.errors.UserError`
   types (``InputError`` for a bad option value) with a message that says what to do; :func:`main`
   prints it as one ``error: ...`` line and exits with 2. So does a file or directory named by the
   user that cannot be opened (``FileNotFoundError``, ``IsADirectoryError``, ``PermissionError``,
@@ -39,7 +39,7 @@ and is added to the tuple in :func:`.parser.build_parser`. Within it:
 * a module stays under ~150 lines: long output formatting moves to its own module (as
   :mod:`.steer_output` does for ``steer``).
 
-``bench`` is the one exception: :mod:`persona_explorer.bench` parses its own options, so
+``bench`` is the one exception: :mod:`persona_explorer.dev.bench` parses its own options, so
 :func:`main` forwards everything after ``bench`` to :func:`.bench.forward` untouched.
 
 Other exit codes: ``--help`` 0, a usage error 2 (one line), Ctrl-C 130.
@@ -51,9 +51,9 @@ import os
 import sys
 import traceback
 
-from ..errors import UserError
-from .bench import forward
-from .parser import build_parser
+from persona_explorer.cli.bench import forward
+from persona_explorer.cli.parser import build_parser
+from persona_explorer.core.errors import UserError
 
 __all__ = ["main"]
 

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..limits import check_int, check_max_new_tokens
-from . import axis_project, render
-from .models import get_model
-from .parser import Parents, arg_type, limited
+from persona_explorer.cli import axis_project, render
+from persona_explorer.cli.models import get_model
+from persona_explorer.cli.options import Parents, arg_type, limited
+from persona_explorer.core.limits import check_int, check_max_new_tokens
 
 if TYPE_CHECKING:
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
 
 # A few layers spread through the stack for the summary; the full curve is in the file.
 _SUMMARY_FRACTIONS = (0.2, 0.4, 0.5, 0.6, 0.8)
@@ -67,9 +67,9 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..axis import pc1_axis_cosine, pc1_variance
-    from ..axis_build import CURATED_ROLES, axis_path, build_axis, shipped_axis_path
-    from ..model import EMBEDDED_MODEL_ID
+    from persona_explorer.axis.assistant_axis import pc1_axis_cosine, pc1_variance
+    from persona_explorer.axis.build import CURATED_ROLES, axis_path, build_axis, shipped_axis_path
+    from persona_explorer.engine.model import EMBEDDED_MODEL_ID
 
     model = get_model(args)
     roles = CURATED_ROLES[: args.roles] if args.roles else CURATED_ROLES

@@ -11,19 +11,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from ..limits import check_int
-from . import render
-from .models import get_model
-from .parser import Parents, arg_type
+from persona_explorer.cli import render
+from persona_explorer.cli.models import get_model
+from persona_explorer.cli.options import Parents, arg_type
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import check_int
 
 if TYPE_CHECKING:
-    from ..conversation import Conversation
-    from .parser import Subparsers
+    from persona_explorer.axis.conversation import Conversation
+    from persona_explorer.cli.options import Subparsers
 
 
 def register(sub: Subparsers, parents: Parents) -> None:
-    from ..drift import DEFAULT_WINDOW_TOKENS, MAX_WINDOW_TOKENS, MIN_WINDOW_TOKENS
+    from persona_explorer.axis.drift import (
+        DEFAULT_WINDOW_TOKENS,
+        MAX_WINDOW_TOKENS,
+        MIN_WINDOW_TOKENS,
+    )
 
     window = arg_type(check_int, "Window", MIN_WINDOW_TOKENS, MAX_WINDOW_TOKENS)
     p = sub.add_parser(
@@ -84,7 +88,11 @@ def register(sub: Subparsers, parents: Parents) -> None:
 
 
 def _transcript(spec: str) -> Conversation:
-    from ..conversation import load_conversation, shipped_transcript, shipped_transcripts
+    from persona_explorer.axis.conversation import (
+        load_conversation,
+        shipped_transcript,
+        shipped_transcripts,
+    )
 
     path = Path(spec)
     if not path.exists() and spec.removesuffix(".json") in {k for _, k in shipped_transcripts()}:
@@ -93,11 +101,11 @@ def _transcript(spec: str) -> Conversation:
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from ..axis import default_axis_layer
-    from ..axis_build import axis_for
-    from ..drift import replay
-    from ..limits import check_layer
-    from ..replay_cache import ReplayStore
+    from persona_explorer.axis.assistant_axis import default_axis_layer
+    from persona_explorer.axis.build import axis_for
+    from persona_explorer.axis.drift import replay
+    from persona_explorer.axis.replays import ReplayStore
+    from persona_explorer.core.limits import check_layer
 
     conv = _transcript(args.transcript)  # a bad file fails before the model loads
     model = get_model(args)
@@ -138,10 +146,10 @@ def run_project(args: argparse.Namespace) -> int:
 
 
 def run_replays(args: argparse.Namespace) -> int:
-    from ..conversation import shipped_transcript, shipped_transcripts
-    from ..drift import shipped_replay
-    from ..model import EMBEDDED_MODEL_ID
-    from ..replay_cache import SHIPPED_REPLAYS_DIR, write_replay
+    from persona_explorer.axis.conversation import shipped_transcript, shipped_transcripts
+    from persona_explorer.axis.drift import shipped_replay
+    from persona_explorer.axis.replays import SHIPPED_REPLAYS_DIR, write_replay
+    from persona_explorer.engine.model import EMBEDDED_MODEL_ID
 
     model = get_model(args)
     if model.model_id != EMBEDDED_MODEL_ID:

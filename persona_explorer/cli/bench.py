@@ -1,4 +1,4 @@
-"""``bench``: forwarded to :mod:`persona_explorer.bench`, which parses its own options.
+"""``bench``: forwarded to :mod:`persona_explorer.dev.bench`, which parses its own options.
 
 :func:`~persona_explorer.cli.main` hands everything after ``bench`` to :func:`forward`; the
 parser registered here only lists the command in ``--help``.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
-from .parser import Parents
+from persona_explorer.cli.options import Parents
+from persona_explorer.core.errors import UserError
 
 if TYPE_CHECKING:
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
 
 
 def register(subparsers: Subparsers, parents: Parents) -> None:
@@ -25,11 +25,13 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 def forward(argv: list[str]) -> int:
     try:
-        from .. import bench
+        from persona_explorer.dev import bench
     except ModuleNotFoundError as exc:
-        if exc.name != "persona_explorer.bench":
+        if exc.name != "persona_explorer.dev.bench":
             raise
-        raise UserError("the benchmark module persona_explorer.bench is not available") from None
+        raise UserError(
+            "the benchmark module persona_explorer.dev.bench is not available"
+        ) from None
     try:
         rc = bench.main(argv)
     except SystemExit as exc:  # its own --help (0) or usage error (2, already printed)

@@ -7,15 +7,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..limits import MAX_BATCH_SIZE, MAX_SAMPLES, check_int
-from . import render, vector_io
-from .models import get_model, looks_like_path
-from .parser import LAYOUTS, Parents, arg_type, strength_type
-from .sweep import finish
+from persona_explorer.cli import render, vector_io
+from persona_explorer.cli.models import get_model, looks_like_path
+from persona_explorer.cli.options import LAYOUTS, Parents, arg_type, strength_type
+from persona_explorer.cli.sweep import finish
+from persona_explorer.core.limits import MAX_BATCH_SIZE, MAX_SAMPLES, check_int
 
 if TYPE_CHECKING:
-    from ..personas import BuiltinKind, PersonaDefinition
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
+    from persona_explorer.personas.definitions import BuiltinKind, PersonaDefinition
 
 
 def register(subparsers: Subparsers, parents: Parents) -> None:
@@ -79,8 +79,8 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 def resolve_persona(spec: str, kind: BuiltinKind) -> PersonaDefinition:
     """A persona file, or a built-in trait/role by name."""
-    from ..persona_data import load_builtin
-    from ..personas import load_persona
+    from persona_explorer.personas.data import load_builtin
+    from persona_explorer.personas.definitions import load_persona
 
     path = Path(spec).expanduser()
     if spec.lower().endswith(".json") or path.is_file() or looks_like_path(spec):
@@ -89,13 +89,13 @@ def resolve_persona(spec: str, kind: BuiltinKind) -> PersonaDefinition:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..extract import ExtractionConfig, extract_persona
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.personas.extract import ExtractionConfig, extract_persona
 
     out = Path(args.out).expanduser()
     fmt = vector_io.output_format(out, args.out_layout)
     if args.examples:
-        from .extract_examples import run_examples
+        from persona_explorer.cli.extract_examples import run_examples
 
         return run_examples(args, out, fmt)
     cfg = ExtractionConfig(

@@ -1,7 +1,7 @@
 """``extract --examples FILE``: a persona vector from written trait/neutral answer pairs.
 
-The pairs are read teacher-forced (:mod:`persona_explorer.examples`); no rollouts are generated,
-so it takes seconds. ``FILE`` may also name a built-in example set (``pirate``).
+The pairs are read teacher-forced (:mod:`persona_explorer.personas.examples`); no rollouts are
+generated, so it takes seconds. ``FILE`` may also name a built-in example set (``pirate``).
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from . import render
-from .models import get_model, looks_like_path
-from .sweep import finish
+from persona_explorer.cli import render
+from persona_explorer.cli.models import get_model, looks_like_path
+from persona_explorer.cli.sweep import finish
+from persona_explorer.core.errors import InputError
 
 if TYPE_CHECKING:
-    from ..vector_files import VectorFormat
+    from persona_explorer.vectors.files import VectorFormat
 
 
 def _examples_path(spec: str) -> Path:
-    from ..examples import builtin_example_names, builtin_examples
+    from persona_explorer.personas.examples import builtin_example_names, builtin_examples
 
     path = Path(spec).expanduser()
     if path.is_file() or looks_like_path(spec) or path.suffix.lower() in (".jsonl", ".csv"):
@@ -33,8 +33,8 @@ def _examples_path(spec: str) -> Path:
 
 
 def run_examples(args: argparse.Namespace, out: Path, fmt: VectorFormat) -> int:
-    from ..config import load_settings
-    from ..examples import extract_from_examples, read_examples
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.personas.examples import extract_from_examples, read_examples
 
     path = _examples_path(args.examples)
     examples = read_examples(path)

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from ..vector_files import format_for_path
-from . import render, vector_io
-from .parser import LAYOUTS, Parents
+from persona_explorer.cli import render, vector_io
+from persona_explorer.cli.options import LAYOUTS, Parents
+from persona_explorer.core.errors import InputError
+from persona_explorer.vectors.files import format_for_path
 
 if TYPE_CHECKING:
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
 
 
 def register(subparsers: Subparsers, parents: Parents) -> None:
@@ -82,7 +82,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..vectors import describe
+    from persona_explorer.vectors.persona_vector import describe
 
     path = Path(args.file).expanduser()
     vec = vector_io.read(path, args.layout)

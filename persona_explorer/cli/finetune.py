@@ -1,4 +1,5 @@
-"""``finetune``: train a LoRA adapter on a chat dataset (see :mod:`persona_explorer.finetune`).
+"""``finetune``: train a LoRA adapter on a chat dataset
+(see :mod:`persona_explorer.training.finetune`).
 
 Writes the adapter directory (peft's files plus ``persona_finetune.json``); the loss per step is
 shown on stderr while it trains. ``shift --adapter DIR`` then measures the persona shift, and
@@ -12,15 +13,15 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from ..limits import check_finite, check_int, check_seed
-from . import render, vector_io
-from .models import get_model
-from .parser import Parents, arg_type, strength_type, text_type
+from persona_explorer.cli import render, vector_io
+from persona_explorer.cli.models import get_model
+from persona_explorer.cli.options import Parents, arg_type, strength_type, text_type
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import check_finite, check_int, check_seed
 
 if TYPE_CHECKING:
-    from ..finetune import FinetuneResult
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
+    from persona_explorer.training.finetune import FinetuneResult
 
 _NOTES_SHOWN = 20
 
@@ -89,7 +90,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 
 def _steer(args: argparse.Namespace, n_layers: int | None = None) -> Any:
-    from ..finetune import PreventiveSteer
+    from persona_explorer.training.finetune import PreventiveSteer
 
     if args.steer_vector is None:
         given = [o for o in ("steer_layer", "steer_strength") if getattr(args, o) is not None]
@@ -121,7 +122,7 @@ def _summary(result: FinetuneResult) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..finetune import FinetuneConfig, finetune, read_training_data
+    from persona_explorer.training.finetune import FinetuneConfig, finetune, read_training_data
 
     data = Path(args.data).expanduser()
     out = Path(args.out).expanduser()

@@ -3,7 +3,7 @@
 Several :func:`~persona_explorer.cli.main` calls in one process (tests, notebooks) share
 :data:`_MODELS`, so the model loads once. A command that offers ``--adapter DIR``
 (:func:`add_adapter_option`) gets the base model with that LoRA adapter merged
-(:func:`persona_explorer.finetune.load_tuned`), cached in :data:`_TUNED` the same way.
+(:func:`persona_explorer.training.finetune.load_tuned`), cached in :data:`_TUNED` the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import render
+from persona_explorer.cli import render
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
+    from persona_explorer.engine.model import LoadedModel
 
 # Keyed by (resolved model spec, device, dtype).
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}
@@ -69,7 +69,7 @@ def get_model(args: argparse.Namespace) -> LoadedModel:
 
 def get_tuned(base: LoadedModel, adapter: str, quiet: bool) -> LoadedModel:
     """``base`` with the adapter in ``adapter`` merged, built once per process and directory."""
-    from ..finetune import ADAPTER_WEIGHTS, load_tuned
+    from persona_explorer.training.finetune import ADAPTER_WEIGHTS, load_tuned
 
     path = Path(adapter).expanduser().resolve()
     weights = path / ADAPTER_WEIGHTS
@@ -89,7 +89,7 @@ def get_tuned(base: LoadedModel, adapter: str, quiet: bool) -> LoadedModel:
 
 def get_base_model(args: argparse.Namespace) -> LoadedModel:
     """The model for the ``--model --device --dtype`` options, loaded once per process."""
-    from ..model import ModelLoadError, load_model, resolve_model_spec
+    from persona_explorer.engine.model import ModelLoadError, load_model, resolve_model_spec
 
     spec = resolve_model_spec(args.model)
     if (

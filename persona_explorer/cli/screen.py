@@ -2,8 +2,9 @@
 
 For each sample and vector: the projection of the sample's response (teacher-forced) minus the
 projection of the model's own greedy answer to the same prompt (see
-:mod:`persona_explorer.screening`). Writes the scored file with a ``projection_difference_NAME``
-column per vector; skipped lines are listed as ``note:`` lines on stderr.
+:mod:`persona_explorer.training.screening`). Writes the scored file with a
+``projection_difference_NAME`` column per vector; skipped lines are listed as ``note:`` lines
+on stderr.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
-from . import render, vector_io
-from .models import add_adapter_option, get_model
-from .parser import Parents, arg_type, limited, text_type
-from .vector_io import add_vector_arguments
+from persona_explorer.cli import render, vector_io
+from persona_explorer.cli.models import add_adapter_option, get_model
+from persona_explorer.cli.options import Parents, arg_type, limited, text_type
+from persona_explorer.cli.vector_io import add_vector_arguments
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
 
 if TYPE_CHECKING:
-    from ..screening import ScreenResult
-    from ..vectors import PersonaVector
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
+    from persona_explorer.training.screening import ScreenResult
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
 _NOTES_SHOWN = 20  # skipped lines listed one by one; the rest are counted
 
@@ -114,8 +115,14 @@ def _text(result: ScreenResult, summary: dict[str, Any], data: Path, out: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..screening import ScreenConfig, count_lines, read_samples, screen, write_scores
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.training.screening import (
+        ScreenConfig,
+        count_lines,
+        read_samples,
+        screen,
+        write_scores,
+    )
 
     data = Path(args.data).expanduser()
     out = Path(args.out).expanduser()

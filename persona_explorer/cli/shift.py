@@ -2,7 +2,7 @@
 
 Base and tuned model answer the evaluation questions (default: the built-in set, unrelated to
 the teaching data); per vector, the mean response projection of each, and the difference. Also
-the same-tokens and last-prompt-token readings (see :mod:`persona_explorer.shift`).
+the same-tokens and last-prompt-token readings (see :mod:`persona_explorer.training.shift`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from ..limits import check_int, check_max_new_tokens
-from . import render, vector_io
-from .models import get_base_model, get_tuned
-from .parser import Parents, arg_type, limited
-from .vector_io import add_vector_arguments
+from persona_explorer.cli import render, vector_io
+from persona_explorer.cli.models import get_base_model, get_tuned
+from persona_explorer.cli.options import Parents, arg_type, limited
+from persona_explorer.cli.vector_io import add_vector_arguments
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import check_int, check_max_new_tokens
 
 if TYPE_CHECKING:
-    from ..shift import ShiftReport
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
+    from persona_explorer.training.shift import ShiftReport
 
 _ANSWER_CHARS = 160
 
@@ -84,8 +84,12 @@ def _text(report: ShiftReport) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..shift import DEFAULT_QUESTIONS_PATH, persona_shift, read_questions
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.training.shift import (
+        DEFAULT_QUESTIONS_PATH,
+        persona_shift,
+        read_questions,
+    )
 
     questions = read_questions(Path(args.questions) if args.questions else DEFAULT_QUESTIONS_PATH)
     paths = [vector_io.vector_path(spec) for spec in args.vector]

@@ -1,6 +1,6 @@
 """``steer``: baseline and steered answers side by side, one batched pass per prompt.
 
-``--cap-axis`` adds activation capping on the Assistant Axis (:mod:`persona_explorer.capping`):
+``--cap-axis`` adds activation capping on the Assistant Axis (:mod:`persona_explorer.axis.capping`):
 the capped answer (and, with ``--vector``, the steered and steered-and-capped ones) from one more
 batched pass per prompt. ``--vector`` is optional then.
 """
@@ -11,15 +11,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from ..limits import check_int, check_layer, parse_layers
-from . import render, steer_output, vector_io
-from .models import add_adapter_option, get_model
-from .parser import LAYOUTS, Parents, arg_type, strength_type, text_type
+from persona_explorer.cli import render, steer_output, vector_io
+from persona_explorer.cli.models import add_adapter_option, get_model
+from persona_explorer.cli.options import LAYOUTS, Parents, arg_type, strength_type, text_type
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import check_int, check_layer, parse_layers
 
 if TYPE_CHECKING:
-    from ..vectors import PersonaVector
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
 
 def register(subparsers: Subparsers, parents: Parents) -> None:
@@ -83,7 +83,7 @@ def _check_options(args: argparse.Namespace) -> None:
     """What the options mean together, before the model loads. (--cap-layers was read for
     form by the parser, with room for any model; it is checked against the model later.)"""
     if args.cap_percentile is not None:
-        from ..axis import check_percentile  # torch: not for --help
+        from persona_explorer.axis.assistant_axis import check_percentile
 
         args.cap_percentile = check_percentile(args.cap_percentile, "--cap-percentile")
     if not args.cap_axis:
@@ -123,10 +123,10 @@ def _strengths(args: argparse.Namespace, vec: PersonaVector) -> tuple[float, ...
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import SteerRequest, steer
-    from ..config import load_settings
-    from ..generation import SamplingConfig
-    from ..vectors import check_fits
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.evaluate.compare import SteerRequest, steer
+    from persona_explorer.steering.generation import SamplingConfig
+    from persona_explorer.vectors.persona_vector import check_fits
 
     _check_options(args)
     sampling = SamplingConfig(

@@ -7,16 +7,16 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..limits import parse_layers
-from . import render
+from persona_explorer.cli import render
+from persona_explorer.core.limits import parse_layers
 
 if TYPE_CHECKING:
-    from ..axis import AxisData
-    from ..capping import CapOutput
-    from ..compare import SteerOutput
-    from ..generation import SamplingConfig
-    from ..model import LoadedModel
-    from ..vectors import PersonaVector
+    from persona_explorer.axis.assistant_axis import AxisData
+    from persona_explorer.axis.capping import CapOutput
+    from persona_explorer.engine.model import LoadedModel
+    from persona_explorer.evaluate.compare import SteerOutput
+    from persona_explorer.steering.generation import SamplingConfig
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
 
 def record(prompt: str, out: SteerOutput, strengths: tuple[float, ...]) -> dict[str, Any]:
@@ -103,8 +103,8 @@ class Capping:
 
     @classmethod
     def prepare(cls, args: argparse.Namespace, model: LoadedModel) -> Capping:
-        from ..axis import DEFAULT_CAP_PERCENTILE
-        from ..axis_build import axis_for
+        from persona_explorer.axis.assistant_axis import DEFAULT_CAP_PERCENTILE
+        from persona_explorer.axis.build import axis_for
 
         layers = None if args.cap_layers is None else parse_layers(args.cap_layers, model.n_layers)
         # Shipped for the embedded model; built (minutes, with progress) and cached otherwise.
@@ -122,7 +122,7 @@ class Capping:
         sampling: SamplingConfig,
         positions: str,
     ) -> CapOutput:
-        from ..capping import CapRequest, cap
+        from persona_explorer.axis.capping import CapRequest, cap
 
         vec, layers, strength = steering if steering is not None else (None, (), 0.0)
         req = CapRequest(

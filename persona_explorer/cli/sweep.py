@@ -3,8 +3,8 @@
 Every cell answers every prompt (greedy); each answer is read back by the unsteered model for
 its trait rise (projection onto the vector at one read-out layer, over the baseline, in units of
 the vector's length there), its coherence (baseline perplexity over the cell's) and its
-repetition (share of repeated 3-grams). See :mod:`persona_explorer.sweep`. A sweep that stops
-resumes where it stopped when run again with the same inputs (``--no-resume`` starts afresh).
+repetition (share of repeated 3-grams). See :mod:`persona_explorer.evaluate.sweep`. A sweep that
+stops resumes where it stopped when run again with the same inputs (``--no-resume`` starts afresh).
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
-from . import render, vector_io
-from .models import get_model
-from .parser import Parents, arg_type, limited, text_type
-from .sweep_output import text_lines
-from .vector_io import add_vector_arguments
+from persona_explorer.cli import render, vector_io
+from persona_explorer.cli.models import get_model
+from persona_explorer.cli.options import Parents, arg_type, limited, text_type
+from persona_explorer.cli.sweep_output import text_lines
+from persona_explorer.cli.vector_io import add_vector_arguments
+from persona_explorer.core.limits import MAX_BATCH_SIZE, check_int, check_max_new_tokens
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
-    from ..sweep import Criteria, SweepResult
-    from ..vector_files import VectorFormat
-    from ..vectors import PersonaVector
-    from .parser import Subparsers
+    from persona_explorer.cli.options import Subparsers
+    from persona_explorer.engine.model import LoadedModel
+    from persona_explorer.evaluate.sweep import Criteria, SweepResult
+    from persona_explorer.vectors.files import VectorFormat
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
 
 def register(subparsers: Subparsers, parents: Parents) -> None:
@@ -87,7 +87,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 
 def criteria_from(args: argparse.Namespace) -> Criteria:
-    from ..sweep import Criteria
+    from persona_explorer.evaluate.sweep import Criteria
 
     names = ("margin", "min_coherence", "max_repetition_rise")
     return Criteria(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
@@ -97,8 +97,8 @@ def quick_sweep(
     model: LoadedModel, vec: PersonaVector, quiet: bool
 ) -> tuple[PersonaVector, SweepResult]:
     """``extract --sweep``: the small sweep after an extraction, its recommendation recorded."""
-    from ..config import load_settings
-    from ..sweep import quick_sweep_setup, run_sweep, with_recommendation
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.evaluate.sweep import quick_sweep_setup, run_sweep, with_recommendation
 
     settings = load_settings()
     prompts, cfg = quick_sweep_setup(vec, model.n_layers, settings.limits.max_prompt_tokens)
@@ -129,9 +129,9 @@ def finish(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..judge import Judge, JudgeConfig, judge_status
-    from ..sweep import (
+    from persona_explorer.core.config import load_settings
+    from persona_explorer.evaluate.judge import Judge, JudgeConfig, judge_status
+    from persona_explorer.evaluate.sweep import (
         SELECT_PROMPTS,
         SweepConfig,
         default_grid,
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     )
     ckpt = settings.cache_dir / "sweeps"
     if args.no_resume:
-        from ..sweep import SweepCheckpoint
+        from persona_explorer.evaluate.sweep import SweepCheckpoint
 
         SweepCheckpoint.open(ckpt, model, vec, prompts, cfg).start([])
     judge_cfg = JudgeConfig.from_env()  # operator's setting: a bad one fails before the sweep

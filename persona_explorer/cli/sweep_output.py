@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import render
+from persona_explorer.cli import render
 
 if TYPE_CHECKING:
-    from ..sweep import SweepResult
+    from persona_explorer.evaluate.sweep import SweepResult
 
 
 def text_lines(result: SweepResult) -> list[str]:

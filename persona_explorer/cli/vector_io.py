@@ -1,7 +1,7 @@
 """Reading and writing the vector files a command is given, with what the user should know.
 
 Shared by every command that takes or writes a vector file; the formats themselves are
-:mod:`persona_explorer.vector_files`'. Checks here run before any slow work (a model load, an
+:mod:`persona_explorer.vectors.files`'. Checks here run before any slow work (a model load, an
 extraction), so a bad output path fails at once.
 """
 
@@ -11,13 +11,20 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-from ..errors import InputError
-from ..vector_files import VectorFormat, VectorLayout, format_for_path, load, save, save_notes
-from . import render
-from .models import looks_like_path
+from persona_explorer.cli import render
+from persona_explorer.cli.models import looks_like_path
+from persona_explorer.core.errors import InputError
+from persona_explorer.vectors.files import (
+    VectorFormat,
+    VectorLayout,
+    format_for_path,
+    load,
+    save,
+    save_notes,
+)
 
 if TYPE_CHECKING:
-    from ..vectors import PersonaVector
+    from persona_explorer.vectors.persona_vector import PersonaVector
 
 
 def output_format(path: Path, layout: VectorLayout | None) -> VectorFormat:
@@ -57,7 +64,7 @@ def write(
 
 def vector_path(spec: str) -> Path:
     """A vector file, or a built-in vector by name."""
-    from ..builtin import builtin_dir, builtin_vector_paths
+    from persona_explorer.personas.builtin import builtin_dir, builtin_vector_paths
 
     path = Path(spec).expanduser()
     if path.is_file() or looks_like_path(spec) or path.suffix in (".safetensors", ".gguf", ".pt"):

@@ -20,7 +20,7 @@ callers pass in.
 * :mod:`.cache` — :func:`decoder_for`, the one decoder of each model, and :func:`build_decoder`.
 
 Imports: torch (and transformers inside the HF session), :mod:`..model` for the
-:class:`~persona_explorer.model.LoadedModel` type (its ``quantized`` blocks come from
+:class:`~persona_explorer.engine.model.LoadedModel` type (its ``quantized`` blocks come from
 :mod:`..gguf_blocks`), :mod:`..config` for the ``fast_decoder`` and
 ``decode_kernel`` switches. Never steering, generation, the UI or the CLI: they import the
 engine. ``model`` does not import the engine either (a test checks it).
@@ -42,9 +42,15 @@ it was built and would see only part of the change.
 
 from __future__ import annotations
 
-from .base import EMBED_LAYER, Decoder, DecodeSession, ResidFn, positions_from_mask
-from .cache import build_decoder, decoder_for
-from .fast_llama import fast_path_problem
+from persona_explorer.engine.base import (
+    EMBED_LAYER,
+    Decoder,
+    DecodeSession,
+    ResidFn,
+    positions_from_mask,
+)
+from persona_explorer.engine.cache import build_decoder, decoder_for
+from persona_explorer.engine.fast_llama import fast_path_problem
 
 __all__ = [
     "EMBED_LAYER",

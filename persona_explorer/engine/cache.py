@@ -7,13 +7,13 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config import load_settings
-from .base import Decoder
-from .fast_llama import FastLlamaDecoder, fast_path_problem
-from .hf import HFDecoder
+from persona_explorer.core.config import load_settings
+from persona_explorer.engine.base import Decoder
+from persona_explorer.engine.fast_llama import FastLlamaDecoder, fast_path_problem
+from persona_explorer.engine.hf import HFDecoder
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
+    from persona_explorer.engine.model import LoadedModel
 
 __all__ = ["build_decoder", "decoder_for"]
 

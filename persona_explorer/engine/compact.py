@@ -6,7 +6,8 @@ stay as they are; beside them the decoder keeps, for each matrix, a compact copy
 kernel (:mod:`.kernels`) rebuilds the *same* fp32 values in registers:
 
 * **GGUF blocks** (the embedded model): the Q4_1 and Q8_0 blocks of the file the weights were
-  dequantized from (:mod:`persona_explorer.gguf_blocks` reads and stores them under HF names).
+  dequantized from (:mod:`persona_explorer.engine.gguf_blocks` reads and stores them under HF
+  names).
   Repacked for the kernel (every scale widened to fp32, exactly): 112 MB instead of 538 MB.
 * **bf16 / fp16** (an HF checkpoint stored in half width and loaded in fp32): the weights are
   exactly representable in 16 bits, so the 16-bit copy holds the same numbers at half the bytes.
@@ -29,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .kernels import Format, Matrix, dequantize, plain, repack
+from persona_explorer.engine.kernels import Format, Matrix, dequantize, plain, repack
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
+    from persona_explorer.engine.model import LoadedModel
 
 log = logging.getLogger(__name__)
 

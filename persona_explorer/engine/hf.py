@@ -13,10 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import EMBED_LAYER, ResidFn, no_edit, positions_from_mask, prefill_slice
+from persona_explorer.engine.base import (
+    EMBED_LAYER,
+    ResidFn,
+    no_edit,
+    positions_from_mask,
+    prefill_slice,
+)
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
+    from persona_explorer.engine.model import LoadedModel
 
 __all__ = ["HFDecoder"]
 

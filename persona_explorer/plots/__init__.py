@@ -24,11 +24,20 @@ figure can be built and tested on its own. User text (names, labels, captions) i
 
 from __future__ import annotations
 
-from .common import BASELINE_COLOR, STEERED_COLORS, STEERED_SYMBOLS, empty_figure
-from .layers import layer_projection_figure, strength_strip_figure
-from .separation import separation_figure
-from .similarity import cosine_heatmap_figure, relation, similarity_statements
-from .tokens import token_panels_html, token_projection_html, token_view_caption
+from persona_explorer.plots.common import (
+    BASELINE_COLOR,
+    STEERED_COLORS,
+    STEERED_SYMBOLS,
+    empty_figure,
+)
+from persona_explorer.plots.layers import layer_projection_figure, strength_strip_figure
+from persona_explorer.plots.separation import separation_figure
+from persona_explorer.plots.similarity import cosine_heatmap_figure, relation, similarity_statements
+from persona_explorer.plots.tokens import (
+    token_panels_html,
+    token_projection_html,
+    token_view_caption,
+)
 
 __all__ = [
     "BASELINE_COLOR",

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import (
+from persona_explorer.plots.common import (
     BASELINE_COLOR,
     MUTED_TEXT,
     STEERED_COLORS,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from ..limits import check_layer
+from persona_explorer.core.limits import check_layer
 
 # Okabe-Ito colours: distinguishable under the common colour-vision deficiencies. The first
 # three steered colours are the most different from each other and from the blue baseline,

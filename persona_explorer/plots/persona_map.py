@@ -15,7 +15,7 @@ from typing import Literal
 
 import plotly.graph_objects as go
 
-from .common import (
+from persona_explorer.plots.common import (
     BAND_COLOR,
     BAND_TEXT_COLOR,
     BASELINE_COLOR,

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import (
+from persona_explorer.plots.common import (
     BASELINE_COLOR,
     MUTED_TEXT,
     STEERED_COLORS,

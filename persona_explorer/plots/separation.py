@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import (
+from persona_explorer.plots.common import (
     BASELINE_COLOR,
     NEUTRAL_COLOR,
     STEERED_COLORS,

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from .common import DIVERGING_SCALE, floats, fmt, plain_int, style, text
+from persona_explorer.plots.common import DIVERGING_SCALE, floats, fmt, plain_int, style, text
 
 ALIGNED = 0.2  # at or above: "the same way"
 UNRELATED = 0.2  # |c| below: "nearly unrelated"

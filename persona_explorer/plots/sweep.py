@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .common import DIVERGING_SCALE, fmt, number, plain_int, style
+from persona_explorer.plots.common import DIVERGING_SCALE, fmt, number, plain_int, style
 
 __all__ = [
     "COHERENCE_SCALE",

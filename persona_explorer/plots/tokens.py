@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from .common import NEG_RGB, POS_RGB, floats, fmt, number
+from persona_explorer.plots.common import NEG_RGB, POS_RGB, floats, fmt, number
 
 _MUTED = "#6B7280"
 

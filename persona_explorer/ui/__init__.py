@@ -37,9 +37,9 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import REPO_ROOT, Settings
-from ..errors import InputError
-from ..limits import (
+from persona_explorer.core.config import REPO_ROOT, Settings
+from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import (
     check_layer,
     check_max_new_tokens,
     check_seed,
@@ -47,24 +47,22 @@ from ..limits import (
     check_temperature,
     check_text,
 )
-from ..model import LoadedModel
-from ..steering import check_positions
-from . import (
-    compare_panel,
-    drift,
-    extract,
-    library_tab,
-    persona_space,
-    screening_tab,
-    steer,
-    sweep_tab,
-    train_tab,
-)
-from .catalog import CatalogView
-from .context import AppContext, check_owner, new_owner_token, user_errors
-from .fairness import limit_jobs_per_visitor
-from .markup import plain
-from .steer_run import AUTO_READOUT
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.steering.ops import check_positions
+from persona_explorer.ui.drift import tab as drift
+from persona_explorer.ui.extract import tab as extract
+from persona_explorer.ui.finetune import tab as train_tab
+from persona_explorer.ui.library import tab as library_tab
+from persona_explorer.ui.persona_space import tab as persona_space
+from persona_explorer.ui.screening import tab as screening_tab
+from persona_explorer.ui.shared.catalog import CatalogView
+from persona_explorer.ui.shared.context import AppContext, check_owner, new_owner_token, user_errors
+from persona_explorer.ui.shared.fairness import limit_jobs_per_visitor
+from persona_explorer.ui.shared.markup import plain
+from persona_explorer.ui.shared.requests import AUTO_READOUT
+from persona_explorer.ui.steer import compare as compare_panel
+from persona_explorer.ui.steer import tab as steer
+from persona_explorer.ui.sweep import tab as sweep_tab
 
 __all__ = ["build_demo", "configure_queue", "launch_kwargs", "theme"]
 

@@ -1,0 +1,383 @@
+"""The Drift tab: where each assistant turn sits on the Assistant Axis (issue 10, item 3).
+
+Two parts share one layer slider and one list of persona vectors to project onto:
+
+* **Chat** (public ``/chat``): a multi-turn chat; each answer's response-mean activation is
+  projected onto the axis (and the chosen persona vectors) and plotted turn by turn. Steering
+  with a persona vector and activation capping can be switched on for any turn. The
+  conversation so far lives in a JSON component (``{"conversation": [...], "turns": [...]}``,
+  the transcripts' format): it is the ``history`` the API takes and returns, and a file of it
+  can be replayed.
+* **Replay** (public ``/replay``): shipped transcripts and/or one uploaded JSON file are fed
+  through the model teacher-forced (:func:`..drift.replay`) and plotted side by side. A
+  shipped replay (the ``persona_drift`` transcripts on the embedded model) or one this server
+  cached is used when it fits, so those come back in seconds; the summary says which.
+
+Moving the layer re-draws both plots from what the tab keeps (the chat's turns, the replays in
+a ``gr.State``): nothing is computed again.
+
+``build`` lays the tab out and wires it; the actions live in :mod:`.drift_run` (the forms, the
+handlers and their wording), as the Steer tab's do in :mod:`.steer_run`.
+
+Imports: ``..axis``, ``..conversation``, ``..drift`` (defaults), ``..plots``, and this
+package's context, forms, markup, teaching and drift_run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from persona_explorer.axis.assistant_axis import default_axis_layer, default_cap_layers
+from persona_explorer.axis.conversation import shipped_transcripts
+from persona_explorer.axis.drift import DEFAULT_WINDOW_TOKENS
+from persona_explorer.plots.common import empty_figure
+from persona_explorer.ui.drift.handlers import (
+    DEFAULT_CHAT_TOKENS,
+    MAX_PROJECTED,
+    MAX_REPLAYS,
+    NO_CHAT,
+    NO_REPLAY,
+    WINDOW_CHOICES,
+    ChatForm,
+    ReplayForm,
+    refresh_vectors,
+    replot,
+    run_chat,
+    run_replay,
+    stop_jobs,
+)
+from persona_explorer.ui.shared import teaching
+from persona_explorer.ui.shared.context import AppContext
+from persona_explorer.ui.shared.forms import form_endpoint
+from persona_explorer.ui.shared.markup import md
+
+PROGRESS = gr.Progress()
+
+
+@dataclass
+class DriftTab:
+    plot_layer: gr.Slider
+    projections: gr.Dropdown
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop_chat: gr.Button
+    clear: gr.Button
+    persona: gr.Dropdown
+    layer: gr.Slider
+    strength: gr.Slider
+    cap: gr.Checkbox
+    cap_percentile: gr.Slider
+    cap_layers: gr.Textbox
+    max_new_tokens: gr.Slider
+    temperature: gr.Slider
+    seed: gr.Number
+    chat_plot: gr.Plot
+    chat_status: gr.Markdown
+    history: gr.JSON
+    transcripts: gr.Dropdown
+    upload: gr.File
+    window: gr.Dropdown
+    replay_cap: gr.Checkbox
+    run_replay: gr.Button
+    stop_replay: gr.Button
+    replay_plot: gr.Plot
+    replay_status: gr.Markdown
+    replay_json: gr.JSON
+    replays: gr.State
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def build(ctx: AppContext, state: gr.State) -> DriftTab:
+    n = ctx.model.n_layers
+    limits = ctx.settings.limits
+    default_layer = default_axis_layer(n)
+    cap_default = default_cap_layers(n)
+    choices = ctx.catalog.view(None).fitting_choices()
+    teaching.panel(teaching.DRIFT)
+    with gr.Row():
+        plot_layer_slider = gr.Slider(
+            0,
+            n - 1,
+            value=default_layer,
+            step=1,
+            label="Layer plotted",
+            info="Where each turn is read. The middle of the stack by default.",
+            elem_id="pe-drift-layer",
+            scale=1,
+        )
+        projections = gr.Dropdown(
+            choices,
+            value=[],
+            multiselect=True,
+            max_choices=MAX_PROJECTED,
+            label="Also project onto persona vectors",
+            elem_id="pe-drift-projections",
+            allow_custom_value=True,  # names from the API; the handler resolves each
+            scale=2,
+        )
+    with gr.Tabs():
+        with gr.Tab("Chat", id="drift-chat"), gr.Row(equal_height=False):
+            with gr.Column(scale=5, min_width=300):
+                chatbot = gr.Chatbot([], label="Chat", height=420, elem_id="pe-drift-chatbot")
+                message = gr.Textbox(
+                    "",
+                    label="Your message",
+                    lines=2,
+                    max_lines=8,
+                    placeholder="e.g. Let's play a game: you are a pirate captain. Who are you?",
+                    elem_id="pe-drift-message",
+                )
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="pe-drift-send")
+                    stop_chat = gr.Button("Stop", elem_id="pe-drift-stop-chat")
+                    clear = gr.Button("New chat", elem_id="pe-drift-clear")
+                with gr.Accordion("Steering and capping", open=False):
+                    persona = gr.Dropdown(
+                        [("none (no steering)", ""), *choices],
+                        value="",
+                        label="Steer with",
+                        elem_id="pe-drift-persona",
+                        allow_custom_value=True,
+                    )
+                    layer = gr.Slider(
+                        0, n - 1, value=(2 * n) // 3, step=1, label="Steering layer",
+                        elem_id="pe-drift-steer-layer",
+                    )  # fmt: skip
+                    strength = gr.Slider(
+                        -limits.max_abs_strength,
+                        limits.max_abs_strength,
+                        value=0.0,
+                        step=0.5,
+                        label="Strength (0: no steering)",
+                        elem_id="pe-drift-strength",
+                    )
+                    cap = gr.Checkbox(
+                        False,
+                        label="Activation capping (hold the answer near the Assistant)",
+                        elem_id="pe-drift-cap",
+                    )
+                    cap_percentile = gr.Slider(
+                        0, 100, value=25, step=5, label="Cap floor: percentile",
+                        elem_id="pe-drift-cap-percentile",
+                    )  # fmt: skip
+                    cap_layers = gr.Textbox(
+                        f"{cap_default[0]}-{cap_default[-1]}",
+                        label="Capped layers",
+                        elem_id="pe-drift-cap-layers",
+                    )
+                with gr.Accordion("Generation", open=False):
+                    max_new_tokens = gr.Slider(
+                        4, limits.max_new_tokens, value=DEFAULT_CHAT_TOKENS, step=1,
+                        label="Max new tokens", elem_id="pe-drift-tokens",
+                    )  # fmt: skip
+                    temperature = gr.Slider(
+                        0, limits.max_temperature, value=0.0, step=0.05,
+                        label="Temperature (0 = greedy)", elem_id="pe-drift-temperature",
+                    )  # fmt: skip
+                    seed = gr.Number(0, label="Seed", precision=0, elem_id="pe-drift-seed")
+            with gr.Column(scale=6, min_width=320):
+                chat_status = gr.Markdown(
+                    md(NO_CHAT),
+                    label="Chat status",
+                    elem_id="pe-drift-chat-status",
+                    elem_classes="pe-status",
+                )
+                chat_plot = gr.Plot(
+                    empty_figure(NO_CHAT),
+                    label="Chat turns on the axis",
+                    show_label=False,
+                    elem_id="pe-drift-chat-plot",
+                )
+                with gr.Accordion("Conversation so far (JSON: replayable)", open=False):
+                    history = gr.JSON({}, label="Conversation", elem_id="pe-drift-history")
+        with gr.Tab("Replay", id="drift-replay"), gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=300):
+                transcripts = gr.Dropdown(
+                    shipped_transcripts(),
+                    value=[],
+                    multiselect=True,
+                    max_choices=MAX_REPLAYS,
+                    label="Transcripts",
+                    info="Long conversations from the paper (other models' answers, read "
+                    "by this model).",
+                    elem_id="pe-drift-transcripts",
+                )
+                upload = gr.File(
+                    label="…or upload a conversation (JSON)",
+                    file_types=[".json"],
+                    type="filepath",
+                    elem_id="pe-drift-upload",
+                )
+                window = gr.Dropdown(
+                    [c for c in WINDOW_CHOICES if c <= limits.max_prompt_tokens]
+                    or [limits.max_prompt_tokens],
+                    value=min(DEFAULT_WINDOW_TOKENS, limits.max_prompt_tokens),
+                    label="Window (tokens)",
+                    info="Longer conversations are read through their most recent turns "
+                    "that fit. Smaller is faster; the Drift transcripts at 2048 are stored "
+                    "replays, back in seconds.",
+                    elem_id="pe-drift-window",
+                )
+                replay_cap = gr.Checkbox(
+                    False,
+                    label="Read with activation capping (25th percentile, layers "
+                    f"{cap_default[0]}–{cap_default[-1]})",
+                    elem_id="pe-drift-replay-cap",
+                )
+                with gr.Row():
+                    run_btn = gr.Button("Replay", variant="primary", elem_id="pe-drift-run")
+                    stop_replay = gr.Button("Stop", elem_id="pe-drift-stop-replay")
+            with gr.Column(scale=8, min_width=320):
+                replay_status = gr.Markdown(
+                    md(NO_REPLAY),
+                    label="Replay summary",
+                    elem_id="pe-drift-replay-status",
+                    elem_classes="pe-status",
+                )
+                replay_plot = gr.Plot(
+                    empty_figure(NO_REPLAY),
+                    label="Replayed turns on the axis",
+                    show_label=False,
+                    elem_id="pe-drift-replay-plot",
+                )
+                with gr.Accordion("Per-turn numbers (JSON)", open=False):
+                    replay_json = gr.JSON(
+                        None, label="Per-turn numbers", elem_id="pe-drift-replay-json"
+                    )
+    replays = gr.State([])
+    tab = DriftTab(
+        plot_layer=plot_layer_slider, projections=projections, chatbot=chatbot, message=message,
+        send=send, stop_chat=stop_chat, clear=clear, persona=persona, layer=layer,
+        strength=strength, cap=cap, cap_percentile=cap_percentile, cap_layers=cap_layers,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat_plot=chat_plot,
+        chat_status=chat_status, history=history, transcripts=transcripts, upload=upload,
+        window=window, replay_cap=replay_cap, run_replay=run_btn, stop_replay=stop_replay,
+        replay_plot=replay_plot, replay_status=replay_status, replay_json=replay_json,
+        replays=replays,
+    )  # fmt: skip
+    _wire(ctx, tab, state)
+    return tab
+
+
+CHAT_DOC = """One turn of the Drift chat: the model answers `message` after `history` (a list of
+{role, content} messages, or the object this endpoint returned last time), optionally steered by
+a persona vector and/or held by activation capping. Streams the answer.
+
+Returns the chat (messages), the conversation with every answer's projections
+({"conversation": [...], "turns": [{"turn", "projection", "normalised", "personas", ...}]}:
+per layer, normalised 0 = roles' mean, 1 = default Assistant), the plot and a status line."""
+
+REPLAY_DOC = """Teacher-forced replay of shipped transcripts (keys such as
+"persona_drift/therapy", or their labels) and/or one uploaded conversation JSON file: each
+assistant turn's mean activation projected onto the Assistant Axis.
+
+Returns the plot, a summary, and {"layer", "replays": [{"label", "turns": [{"turn",
+"projection", "normalised", "windowed", ...}], "notes", ...}]}."""
+
+
+def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
+    chat_inputs = [
+        tab.message, tab.history, tab.persona, tab.layer, tab.strength, tab.cap,
+        tab.cap_percentile, tab.cap_layers, tab.projections, tab.plot_layer, tab.max_new_tokens,
+        tab.temperature, tab.seed,
+    ]  # fmt: skip
+    chat = form_endpoint(
+        ChatForm,
+        lambda form, session, request: run_chat(ctx, tab, form, session, request),
+        name="chat",
+        doc=CHAT_DOC,
+        request=True,
+    )
+    gr.on(
+        [tab.send.click, tab.message.submit],
+        chat,
+        inputs=[*chat_inputs, state],
+        outputs=[tab.chatbot, tab.history, tab.chat_plot, tab.chat_status, tab.message],
+        api_name="chat",
+        show_progress_on=[tab.chat_plot],
+        concurrency_limit=ctx.settings.steer_concurrency,
+        concurrency_id="generation",
+    )
+
+    def replay_handler(
+        transcripts: list[str] | None = None,
+        upload: str | None = None,
+        window_tokens: float = DEFAULT_WINDOW_TOKENS,
+        projections: list[str] | None = None,
+        plot_layer: float = -1,
+        cap: bool = False,
+        session: dict | None = None,
+        kept: list | None = None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        progress: gr.Progress = PROGRESS,
+    ) -> Iterator[dict]:
+        form = ReplayForm(transcripts, upload, window_tokens, projections, plot_layer, cap)
+        yield from run_replay(ctx, tab, form, session, kept, request, progress)
+
+    replay_handler.__doc__ = REPLAY_DOC
+    tab.run_replay.click(
+        replay_handler,
+        inputs=[
+            tab.transcripts,
+            tab.upload,
+            tab.window,
+            tab.projections,
+            tab.plot_layer,
+            tab.replay_cap,
+            state,
+            tab.replays,
+        ],
+        outputs=[tab.replay_plot, tab.replay_status, tab.replay_json, tab.replays],
+        api_name="replay",
+        show_progress_on=[tab.replay_plot],
+        concurrency_limit=ctx.settings.steer_concurrency,
+        concurrency_id="generation",
+    )
+
+    def stop(request: gr.Request) -> None:
+        stop_jobs(ctx, request)
+
+    for button in (tab.stop_chat, tab.stop_replay):
+        button.click(
+            stop,
+            None,
+            None,
+            queue=False,
+            api_visibility="private",
+        )
+    tab.plot_layer.change(
+        lambda layer, history, kept: replot(ctx, tab, layer, history, kept),
+        inputs=[tab.plot_layer, tab.history, tab.replays],
+        outputs=[tab.chat_plot, tab.replay_plot, tab.replay_status, tab.replay_json],
+        trigger_mode="always_last",
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    tab.clear.click(
+        lambda: ({}, [], empty_figure(NO_CHAT), md(NO_CHAT)),
+        None,
+        [tab.history, tab.chatbot, tab.chat_plot, tab.chat_status],
+        queue=False,
+        api_visibility="private",
+    )
+
+    def refresh(session: dict | None, persona: Any, current: Any) -> dict:
+        updates = refresh_vectors(ctx, session, persona, current)
+        return {tab.persona: updates["persona"], tab.projections: updates["projections"]}
+
+    # The lists follow the session's vectors (an extraction or upload in another tab) whenever
+    # the visitor opens the controls.
+    tab.projections.focus(
+        refresh,
+        [state, tab.persona, tab.projections],
+        [tab.persona, tab.projections],
+        queue=False,
+        api_visibility="private",
+    )

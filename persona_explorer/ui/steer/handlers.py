@@ -1,0 +1,251 @@
+"""The Steer tab's actions: the form, the handlers and how their results are worded.
+
+:class:`SteerForm` is the tab's inputs (and the public ``/steer`` API's parameters, in order).
+:func:`run_steer` streams both answers, then the plots, the per-token views, the status line and
+the run's download files; :func:`run_sweep` runs one batch at several strengths. Stop ends a run
+between decoding steps through the session's stop flag, so the run still reports what it made
+("Stopped after N tokens") instead of being killed mid-way.
+
+Imports: the engine (``..compare``, ``..generation``, ``..run_export``), ``..plots``,
+``..limits``, and this package's context, catalog, markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from persona_explorer.core.limits import (
+    check_layer,
+    check_strength,
+)
+from persona_explorer.evaluate.compare import SteerOutput, SteerRequest, steer_stream
+from persona_explorer.evaluate.run_export import projections_csv, run_json
+from persona_explorer.plots import (
+    empty_figure,
+    layer_projection_figure,
+    strength_strip_figure,
+    token_panels_html,
+)
+from persona_explorer.steering.ops import check_positions
+from persona_explorer.ui.shared.context import AppContext, user_errors
+from persona_explorer.ui.shared.markup import md
+from persona_explorer.ui.shared.requests import (
+    AUTO_READOUT,
+    DEFAULT_MAX_NEW_TOKENS,
+    prompt_and_system,
+    sampling,
+)
+from persona_explorer.vectors.persona_vector import PersonaVector
+
+SWEEP_MULTIPLIERS = (-2.0, 1.0, 2.0, 4.0)  # x the chosen strength; the baseline row adds 0
+
+
+@dataclass(frozen=True)
+class SteerForm:
+    """The Steer tab's inputs, as widgets send them (and as the ``/steer`` API takes them)."""
+
+    prompt: str
+    persona: str
+    layer: float
+    strength: float
+    max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS
+    system_prompt: str = ""
+    positions: str = "all"
+    temperature: float = 0.0
+    seed: float = 0
+    readout_layer: float = AUTO_READOUT  # -1: the layer right after the injected one
+
+    def request(
+        self,
+        ctx: AppContext,
+        session: Mapping[str, PersonaVector] | None,
+        strengths: tuple[float, ...] | None = None,
+    ) -> SteerRequest:
+        """Check every value and build the engine request (``strengths``: several rows)."""
+        limits = ctx.settings.limits
+        n_layers = ctx.model.n_layers
+        text, system = prompt_and_system(limits, self.prompt, self.system_prompt)
+        _, vec = ctx.catalog.view(session).resolve_fitting(self.persona)
+        readout = None
+        if self.readout_layer not in (None, AUTO_READOUT, float(AUTO_READOUT)):
+            readout = check_layer(self.readout_layer, n_layers, "Read-out layer")
+        rows = strengths if strengths is not None else (self.strength,)
+        return SteerRequest(
+            prompt=text,
+            vector=vec,
+            layers=(check_layer(self.layer, n_layers),),
+            strengths=tuple(check_strength(s, limits) for s in rows),
+            system=system,
+            positions=check_positions(self.positions),
+            sampling=sampling(limits, self.max_new_tokens, self.temperature, self.seed),
+            projection_layer=readout,
+        )
+
+    def settings(self, req: SteerRequest) -> dict[str, Any]:
+        """What a downloaded run records about how it was made."""
+        return {
+            "persona": req.vector.name,
+            "vector_model_id": req.vector.model_id,
+            "layers": list(req.layers),
+            "strengths": list(req.strengths),
+            "positions": req.positions,
+            "system_prompt": req.system or "",
+            "max_new_tokens": req.sampling.max_new_tokens,
+            "temperature": req.sampling.temperature,
+            "seed": req.sampling.seed,
+        }
+
+
+# --------------------------------------------------------------------------- wording
+
+
+def status_line(out: SteerOutput, strength: float, recorded: float | None, timed_out: bool) -> str:
+    base, steered = out.baseline, out.steered[0]
+    used = f"layer {out.layers[0]}, strength {strength:g}"
+    if recorded:
+        used += f" ({strength / recorded:.2g}× the recorded {recorded:g})"
+    line = (
+        f"{out.new_tokens} tokens in {out.seconds:.1f} s ({out.tokens_per_second:.1f} tok/s for "
+        f"both columns) · {used} · per-token view read at layer {out.readout_layer}"
+    )
+    if timed_out:
+        return f"Stopped at the time limit for one job after {out.new_tokens} tokens · {used}."
+    if out.stopped:
+        return f"Stopped after {out.new_tokens} tokens · {used}. The plots show what was made."
+    if strength == 0:
+        line += " · strength 0 means no steering: both columns are the same."
+    elif steered.text == base.text:
+        line += (
+            " · The steered answer matches the baseline: try a larger strength or a layer "
+            "nearer the recommended one."
+        )
+    return line
+
+
+def token_views(out: SteerOutput) -> tuple[str, str]:
+    """Both per-token views: the model's own part (the added vector's direct component taken
+    out of the steered side), each panel on its own colour scale, said in its caption."""
+    base, steered = out.baseline, out.steered[0]
+    views = token_panels_html(
+        [
+            (base.token_strings, base.token_projection, 0.0),
+            (steered.token_strings, steered.token_projection, steered.token_injected),
+        ],
+        out.readout_layer,
+    )
+    return views[0], views[1]
+
+
+def layer_figure(out: SteerOutput, req: SteerRequest) -> Any:
+    return layer_projection_figure(
+        out.baseline.layer_projection,
+        {f"steered ×{req.strengths[0]:g}": out.steered[0].layer_projection},
+        steered_layers=req.layers,
+        title=f"Projection onto “{req.vector.name}” at every layer",
+        readout_layer=out.readout_layer,
+    )
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def run_steer(
+    ctx: AppContext,
+    tab: Any,
+    form: SteerForm,
+    session: Mapping | None,
+    request: gr.Request | None,
+) -> Iterator[dict]:
+    """Stream both texts token by token; the last update adds the plots, views and status."""
+    yield {tab.status: ""}  # the last run's message must not stand beside a new error
+    with user_errors():
+        req = form.request(ctx, session)
+        first = True
+        with ctx.job(request) as job:
+            for texts, out in steer_stream(ctx.model, req, should_stop=job):
+                if out is None:
+                    update = {tab.baseline: texts[0], tab.steered: texts[1]}
+                    if first:  # clear the previous answer's figures and files once
+                        update |= {
+                            tab.plot: empty_figure("Generating…"),
+                            tab.tokens_baseline: "",
+                            tab.tokens_steered: "",
+                            tab.status: "Generating…",
+                            tab.run_json: None,
+                            tab.run_csv: None,
+                        }
+                        first = False
+                    yield update
+                    continue
+                base_html, steered_html = token_views(out)
+                recorded = req.vector.strength
+                json_path, csv_path = ctx.exports.write_run(
+                    run_json(out, form.settings(req)), projections_csv(out)
+                )
+                yield {
+                    tab.baseline: out.baseline.text,
+                    tab.steered: out.steered[0].text,
+                    tab.plot: layer_figure(out, req),
+                    tab.tokens_baseline: base_html,
+                    tab.tokens_steered: steered_html,
+                    tab.status: md(
+                        status_line(out, req.strengths[0], recorded, job.timed_out()), 600
+                    ),
+                    # Plain paths, so an API client receives the files themselves.
+                    tab.run_json: str(json_path),
+                    tab.run_csv: str(csv_path),
+                }
+
+
+def run_sweep(
+    ctx: AppContext,
+    tab: Any,
+    form: SteerForm,
+    session: Mapping | None,
+    request: gr.Request | None,
+    progress: Any,
+) -> Iterator[dict]:
+    """One batch at -2, 1, 2 and 4 x the strength (plus the baseline at 0)."""
+    with user_errors():
+        limits = ctx.settings.limits
+        unit = check_strength(form.strength, limits)
+        if unit == 0:
+            _, vec = ctx.catalog.view(session).resolve_fitting(form.persona)
+            unit = ctx.default_strength(vec)
+        strengths = tuple(
+            m * unit for m in SWEEP_MULTIPLIERS if abs(m * unit) <= limits.max_abs_strength
+        )
+        req = form.request(ctx, session, strengths)
+        total = req.sampling.max_new_tokens
+        out = None
+        with ctx.job(request) as job:
+            stream = steer_stream(ctx.model, req, should_stop=job)
+            for step, (_, update) in enumerate(stream, start=1):
+                progress((min(step, total), total), desc="Generating", unit="tokens")
+                out = update
+                if out is None:
+                    yield {tab.sweep_plot: gr.skip()}  # a chance for Stop to end the sweep
+        assert out is not None
+        at = req.layers[0]
+        rows = sorted(out.rows, key=lambda r: r.strength)
+        yield {
+            tab.sweep_plot: strength_strip_figure(
+                [r.strength for r in rows], [r.layer_projection[at] for r in rows], at
+            ),
+            tab.sweep_table: [
+                [round(r.strength, 3), round(r.layer_projection[at], 3), r.text] for r in rows
+            ],
+        }
+
+
+STEER_DOC = """Generate the baseline and the steered answer to one prompt, side by side.
+
+Streams both texts token by token; the last update adds the per-layer projection plot, the
+per-token views, the status line and the run's JSON and CSV files."""
+
+SWEEP_DOC = """The same prompt at -2, 1, 2 and 4 x the strength (plus the baseline), in one
+batch: the projection at the steered layer and each answer."""
