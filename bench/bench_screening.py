@@ -31,7 +31,8 @@ import torch
 from persona_explorer.engine.model import LoadedModel, load_model
 from persona_explorer.personas.builtin import builtin_dir
 from persona_explorer.steering.forced import ForcedRow, forced_pass
-from persona_explorer.training.screening import Sample, ScreenConfig, read_samples, screen
+from persona_explorer.training.samples import Sample, read_samples
+from persona_explorer.training.screening import ScreenConfig, screen
 from persona_explorer.vectors.files import load
 
 DATASETS = Path(__file__).resolve().parent.parent / "assets" / "datasets"
@@ -97,9 +98,8 @@ def generation_rate(
     model: LoadedModel, samples: list[Sample], layer: int, batch: int, max_new_tokens: int
 ) -> float:
     vec = load(builtin_dir() / "evil.safetensors")
-    cfg = ScreenConfig(
-        layer=layer, own=True, use_cache=False, max_new_tokens=max_new_tokens, batch_size=batch
-    )
+    # No cache passed: every own answer is generated.
+    cfg = ScreenConfig(layer=layer, own=True, max_new_tokens=max_new_tokens, batch_size=batch)
     started = time.perf_counter()
     result = screen(model, samples, [vec], cfg)
     return _rate(len(result.rows), time.perf_counter() - started)

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from persona_explorer.engine.model import load_model
-from persona_explorer.evaluate.sweep import (
+from persona_explorer.evaluate.sweep import run_sweep
+from persona_explorer.evaluate.sweep_config import (
     SELECT_PROMPTS,
     SweepConfig,
     parse_numbers,
     read_prompts,
-    run_sweep,
 )
 from persona_explorer.personas.builtin import builtin_dir
 from persona_explorer.steering.forced import ForcedRow, forced_pass

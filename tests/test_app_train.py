@@ -22,7 +22,7 @@ from playwright.sync_api import Page, expect
 from persona_explorer.core.config import app_arguments, load_settings
 from persona_explorer.core.errors import InputError
 from persona_explorer.dev.devserver import shared_server
-from persona_explorer.ui.finetune.handlers import TunedModels
+from persona_explorer.ui.finetune.tuned_models import TunedModels
 from tests.browser_support import screenshot, set_number
 
 pytestmark = pytest.mark.e2e
@@ -195,7 +195,7 @@ def test_tuned_models_are_private_and_bounded_in_memory_and_on_disk(tmp_path: Pa
         made.append(adapter)
     # At most 3 folders (a new one makes room first), at most 2 models in memory.
     assert len(list((tmp_path / "adapters").iterdir())) == 3
-    assert store.held() == made[-2:]
+    assert list(store._held) == made[-2:]  # the two most recent
     assert store.model(None, made[-1], "alice") == "model 4"  # type: ignore[arg-type]
     with pytest.raises(InputError, match="not trained in this session"):
         store.model(None, made[-1], "bob")  # type: ignore[arg-type]

@@ -279,3 +279,21 @@ def test_every_package_says_what_it_owns_and_may_import() -> None:
         if "Imports:" not in doc and "import" not in doc.lower():
             missing.append(module)
     assert not missing, missing
+
+
+def test_the_python_api_is_reexported_lazily() -> None:
+    import subprocess
+
+    code = (
+        "import sys, persona_explorer as pe; "
+        "assert 'torch' not in sys.modules and 'gradio' not in sys.modules; "
+        "print(sorted(pe.__all__) == sorted(pe._WHERE))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    for name in persona_explorer.__all__:
+        value = getattr(persona_explorer, name)
+        module = getattr(value, "__module__", "")
+        assert module.startswith(PKG + "."), (name, module)
+    with pytest.raises(AttributeError):
+        persona_explorer.no_such_name  # noqa: B018

@@ -240,7 +240,7 @@ def _built_binary() -> Path:
 
 @pytest.mark.integration
 def test_a_quick_real_comparison() -> None:
-    from persona_explorer.dev.bench import PROMPT
+    from persona_explorer.dev.measure import PROMPT
     from persona_explorer.engine.model import load_model
 
     binary = _built_binary()

@@ -304,8 +304,9 @@ ROLE_PLAY = "You are a pirate captain. Speak only like a pirate."
 @pytest.mark.integration
 def test_a_high_floor_changes_the_embedded_models_answer(embedded: LoadedModel) -> None:
     from persona_explorer.axis.build import axis_for
+    from persona_explorer.core.config import load_settings
 
-    axis = axis_for(embedded)
+    axis = axis_for(embedded, load_settings().cache_dir)
     out = cap(
         embedded,
         axis,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import MAX_COMPARE_ROWS
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.evaluate.compare import (
-    MAX_COMPARE_ROWS,
     CompareRequest,
     SteerOutput,
     SteerRequest,

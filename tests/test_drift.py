@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import persona_explorer.axis.drift as drift
+import persona_explorer.steering.forced as forced
+from persona_explorer.axis import windows
 from persona_explorer.axis.assistant_axis import (
     AxisData,
     assistant_axis,
@@ -22,8 +24,6 @@ from persona_explorer.axis.assistant_axis import (
     token_quantiles,
 )
 from persona_explorer.axis.conversation import (
-    MAX_MESSAGE_CHARS,
-    MAX_MESSAGES,
     TRANSCRIPTS_DIR,
     Conversation,
     ConversationError,
@@ -32,13 +32,8 @@ from persona_explorer.axis.conversation import (
     shipped_transcript,
     shipped_transcripts,
 )
-from persona_explorer.axis.drift import (
-    _span_means,
-    axis_scale,
-    chat_turn_stream,
-    replay,
-    replay_windows,
-)
+from persona_explorer.axis.drift import axis_scale, replay
+from persona_explorer.axis.drift_chat import chat_turn_stream
 from persona_explorer.axis.replays import (
     SHIPPED_REPLAYS_DIR,
     SOURCE_CACHE,
@@ -47,16 +42,22 @@ from persona_explorer.axis.replays import (
     ReplayKey,
     ReplayStore,
     read_replay,
-    weights_digest,
     write_replay,
 )
+from persona_explorer.axis.windows import replay_windows
 from persona_explorer.cli import main
+from persona_explorer.cli import models as cli_models
+from persona_explorer.core.config import load_settings
 from persona_explorer.core.errors import InputError
-from persona_explorer.engine.model import ChatMessage, LoadedModel
+from persona_explorer.core.limits import MAX_CONVERSATION_MESSAGES, MAX_MESSAGE_CHARS
+from persona_explorer.engine.identity import weights_digest
+from persona_explorer.engine.model import ChatMessage, LoadedModel, resolve_model_spec
 from persona_explorer.plots.drift import DriftLine, drift_figure
+from persona_explorer.steering.forced import ForcedRow, chat_row, forced_pass
 from persona_explorer.steering.generation import SamplingConfig
+from persona_explorer.steering.ops import Add
 from persona_explorer.ui.drift import handlers as drift_run
-from persona_explorer.ui.drift import tab as ui_drift
+from persona_explorer.ui.drift.components import DriftTab
 from persona_explorer.ui.shared.context import AppContext
 from tests.tiny_models import tiny, tiny_app_context
 
@@ -115,7 +116,10 @@ def test_object_and_bare_list_both_parse() -> None:
         (msgs(("user", "a"), ("user", "b")), "no assistant"),
         (msgs(("assistant", "a"), ("user", "b")), "answer a user"),
         (msgs(("user", "a"), ("assistant", "x" * (MAX_MESSAGE_CHARS + 1))), "limit"),
-        (msgs(*[("user", "a"), ("assistant", "b")] * (MAX_MESSAGES // 2 + 1)), "limit"),
+        (
+            msgs(*[("user", "a"), ("assistant", "b")] * (MAX_CONVERSATION_MESSAGES // 2 + 1)),
+            "limit",
+        ),
     ],
 )
 def test_malformed_conversations_are_refused_with_a_reason(data: object, words: str) -> None:
@@ -208,10 +212,31 @@ def test_a_user_message_that_fills_the_window_is_refused(llama: LoadedModel) -> 
 # --------------------------------------------------------------------------- replay
 
 
+def test_one_forced_pass_reads_several_spans_of_a_row_and_can_steer_every_position(
+    llama: LoadedModel,
+) -> None:
+    """What a replay asks of the teacher-forced pass: several turns of one text in one pass,
+    each as if read alone, and its plan applied to every position (``steer_from=0``)."""
+    row = chat_row(llama, "Tell me about rivers.", "Rivers flow to the sea, and the sea is wide.")
+    both = ForcedRow(row.ids, 2, 6, more_spans=((row.start, row.end),))
+    read = forced_pass(llama, [both, row])  # rows of two spans and of one, in one batch
+    assert read.span_count.tolist() == [4, row.span_length, row.span_length]
+    alone = forced_pass(llama, [ForcedRow(row.ids, 2, 6)]).span_mean[0]
+    assert torch.allclose(read.span_mean[0], alone, atol=1e-5)
+    assert torch.allclose(read.span_mean[1], read.span_mean[2], atol=1e-5)
+    v = torch.randn(llama.n_layers, llama.d_model, generator=torch.Generator().manual_seed(0))
+    everywhere = replace(row, steer_from=0)
+    as_response = forced_pass(llama, [everywhere], [(Add(1, v[1], 2.0, "response"),)])
+    as_all = forced_pass(llama, [row], [(Add(1, v[1], 2.0, "all"),)])
+    assert torch.allclose(as_response.span_mean, as_all.span_mean, atol=1e-5)
+    from_start = forced_pass(llama, [row], [(Add(1, v[1], 2.0, "response"),)])
+    assert not torch.allclose(from_start.span_mean, as_all.span_mean, atol=1e-3)
+
+
 def test_replay_yields_one_projection_per_assistant_turn(
     llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(drift, "PREFILL_CHUNK", 16)  # several chunks per pass
+    monkeypatch.setattr(forced, "PREFILL_CHUNK", 16)  # several chunks per pass
     axis = synthetic_axis(llama)
     conv = long_chat(6)
     persona = torch.randn(llama.n_layers, llama.d_model)
@@ -233,7 +258,7 @@ def test_replay_yields_one_projection_per_assistant_turn(
         assert len(t.projection) == len(t.normalised) == llama.n_layers
         assert len(t.personas["p"]) == llama.n_layers
         # The grouped passes read exactly what a pass of each turn alone reads.
-        alone = _span_means(llama, w.ids, [w.span], None)[0]
+        alone = forced_pass(llama, [ForcedRow(tuple(w.ids), *w.span, steer_from=0)]).span_mean[0]
         raw = project(alone, axis.axis)
         assert torch.allclose(torch.tensor(t.projection), raw, atol=1e-4, rtol=1e-4)
         norm = normalised_projection(raw, lo, hi)
@@ -280,7 +305,9 @@ def test_chat_turn_streams_and_projects_the_answer(llama: LoadedModel) -> None:
     cfg = SamplingConfig(max_new_tokens=4, stop_at_eos=False)
     plan = axis.cap_plan((1,), 90)
     updates = list(
-        chat_turn_stream(llama, axis, history, "Tell me a story", cfg, plan=plan, window_tokens=128)
+        chat_turn_stream(
+            llama, axis, history, "Tell me a story", cfg=cfg, plan=plan, window_tokens=128
+        )
     )
     texts, last = updates[:-1], updates[-1][1]
     assert texts and all(out is None for _, out in texts)
@@ -295,7 +322,7 @@ def test_chat_history_over_the_window_drops_whole_turns(llama: LoadedModel) -> N
     conv = long_chat(10)
     cfg = SamplingConfig(max_new_tokens=2, stop_at_eos=False)
     *_, (_, turn) = chat_turn_stream(
-        llama, synthetic_axis(llama), conv.messages, "And then?", cfg, window_tokens=150
+        llama, synthetic_axis(llama), conv.messages, "And then?", cfg=cfg, window_tokens=150
     )
     assert turn is not None and turn.dropped_messages > 0
     assert turn.dropped_messages % 2 == 0 and turn.prompt_tokens <= 148
@@ -305,15 +332,15 @@ def test_chat_history_over_the_window_drops_whole_turns(llama: LoadedModel) -> N
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts forward passes (each :func:`drift._span_means` call is one)."""
+    """Counts forward passes (each teacher-forced pass a replay runs is one)."""
     calls: list[int] = []
-    real = drift._span_means
+    real = drift.forced_pass
 
-    def counted(*args: object, **kwargs: object) -> torch.Tensor | None:
+    def counted(*args: object, **kwargs: object) -> forced.ForcedResult:
         calls.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(drift, "_span_means", counted)
+    monkeypatch.setattr(drift, "forced_pass", counted)
     return calls
 
 
@@ -468,11 +495,15 @@ def ctx(llama: LoadedModel, tmp_path: Path) -> AppContext:
     return context
 
 
+# A replay handler's state and request when called directly: nothing kept, no request, no bar.
+QUIET: dict = {"kept": [], "request": None, "progress": lambda *a, **k: None}
+
+
 class _Tab:
     """The tab's components by name: the handlers return {component: value}."""
 
     def __init__(self) -> None:
-        for name in ui_drift.DriftTab.__dataclass_fields__:
+        for name in DriftTab.__dataclass_fields__:
             setattr(self, name, name)
 
 
@@ -481,7 +512,7 @@ def test_chat_handler_keeps_the_turns_and_replays_them_on_another_layer(
 ) -> None:
     tab = _Tab()
     form = drift_run.ChatForm(message="Hello", max_new_tokens=3, plot_layer=1)
-    first = list(drift_run.run_chat(ctx, tab, form, None, None))[-1]  # type: ignore[arg-type]
+    first = list(drift_run.run_chat(ctx, tab, form, None, request=None))[-1]  # type: ignore[arg-type]
     form = drift_run.ChatForm(
         message="Again",
         history=first["history"],
@@ -494,7 +525,7 @@ def test_chat_handler_keeps_the_turns_and_replays_them_on_another_layer(
         max_new_tokens=3,
         plot_layer=1,
     )
-    second = list(drift_run.run_chat(ctx, tab, form, None, None))[-1]  # type: ignore[arg-type]
+    second = list(drift_run.run_chat(ctx, tab, form, None, request=None))[-1]  # type: ignore[arg-type]
     turns = second["history"]["turns"]
     assert [t["turn"] for t in turns] == [1, 2] and "tiny-pirate" in turns[1]["personas"]
     assert "steered" in second["chat_status"] and "capped" in second["chat_status"]
@@ -503,10 +534,10 @@ def test_chat_handler_keeps_the_turns_and_replays_them_on_another_layer(
     path.write_text(json.dumps(second["history"]))
     assert load_conversation(path).n_assistant_turns == 2
     rform = drift_run.ReplayForm(upload=str(path), window_tokens=200, plot_layer=1, cap=True)
-    out = list(drift_run.run_replay(ctx, tab, rform, None, [], None, lambda *a, **k: None))[-1]  # type: ignore[arg-type]
+    out = list(drift_run.run_replay(ctx, tab, rform, None, **QUIET))[-1]  # type: ignore[arg-type]
     (rep,) = out["replay_json"]["replays"]
     assert [t["turn"] for t in rep["turns"]] == [1, 2] and rep["label"].endswith("capped here")
-    again = drift_run.replot(ctx, tab, 2, second["history"], out["replays"])  # type: ignore[arg-type]
+    again = drift_run.replot(ctx, tab, 2, second["history"], kept=out["replays"])  # type: ignore[arg-type]
     assert "layer 2" in again["chat_plot"].layout.title.text
     assert "Layer 2" in again["replay_status"]
 
@@ -543,7 +574,7 @@ def test_the_replay_handler_says_where_each_replay_came_from(
     tab = _Tab()
     form = drift_run.ReplayForm(upload=str(path), window_tokens=200, plot_layer=1)
     runs = [
-        list(drift_run.run_replay(ctx, tab, form, None, [], None, lambda *a, **k: None))[-1]  # type: ignore[arg-type]
+        list(drift_run.run_replay(ctx, tab, form, None, **QUIET))[-1]  # type: ignore[arg-type]
         for _ in range(2)
     ]
     assert "read now" in runs[0]["replay_status"] and "from the cache" in runs[1]["replay_status"]
@@ -617,12 +648,14 @@ def embedded() -> LoadedModel:
     return load_model(device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _cli_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``axis project`` caches under the settings' cache folder: here, the test's own."""
-    monkeypatch.setattr(
-        ReplayStore, "default", classmethod(lambda cls: cls(tmp_path / "cli-replays"))
-    )
+@pytest.fixture
+def cli_model(embedded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``axis project`` on the embedded model loaded once, caching its replays under the
+    settings' cache folder: here, the test's own (the settings are read from the environment
+    once per command)."""
+    monkeypatch.setenv("PERSONA_EXPLORER_CACHE", str(tmp_path / "cli-cache"))
+    key = (resolve_model_spec(None, load_settings().model), "auto", "auto")
+    monkeypatch.setitem(cli_models._MODELS, key, embedded)
 
 
 DRIFT_KEYS = [f"persona_drift/{d}" for d in ("coding", "philosophy", "therapy", "writing")]
@@ -640,7 +673,7 @@ def test_the_shipped_replays_fit_the_embedded_model_and_nothing_else(
     ]
     for name in DRIFT_KEYS:
         conv = shipped_transcript(name)
-        key = ReplayKey.for_replay(embedded, conv, drift.DEFAULT_WINDOW_TOKENS, ())
+        key = ReplayKey.for_replay(embedded, conv, windows.DEFAULT_WINDOW_TOKENS, ())
         found = store.lookup(key, conv, conv.n_assistant_turns)
         assert found is not None and found[1] == SOURCE_SHIPPED, name
         shape = (conv.n_assistant_turns, embedded.n_layers, embedded.d_model)
@@ -668,7 +701,7 @@ def test_the_shipped_replays_fit_the_embedded_model_and_nothing_else(
 
 
 def test_axis_project_uses_the_shipped_replay_and_reproduces_a_fresh_read(
-    embedded: LoadedModel, capsys: pytest.CaptureFixture[str]
+    cli_model: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["axis", "project", "--transcript", "persona_drift/writing", "--json", "-q"]
     assert main(args) == 0
@@ -691,8 +724,9 @@ def test_a_role_played_character_sits_lower_on_the_axis_than_a_plain_assistant(
     embedded: LoadedModel,
 ) -> None:
     from persona_explorer.axis.build import axis_for
+    from persona_explorer.core.config import load_settings
 
-    axis = axis_for(embedded)
+    axis = axis_for(embedded, load_settings().cache_dir)
     layer = default_axis_layer(embedded.n_layers)
     slide = replay(embedded, axis, parse_conversation(msgs(*SLIDE), "slide"))
     plain = replay(embedded, axis, parse_conversation(msgs(*PLAIN), "plain"))
@@ -707,7 +741,7 @@ def test_a_role_played_character_sits_lower_on_the_axis_than_a_plain_assistant(
 
 
 def test_cli_axis_project_json(
-    embedded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_model: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "chat.json"
     path.write_text(json.dumps({"conversation": msgs(*PLAIN[:4]), "model": "test"}))
@@ -722,7 +756,7 @@ def test_cli_axis_project_json(
 
 
 def test_cli_axis_project_human_table_and_bad_file(
-    embedded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_model: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "chat.json"
     path.write_text(json.dumps(msgs(*PLAIN[:2])))

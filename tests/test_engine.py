@@ -30,7 +30,7 @@ from persona_explorer.engine import (
 from persona_explorer.engine import cache as engine_cache
 from persona_explorer.engine.fast_llama import FastLlamaDecoder
 from persona_explorer.engine.hf import HFDecoder
-from persona_explorer.engine.model import LoadedModel
+from persona_explorer.engine.model import DecoderSwitches, LoadedModel
 from persona_explorer.steering import ops as steering
 from persona_explorer.steering.generation import SamplingConfig, generate, generate_stream, left_pad
 from persona_explorer.steering.ops import add_plan
@@ -153,18 +153,19 @@ def test_dropping_a_model_frees_its_decoder(llama: LoadedModel, prefer_fast: boo
     assert decoder_ref() is None
 
 
-def test_settings_choose_the_decoder_once(
+def test_the_models_switches_choose_the_decoder_once(
     llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PERSONA_EXPLORER_FAST", "0")
-    model = dataclasses.replace(llama)
+    model = dataclasses.replace(llama, decoder_switches=DecoderSwitches(fast=False))
     hf = decoder_for(model)
     assert isinstance(hf, HFDecoder)
+    # Nothing below the edge reads the environment, before or after the decoder is built.
     monkeypatch.setenv("PERSONA_EXPLORER_FAST", "1")
-    assert decoder_for(model) is hf  # settings are read when the decoder is built, not after
+    assert decoder_for(model) is hf
 
-    monkeypatch.setenv("PERSONA_EXPLORER_KERNEL", "0")
-    fast = decoder_for(dataclasses.replace(llama))
+    monkeypatch.setenv("PERSONA_EXPLORER_KERNEL", "1")
+    no_kernel = dataclasses.replace(llama, decoder_switches=DecoderSwitches(kernel=False))
+    fast = decoder_for(no_kernel)
     assert isinstance(fast, FastLlamaDecoder) and fast.kernel == "onednn"
 
     # An explicit switch that differs from the cached decoder's replaces it for every caller.
@@ -192,24 +193,19 @@ def _package_imports(path: Path) -> set[str]:
     return {m for m in found if m.split(".")[0] == "persona_explorer"}
 
 
-def test_the_model_does_not_import_the_engine() -> None:
-    path = Path(persona_explorer.__file__).parent / "model.py"
+def test_the_model_does_not_import_the_decoders() -> None:
+    """model.py owns loading; the decoders (cache, fast_llama, hf) build on it, not the reverse.
+    The rest of the engine's import rules are in test_architecture.py."""
+    path = Path(persona_explorer.__file__).parent / "engine" / "model.py"
     imports = _package_imports(path)
     assert "persona_explorer.core.config" in imports  # the resolver sees the package's imports
-    engine = {m for m in imports if m.startswith("persona_explorer.engine")}
-    assert not engine, f"model.py imports {sorted(engine)}"
-
-
-def test_the_engine_imports_only_the_model_and_config() -> None:
-    engine_dir = Path(persona_explorer.__file__).parent / "engine"
-    allowed = {"persona_explorer.engine.model", "persona_explorer.core.config"}
-    for path in sorted(engine_dir.glob("*.py")):
-        outside = {
-            m
-            for m in _package_imports(path)
-            if m not in allowed and not m.startswith("persona_explorer.engine")
-        }
-        assert not outside, f"{path.name} imports {sorted(outside)}"
+    decoders = {
+        m
+        for m in imports
+        if m.startswith("persona_explorer.engine")
+        and m not in ("persona_explorer.engine.gguf_blocks", "persona_explorer.engine.model")
+    }
+    assert not decoders, f"model.py imports {sorted(decoders)}"
 
 
 # ---------------------------------------------------------------------------------------------

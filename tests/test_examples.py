@@ -22,11 +22,11 @@ from persona_explorer.personas.examples import (
     examples_dir,
     extract_from_examples,
     pair_activations,
-    paired_separation,
     parse_examples,
     read_examples,
 )
 from persona_explorer.steering.forced import chat_row, forced_pass
+from persona_explorer.steering.projection import layer_projections
 from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import close
 
@@ -263,6 +263,21 @@ def test_cancel_between_batches(llama: LoadedModel) -> None:
         )
     with pytest.raises(InputError):
         extract_from_examples(llama, "x", PAIRS, batch_size=0)
+
+
+def paired_separation(  # the held-out check below; not needed by the app
+    trait_acts: torch.Tensor, neutral_acts: torch.Tensor, vectors: torch.Tensor, layer: int
+) -> float:
+    """The share of pairs whose trait answer projects higher onto ``vectors[layer]`` than its
+    neutral answer (``*_acts`` [n_pairs, n_layers, d_model], row i of each is pair i).
+
+    0.5 is chance; a held-out share near 1 says the direction tells the two voices apart on
+    texts it was not built from."""
+    if trait_acts.shape != neutral_acts.shape or trait_acts.shape[0] == 0:
+        raise ValueError("trait and neutral activations must be non-empty and of one shape")
+    trait = layer_projections(trait_acts[:, layer : layer + 1], vectors[layer : layer + 1])
+    neutral = layer_projections(neutral_acts[:, layer : layer + 1], vectors[layer : layer + 1])
+    return float((trait > neutral).float().mean())
 
 
 def test_paired_separation_counts_pairs_ordered_by_the_direction() -> None:

@@ -12,22 +12,24 @@ import torch
 
 from persona_explorer.core.errors import InputError
 from persona_explorer.engine.model import ChatMessage, LoadedModel
-from persona_explorer.training.finetune import (
+from persona_explorer.training.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    IGNORE,
     SETTINGS_FILE,
+    adapter_settings,
+    load_tuned,
+)
+from persona_explorer.training.finetune import (
+    IGNORE,
     FinetuneConfig,
     FinetuneResult,
     PreventiveSteer,
-    adapter_settings,
     encode_sample,
     end_of_turn_id,
     finetune,
-    load_tuned,
     read_training_data,
 )
-from persona_explorer.training.screening import Sample
+from persona_explorer.training.samples import Sample
 from persona_explorer.vectors.persona_vector import PersonaVector, check_fits
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -38,7 +38,7 @@ _CHILD = r"""
 import json, resource, sys, time
 cap = 4 * 2**30  # far above a legitimate read (~0.7 GB of address space), far below an attack's
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-from persona_explorer import vector_files
+from persona_explorer.vectors import files as vector_files
 
 def peak_kb():
     try:

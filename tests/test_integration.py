@@ -11,9 +11,10 @@ import re
 import pytest
 import torch
 
+from persona_explorer.core.config import Settings
 from persona_explorer.engine.fast_llama import FastLlamaDecoder
 from persona_explorer.engine.hf import HFDecoder
-from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel, cache_dir, load_model
+from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel, load_model
 from persona_explorer.evaluate.compare import SteerRequest, steer
 from persona_explorer.personas.builtin import BUILTIN, builtin_dir
 from persona_explorer.steering.generation import SamplingConfig, generate, left_pad
@@ -49,7 +50,7 @@ def library() -> dict[str, PersonaVector]:
 def test_embedded_model_is_the_default_and_cached(model: LoadedModel) -> None:
     assert model.model_id == EMBEDDED_MODEL_ID
     assert (model.n_layers, model.d_model) == (30, 576)
-    cached = list((cache_dir() / "models").glob("smollm2-135m-*/model.safetensors"))
+    cached = list((Settings().cache_dir / "models").glob("smollm2-135m-*/model.safetensors"))
     assert cached, "the dequantized weights should be cached as safetensors"
 
 

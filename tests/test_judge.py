@@ -312,7 +312,8 @@ def test_a_sweep_is_judged_on_top_of_its_own_measurements(judge: Judge, llama: L
     judge score is the mean of the numbers it got (None where the judge gave none)."""
     import torch
 
-    from persona_explorer.evaluate.sweep import SweepConfig, eval_prompt_for, run_sweep
+    from persona_explorer.evaluate.sweep import eval_prompt_for, run_sweep
+    from persona_explorer.evaluate.sweep_config import SweepConfig
     from persona_explorer.vectors.persona_vector import PersonaVector
     from tests.tiny_models import D_MODEL, N_LAYERS, PROMPTS
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from persona_explorer.engine import compact, kernels
 from persona_explorer.engine.fast_llama import FastLlamaDecoder, _decode_attention, _rotate_half
-from persona_explorer.engine.kernels import BLOCK_BYTES, Format, Matrix
+from persona_explorer.engine.kernels import BLOCK_BYTES, Matrix, WeightFormat
 from persona_explorer.engine.model import LoadedModel, model_from_hf
 from persona_explorer.steering.generation import left_pad
 from tests.tiny_models import (
@@ -32,8 +32,8 @@ from tests.tiny_models import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 GGUF_TYPES = {
-    Format.Q4_1: gguf.GGMLQuantizationType.Q4_1,
-    Format.Q8_0: gguf.GGMLQuantizationType.Q8_0,
+    WeightFormat.Q4_1: gguf.GGMLQuantizationType.Q4_1,
+    WeightFormat.Q8_0: gguf.GGMLQuantizationType.Q8_0,
 }
 
 
@@ -45,7 +45,7 @@ def ops():
     return module
 
 
-def random_blocks(fmt: Format, rows: int, cols: int, seed: int) -> np.ndarray:
+def random_blocks(fmt: WeightFormat, rows: int, cols: int, seed: int) -> np.ndarray:
     """Random codes with realistic fp16 scales (and minimums): every bit pattern of the codes."""
     rng = np.random.default_rng(seed)
     n = cols // 32
@@ -53,7 +53,7 @@ def random_blocks(fmt: Format, rows: int, cols: int, seed: int) -> np.ndarray:
     raw[:, :, 0:2] = (
         (rng.standard_normal((rows, n)) * 0.02).astype(np.float16)[..., None].view(np.uint8)
     )
-    if fmt == Format.Q4_1:
+    if fmt == WeightFormat.Q4_1:
         raw[:, :, 2:4] = (
             (rng.standard_normal((rows, n)) * 0.1).astype(np.float16)[..., None].view(np.uint8)
         )
@@ -71,16 +71,19 @@ def assert_close_product(got: torch.Tensor, x: torch.Tensor, weights: torch.Tens
     assert ((got - want).abs() <= bound + 1e-30).all()
 
 
-@pytest.mark.parametrize("fmt", [Format.Q4_1, Format.Q8_0])
+@pytest.mark.parametrize("fmt", [WeightFormat.Q4_1, WeightFormat.Q8_0])
 @pytest.mark.parametrize(("rows", "cols"), [(1, 32), (7, 96), (65, 576), (3, 1536)])
 def test_block_kernel_matches_dequantize_then_matmul(
-    ops, fmt: Format, rows: int, cols: int
+    ops, fmt: WeightFormat, rows: int, cols: int
 ) -> None:
     raw = random_blocks(fmt, rows, cols, seed=rows * cols)
     reference = torch.from_numpy(gguf.quants.dequantize(raw, GGUF_TYPES[fmt]).copy())
     stored = Matrix(torch.from_numpy(raw), fmt, cols)
     repacked = kernels.repack(stored)
-    assert repacked.fmt == {Format.Q4_1: Format.Q4_1X, Format.Q8_0: Format.Q8_0X}[fmt]
+    assert (
+        repacked.fmt
+        == {WeightFormat.Q4_1: WeightFormat.Q4_1X, WeightFormat.Q8_0: WeightFormat.Q8_0X}[fmt]
+    )
     for mat in (stored, repacked):
         # The same numbers as gguf's dequantizer (the one transformers uses), bit for bit.
         assert torch.equal(kernels.dequantize(ops, mat), reference)
@@ -94,11 +97,15 @@ def test_block_kernel_matches_dequantize_then_matmul(
 
 @pytest.mark.parametrize(
     ("fmt", "dtype"),
-    [(Format.F32, torch.float32), (Format.BF16, torch.bfloat16), (Format.F16, torch.float16)],
+    [
+        (WeightFormat.F32, torch.float32),
+        (WeightFormat.BF16, torch.bfloat16),
+        (WeightFormat.F16, torch.float16),
+    ],
 )
 @pytest.mark.parametrize(("rows", "cols"), [(5, 37), (33, 64), (2, 200)])
 def test_plain_kernel_reads_16_bit_rows_exactly(
-    ops, fmt: Format, dtype: torch.dtype, rows: int, cols: int
+    ops, fmt: WeightFormat, dtype: torch.dtype, rows: int, cols: int
 ) -> None:
     weights = torch.randn(rows, cols).to(dtype)
     data = weights if dtype == torch.float32 else weights.view(torch.int16)
@@ -110,8 +117,8 @@ def test_plain_kernel_reads_16_bit_rows_exactly(
 
 
 def test_grouped_matrices_identical_rows_and_the_fused_residual(ops) -> None:
-    q4 = Matrix(torch.from_numpy(random_blocks(Format.Q4_1, 9, 64, 1)), Format.Q4_1, 64)
-    q8 = Matrix(torch.from_numpy(random_blocks(Format.Q8_0, 4, 64, 2)), Format.Q8_0, 64)
+    q4 = Matrix(torch.from_numpy(random_blocks(WeightFormat.Q4_1, 9, 64, 1)), WeightFormat.Q4_1, 64)
+    q8 = Matrix(torch.from_numpy(random_blocks(WeightFormat.Q8_0, 4, 64, 2)), WeightFormat.Q8_0, 64)
     f32 = kernels.plain(torch.randn(3, 64))
     x = torch.randn(1, 64).repeat(4, 1)
     out = kernels.Group(ops, [q4, q8, f32])(x)
@@ -228,10 +235,12 @@ def test_half_width_checkpoints_decode_from_16_bit_copies(ops, dtype, fmt: str) 
 
 def test_a_copy_that_does_not_match_is_dropped(ops, caplog: pytest.LogCaptureFixture) -> None:
     weight = torch.randn(8, 64)
-    wrong = Matrix(torch.from_numpy(random_blocks(Format.Q8_0, 8, 64, 5)), Format.Q8_0, 64)
+    wrong = Matrix(
+        torch.from_numpy(random_blocks(WeightFormat.Q8_0, 8, 64, 5)), WeightFormat.Q8_0, 64
+    )
     with caplog.at_level(logging.WARNING):
         mats = compact.compact_matrices(ops, {"w": weight}, ["w"], {"w": wrong})
-    assert mats["w"].fmt == Format.F32 and mats["w"].data is weight
+    assert mats["w"].fmt == WeightFormat.F32 and mats["w"].data is weight
     assert "did not match" in caplog.text
 
 
@@ -262,8 +271,8 @@ def test_stored_blocks_round_trip_and_odd_entries_are_ignored(tmp_path) -> None:
         save_blocks,
     )
 
-    embed = QuantizedWeight(torch.from_numpy(random_blocks(Format.Q8_0, 6, 64, 3)), "Q8_0")
-    down = QuantizedWeight(torch.from_numpy(random_blocks(Format.Q4_1, 4, 96, 4)), "Q4_1")
+    embed = QuantizedWeight(torch.from_numpy(random_blocks(WeightFormat.Q8_0, 6, 64, 3)), "Q8_0")
+    down = QuantizedWeight(torch.from_numpy(random_blocks(WeightFormat.Q4_1, 4, 96, 4)), "Q4_1")
     blocks = {"model.embed_tokens.weight": embed, "model.layers.0.mlp.down_proj.weight": down}
     save_blocks(tmp_path, blocks)
     loaded = load_blocks(tmp_path, tied_embeddings=True)
@@ -293,10 +302,10 @@ def test_stored_blocks_round_trip_and_odd_entries_are_ignored(tmp_path) -> None:
 def test_16_bit_copies_only_where_memory_allows(ops) -> None:
     weights = {"a": torch.randn(64, 64).to(torch.bfloat16).float(), "b": torch.randn(64, 64)}
     roomy = compact.compact_matrices(ops, weights, ["a", "b"], {}, free_bytes=1 << 30)
-    assert (roomy["a"].fmt, roomy["b"].fmt) == (Format.BF16, Format.F32)
+    assert (roomy["a"].fmt, roomy["b"].fmt) == (WeightFormat.BF16, WeightFormat.F32)
     assert torch.equal(kernels.dequantize(ops, roomy["a"]), weights["a"])
     tight = compact.compact_matrices(ops, weights, ["a", "b"], {}, free_bytes=64 * 64 * 2)
-    assert tight["a"].fmt == Format.F32 and tight["a"].data is weights["a"]
+    assert tight["a"].fmt == WeightFormat.F32 and tight["a"].data is weights["a"]
 
 
 def test_decoding_steps_of_big_batches_use_the_packed_products(ops) -> None:
@@ -355,3 +364,12 @@ def test_a_refusing_check_keeps_the_kernel_from_compiling(monkeypatch: pytest.Mo
 
     monkeypatch.setattr("torch.utils.cpp_extension.load_inline", no_build)
     assert kernels.load(True) is None
+
+
+def test_one_table_of_block_sizes_and_it_matches_gguf() -> None:
+    from persona_explorer.engine import gguf_blocks
+
+    for kind, size in gguf_blocks.KINDS.items():
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+        assert (block, type_size) == (kernels.BLOCK, size)
+        assert BLOCK_BYTES[WeightFormat[kind]] == size

@@ -18,8 +18,8 @@ import safetensors.torch
 import torch
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import Limits
-from persona_explorer.core.names import MAX_DESCRIPTION_CHARS, clean_name, slugify
+from persona_explorer.core.limits import MAX_DESCRIPTION_CHARS, Limits
+from persona_explorer.core.names import clean_name, slugify
 from persona_explorer.vectors import files as vector_files
 from persona_explorer.vectors.library import Library, LibraryError
 from persona_explorer.vectors.persona_vector import PersonaVector
@@ -698,7 +698,7 @@ def test_two_libraries_and_a_second_process_saving_at_once_lose_nothing(tmp_path
     script = (
         "import sys, torch\n"
         "from persona_explorer.vectors.library import Library\n"
-        "from persona_explorer.vectors import PersonaVector\n"
+        "from persona_explorer.vectors.persona_vector import PersonaVector\n"
         "lib = Library(sys.argv[1])\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"

@@ -36,7 +36,9 @@ from persona_explorer.plots.persona_map import (
     persona_map_figure,
     variance_figure,
 )
+from persona_explorer.ui.persona_space import handlers
 from persona_explorer.ui.persona_space import tab as tab_module
+from persona_explorer.ui.persona_space.components import PersonaSpaceTab
 from persona_explorer.ui.shared.context import AppContext
 from tests.tiny_models import D_MODEL, N_LAYERS, tiny_app_context
 
@@ -284,14 +286,14 @@ def ctx(llama: LoadedModel, tmp_path: Path, one_thread: None) -> AppContext:
     return context
 
 
-def _tab(ctx: AppContext) -> tab_module.PersonaSpaceTab:
+def _tab(ctx: AppContext) -> PersonaSpaceTab:
     with gr.Blocks():
         return tab_module.build(ctx, gr.State({}))
 
 
-def _run(ctx: AppContext, tab: tab_module.PersonaSpaceTab, **fields: object) -> list[dict]:
-    form = tab_module.PersonaMapForm(**{"layer": 2, **fields})  # type: ignore[arg-type]
-    return list(tab_module.run_map(ctx, tab, form, None, None, lambda *a, **k: None))
+def _run(ctx: AppContext, tab: PersonaSpaceTab, **fields: object) -> list[dict]:
+    form = handlers.PersonaMapForm(**{"layer": 2, **fields})  # type: ignore[arg-type]
+    return list(handlers.run_map(ctx, tab, form, None, request=None, progress=lambda *a, **k: None))
 
 
 def test_the_tab_places_a_prompt_and_its_answer(ctx: AppContext) -> None:
@@ -308,8 +310,8 @@ def test_the_tab_places_a_prompt_and_its_answer(ctx: AppContext) -> None:
     assert coords["layer"] == 2 and coords["points"][0]["kind"] == "prompt"
     assert "PC1 explains" in final[tab.summary]
     # Re-drawing at another layer reuses the placed points: nothing is generated.
-    form = tab_module.PersonaMapForm(layer=3, view="3-D", personas=[])
-    again = tab_module.replot(ctx, tab, form, None, placed, None)
+    form = handlers.PersonaMapForm(layer=3, view="3-D", personas=[])
+    again = handlers.replot(ctx, tab, form, None, placed=placed, progress=None)
     assert again[tab.coords]["layer"] == 3 and again[tab.coords]["points"]
     assert isinstance(again[tab.plot].data[0], go.Scatter3d)
 
@@ -383,11 +385,12 @@ def test_the_shipped_axis_makes_a_map_at_the_default_layer() -> None:
 @pytest.mark.integration
 def test_role_play_answers_land_lower_on_the_axis_than_plain_ones() -> None:
     from persona_explorer.axis.build import axis_for
+    from persona_explorer.core.config import load_settings
     from persona_explorer.engine.model import load_model
     from persona_explorer.steering.generation import SamplingConfig, generate
 
     model = load_model(device="cpu")
-    space = space_for(axis_for(model))
+    space = space_for(axis_for(model, load_settings().cache_dir))
     plain = [
         model.chat_ids(q)
         for q in (
@@ -404,7 +407,9 @@ def test_role_play_answers_land_lower_on_the_axis_than_plain_ones() -> None:
         model.chat_ids("Pretend you are a dragon and describe your hoard."),
     ]
     rows = plain + role
-    res = generate(model, rows, [()] * len(rows), SamplingConfig(max_new_tokens=32), False)
+    res = generate(
+        model, rows, [()] * len(rows), SamplingConfig(max_new_tokens=32), keep_tokens=False
+    )
     m = space.layer(default_axis_layer(model.n_layers))
     pos = [m.axis_position(a) for a in res.capture.response_mean]
     # Measured: plain -0.2 to 1.1, role-play -2.2 to -1.5 at layer 15; the margin is wide.

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from persona_explorer.core.config import load_settings
 from persona_explorer.personas import data as persona_data
 from persona_explorer.personas.data import (
     PERSONA_DATA_ENV,
@@ -142,25 +143,29 @@ def test_load_builtin_rejects_path_like_names(bad: str) -> None:
 # --------------------------------------------------------------------------- lookup order
 
 
-def test_env_var_takes_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_setting_takes_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "data" / "traits" / "instructions").mkdir(parents=True)
     _write(tmp_path / "data" / "traits" / "instructions", "mine", _trait())
-    # Pointing one level up (at the folder holding data/) works too.
+    # The setting comes from the environment once, at the edge, and is passed in.
     monkeypatch.setenv(PERSONA_DATA_ENV, str(tmp_path))
-    assert shared_data_dir() == tmp_path / "data"
-    assert list_builtin("trait") == ["mine"]
-    assert list_builtin("role") == []
-    assert load_builtin("mine").name == "mine"
+    configured = load_settings().persona_data_dir
+    # Pointing one level up (at the folder holding data/) works too.
+    assert shared_data_dir(configured) == tmp_path / "data"
+    assert list_builtin("trait", data_dir=configured) == ["mine"]
+    assert list_builtin("role", data_dir=configured) == []
+    assert load_builtin("mine", data_dir=configured).name == "mine"
+    # Below the edge nothing reads the environment: without the setting, the shipped data.
+    assert shared_data_dir() == DATA_DIR
+    assert "mine" not in list_builtin("trait")
 
 
-def test_unusable_env_var_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(PERSONA_DATA_ENV, str(tmp_path / "nowhere"))
-    found = shared_data_dir()
+def test_an_unusable_setting_is_skipped(tmp_path: Path) -> None:
+    found = shared_data_dir(tmp_path / "nowhere")
     assert found is None or found != tmp_path / "nowhere"
 
 
 def test_no_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(persona_data, "shared_data_dir", lambda: None)
+    monkeypatch.setattr(persona_data, "shared_data_dir", lambda configured=None: None)
     assert list_builtin("trait") == []
     with pytest.raises(PersonaError, match=PERSONA_DATA_ENV):
         load_builtin("evil")

@@ -1,4 +1,5 @@
-"""Teacher-forced reading (forced.py), dataset screening (screening.py) and the ``screen`` command.
+"""Teacher-forced reading (steering/forced.py), reading samples (training/samples.py), dataset
+screening (training/screening.py, screening_scores.py) and the ``screen`` command.
 
 Unit tests run on the tiny random models; the ones marked ``integration`` use the embedded
 SmolLM2 model, the shipped persona vectors and the teaching dataset in ``assets/datasets``.
@@ -17,23 +18,18 @@ import torch
 
 from persona_explorer import cli
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import MAX_SAMPLE_CHARS
 from persona_explorer.engine import decoder_for
 from persona_explorer.engine.model import ChatMessage, LoadedModel
 from persona_explorer.steering import forced
 from persona_explorer.steering.forced import ForcedRow, chat_row, forced_pass, response_ids
 from persona_explorer.steering.generation import SamplingConfig, generate, left_pad
 from persona_explorer.steering.ops import Add, Cap
+from persona_explorer.training import samples as sample_files
 from persona_explorer.training import screening
-from persona_explorer.training.screening import (
-    OwnResponseCache,
-    RowProblem,
-    Sample,
-    ScreenConfig,
-    read_samples,
-    screen,
-    screen_file,
-    write_scores,
-)
+from persona_explorer.training.samples import RowProblem, Sample, read_samples
+from persona_explorer.training.screening import OwnResponseCache, ScreenConfig, screen, screen_file
+from persona_explorer.training.screening_scores import ScreenResult, write_scores
 from persona_explorer.vectors.persona_vector import PersonaVector
 from tests.tiny_models import D_MODEL, EOS_ID, N_LAYERS, PROMPTS, close, prompt_ids
 
@@ -280,7 +276,7 @@ def test_jsonl_formats_and_malformed_lines_are_reported_with_line_numbers(tmp_pa
             }
         ),  # 11
         json.dumps({"messages": [{"role": "wizard", "content": "x"}]}),  # 12
-        json.dumps({"prompt": "Q", "response": "x" * (screening.MAX_SAMPLE_CHARS + 1)}),  # 13
+        json.dumps({"prompt": "Q", "response": "x" * (MAX_SAMPLE_CHARS + 1)}),  # 13
         "[" * 100_000,  # 14 nested too deeply for the parser
         json.dumps(
             {
@@ -342,10 +338,10 @@ def test_file_level_problems_raise_before_reading(
         read_samples(write(tmp_path / "empty.csv", ""))
     with pytest.raises(InputError, match="one JSON object per line"):
         read_samples(write(tmp_path / "array.json", json.dumps([chat("q", "a")])))
-    monkeypatch.setattr(screening, "MAX_ROWS", 3)
+    monkeypatch.setattr(sample_files, "MAX_DATA_ROWS", 3)
     items = list(read_samples(big))
     assert len(_split(items)[0]) == 3 and "not read" in items[-1].reason
-    monkeypatch.setattr(screening, "MAX_LINE_BYTES", 120)
+    monkeypatch.setattr(sample_files, "MAX_DATA_LINE_BYTES", 120)
     long_line = write(tmp_path / "long.jsonl", jsonl(chat("q" * 100, "a"), chat("q", "a")))
     samples, problems = _split(list(read_samples(long_line)))
     assert [p.line for p in problems] == [1] and [s.line for s in samples] == [2]
@@ -374,7 +370,7 @@ def data_file(tmp_path: Path) -> Path:
 VECTORS = (tiny_vector("evil", 1), tiny_vector("My Trait!", 2), tiny_vector("evil", 3))
 
 
-def _scores(result: screening.ScreenResult) -> dict[int, list[float | None]]:
+def _scores(result: ScreenResult) -> dict[int, list[float | None]]:
     return {
         row.line: [v for s in row.scores.values() for v in (s.sample_projection, s.own_projection)]
         for row in result.rows

@@ -14,19 +14,19 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from persona_explorer.core.limits import Limits
+from persona_explorer.core.limits import APP_SCREENING_MAX_SAMPLES_OWN, Limits
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.plots.screening import inoculation_figure, score_histograms_figure
 from persona_explorer.ui.screening import handlers as run_module
 from persona_explorer.ui.screening import tab as tab_module
-from persona_explorer.ui.screening.handlers import (
-    MAX_SAMPLES_OWN,
-    ScreenForm,
-    ScreenRun,
-    screen_source,
+from persona_explorer.ui.screening.components import ScreeningTab
+from persona_explorer.ui.screening.handlers import ScreenForm, screen_source
+from persona_explorer.ui.screening.runs import ScreenRun
+from persona_explorer.ui.screening.views import (
+    inoculation_changes,
+    per_sample_changes,
     status_text,
 )
-from persona_explorer.ui.screening.views import inoculation_changes, per_sample_changes
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.data_files import resolve_source, teaching_datasets
 from tests.tiny_models import N_LAYERS, tiny_app_context
@@ -71,12 +71,12 @@ def data_file(tmp_path: Path) -> Path:
     return path
 
 
-def _tab(ctx: AppContext) -> tab_module.ScreeningTab:
+def _tab(ctx: AppContext) -> ScreeningTab:
     with gr.Blocks():
         return tab_module.build(ctx, gr.State({}))
 
 
-def _screen(ctx: AppContext, tab: tab_module.ScreeningTab, **fields: object) -> list[dict]:
+def _screen(ctx: AppContext, tab: ScreeningTab, **fields: object) -> list[dict]:
     values: dict = {
         "dataset": None,
         "layer": 2,
@@ -86,7 +86,10 @@ def _screen(ctx: AppContext, tab: tab_module.ScreeningTab, **fields: object) -> 
     }
     values.update(fields)
     form = ScreenForm(**values)
-    return list(run_module.run_screen(ctx, tab, form, None, None, lambda *a, **k: None))
+    updates = run_module.run_screen(
+        ctx, tab, form, None, request=None, progress=lambda *a, **k: None
+    )
+    return list(updates)
 
 
 def frame(value: object) -> pd.DataFrame:
@@ -94,8 +97,12 @@ def frame(value: object) -> pd.DataFrame:
     return value
 
 
-def _rescore(ctx: AppContext, tab: tab_module.ScreeningTab, run: object, context: str) -> dict:
-    updates = list(run_module.rescore(ctx, tab, run, context, None, None, lambda *a, **k: None))
+def _rescore(ctx: AppContext, tab: ScreeningTab, run: object, context: str) -> dict:
+    updates = list(
+        run_module.rescore(
+            ctx, tab, run, context, sort_by=None, request=None, progress=lambda *a, **k: None
+        )
+    )
     return updates[-1]
 
 
@@ -264,7 +271,7 @@ def test_a_shipped_teaching_file_is_listed_and_read(ctx: AppContext) -> None:
     # A stop before the first batch still gives a result, and says so.
     form = ScreenForm("helpful", None, ["tiny-evil"], 1, own_answers=False, max_samples=3)
     settings = form.settings(ctx, None)
-    result, more = screen_source(ctx, settings, None, lambda: True, None)
+    result, more = screen_source(ctx, settings, None, should_stop=lambda: True, progress=None)
     assert result.stopped and more and not result.rows  # 12 samples, 3 read
     assert "Stopped by Stop" in status_text(ScreenRun(settings, result, more))
 
@@ -278,7 +285,7 @@ def test_the_vector_list_refreshes_and_the_layer_follows_the_first_vector(
     assert tab_module.refresh_vectors(ctx, {}, None)["value"] == []  # no built-in "evil" here
     assert run_module.recommended_layer(ctx, None, ["tiny-kind"]) == 2
     assert run_module.recommended_layer(ctx, None, []) == (2 * N_LAYERS) // 3
-    assert run_module.clamp_samples(True, 1500)["value"] == MAX_SAMPLES_OWN
+    assert run_module.clamp_samples(True, 1500)["value"] == APP_SCREENING_MAX_SAMPLES_OWN
     assert "value" not in run_module.clamp_samples(False, 1500)
     assert "value" not in run_module.clamp_samples(True, 20)
 
@@ -290,7 +297,10 @@ def test_the_vector_list_refreshes_and_the_layer_follows_the_first_vector(
         ({"vectors": ["tiny-a", "tiny-b", "tiny-c", "tiny-evil", "tiny-kind"]}, "at most 4"),
         ({"vectors": ["nobody"]}, "Unknown persona"),
         ({"layer": N_LAYERS}, "out of range"),
-        ({"max_samples": MAX_SAMPLES_OWN + 1}, "from 1 to 200 for a run with the model"),
+        (
+            {"max_samples": APP_SCREENING_MAX_SAMPLES_OWN + 1},
+            "from 1 to 200 for a run with the model",
+        ),
         ({"max_samples": 0, "own_answers": False}, "from 1 to 2,000"),
         ({"max_new_tokens": 500}, "(?i)tokens"),
         ({"dataset": "../../etc/passwd"}, "Unknown teaching file"),
@@ -379,7 +389,7 @@ def test_histograms_have_one_panel_per_vector_and_check_their_input() -> None:
 def test_the_inoculation_figure_shares_bins_between_before_and_after() -> None:
     fig = inoculation_figure(
         {"evil": [1.0, 2.0], "kind": [0.5]}, {"evil": [1.5, 4.0], "kind": [0.1]},
-        "sample_projection", 2, 8,
+        "sample_projection", 2, n_layers=8,
     )  # fmt: skip
     hists = [t for t in fig.data if isinstance(t, go.Histogram)]
     assert len(hists) == 4 and fig.layout.barmode == "overlay"
@@ -387,7 +397,7 @@ def test_the_inoculation_figure_shares_bins_between_before_and_after() -> None:
     assert hists[0].xbins.start <= 1.0 and hists[0].xbins.end >= 4.0
     assert [t.showlegend for t in hists] == [True, True, False, False]
     with pytest.raises(ValueError, match="same vectors"):
-        inoculation_figure({"evil": [1.0]}, {"kind": [1.0]}, "sample_projection", 2, 8)
+        inoculation_figure({"evil": [1.0]}, {"kind": [1.0]}, "sample_projection", 2, n_layers=8)
 
 
 def test_the_endpoint_has_named_parameters(ctx: AppContext) -> None:

@@ -13,12 +13,13 @@ import torch
 from persona_explorer import cli
 from persona_explorer.cli import models as cli_models
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import MAX_SHIFT_QUESTIONS
 from persona_explorer.engine.model import ChatMessage, LoadedModel
-from persona_explorer.training.finetune import FinetuneConfig, FinetuneResult, finetune, load_tuned
-from persona_explorer.training.screening import Sample
+from persona_explorer.training.adapters import load_tuned
+from persona_explorer.training.finetune import FinetuneConfig, FinetuneResult, finetune
+from persona_explorer.training.samples import Sample
 from persona_explorer.training.shift import (
     DEFAULT_QUESTIONS_PATH,
-    MAX_QUESTIONS,
     parse_questions,
     persona_shift,
     read_questions,
@@ -60,8 +61,8 @@ def test_questions_skip_blanks_and_comments_and_are_capped(tmp_path: Path) -> No
     assert parse_questions("# mine\n\n  Why?  \nHow?\n   # also a comment\n") == ["Why?", "How?"]
     with pytest.raises(InputError, match="No evaluation questions"):
         parse_questions("# only a comment\n\n")
-    with pytest.raises(InputError, match=f"at most {MAX_QUESTIONS}"):
-        parse_questions("\n".join(f"Q{i}?" for i in range(MAX_QUESTIONS + 1)))
+    with pytest.raises(InputError, match=f"at most {MAX_SHIFT_QUESTIONS}"):
+        parse_questions("\n".join(f"Q{i}?" for i in range(MAX_SHIFT_QUESTIONS + 1)))
     path = tmp_path / "q.txt"
     path.write_bytes(b"\xff\xfe bad")
     with pytest.raises(InputError, match="UTF-8"):

@@ -148,7 +148,9 @@ def test_non_integer_layer_is_rejected() -> None:
 def test_strength_times_vector_must_fit_the_model_dtype() -> None:
     v = torch.full((8,), 100.0)  # finite, and 1000 * 100 = 1e5 > float16 max (65504)
     with pytest.raises(SteeringError):
-        edits = compile_plan([(Add(0, v, 1000.0),)], 4, 8, torch.device("cpu"), torch.float16)
+        edits = compile_plan(
+            [(Add(0, v, 1000.0),)], 4, 8, device=torch.device("cpu"), dtype=torch.float16
+        )
         assert torch.isfinite(edits[0].add_all).all()  # type: ignore[union-attr]
 
 

@@ -17,18 +17,20 @@ from persona_explorer import cli
 from persona_explorer.core.config import REPO_ROOT
 from persona_explorer.core.errors import InputError
 from persona_explorer.engine.model import LoadedModel
-from persona_explorer.evaluate.sweep import (
-    Cell,
+from persona_explorer.evaluate.sweep import run_sweep
+from persona_explorer.evaluate.sweep_checkpoint import SweepCheckpoint
+from persona_explorer.evaluate.sweep_config import (
     Criteria,
-    RowResult,
-    SweepCheckpoint,
     SweepConfig,
     default_grid,
     parse_numbers,
     read_prompts,
+)
+from persona_explorer.evaluate.sweep_result import (
+    Cell,
+    RowResult,
     recommend,
     repetition,
-    run_sweep,
     with_recommendation,
 )
 from persona_explorer.vectors.files import load, save
@@ -211,7 +213,7 @@ def test_a_stopped_sweep_resumes_where_it_stopped(llama: LoadedModel, tmp_path: 
     # Other prompts are another sweep; a damaged or hostile file is read up to the damage.
     other = run_sweep(llama, vec, PROMPTS[:1], cfg, checkpoint_dir=tmp_path)
     assert other.rows_generated == other.rows_total
-    path = SweepCheckpoint.open(tmp_path, llama, vec, PROMPTS, cfg).path
+    path = SweepCheckpoint.open(tmp_path, llama, vec, PROMPTS, cfg=cfg).path
     assert path is not None and path.is_file()
     lines = path.read_text(encoding="utf-8").splitlines(True)
     bad = json.loads(lines[2])

@@ -23,6 +23,7 @@ from persona_explorer.core.config import Settings
 from persona_explorer.core.errors import InputError
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.ui import build_demo, list_updates
+from persona_explorer.ui.extract import handlers as extract_handlers
 from persona_explorer.ui.extract import tab as extract
 from persona_explorer.ui.library import tab as library_tab
 from persona_explorer.ui.shared.context import BUG_MESSAGE, AppContext, Jobs, user_errors
@@ -149,7 +150,7 @@ def test_the_strength_sweep_is_a_stream_that_stop_can_end(ctx: AppContext) -> No
         tab = steer.build(ctx, gr.State({}))
     form = steer.SteerForm("Hi!", "tiny-pirate", layer=2, strength=1.0, max_new_tokens=6)
     steps = []
-    sweep = steer.run_sweep(ctx, tab, form, None, None, lambda *a, **k: steps.append(a))
+    sweep = steer.run_strength_sweep(ctx, tab, form, None, None, lambda *a, **k: steps.append(a))
     next(sweep)
     next(sweep)
     sweep.close()  # what a cancel does: the generation stops here, its session closed
@@ -363,7 +364,7 @@ def test_saving_from_the_extract_tab_replaces_the_session_copy(ctx: AppContext) 
     with gr.Blocks():
         ex = extract.build(ctx, gr.State({}))
     session, key = session_copy(ctx)
-    out = extract.save_extracted(ctx, ex, key, session, "a" * 24)
+    out = extract_handlers.save_extracted(ctx, ex, key, session, owner="a" * 24)
     assert out[ex.state] == {}
     assert out[ex.last].startswith("library:") and out[ex.save]["visible"] is False
     assert ctx.catalog.view(out[ex.state]).resolve(out[ex.last]).name == "tiny-copy"
@@ -383,21 +384,25 @@ def test_after_a_delete_nothing_is_selected_and_the_actions_are_disabled(ctx: Ap
     assert lib.selected.value is None and all(not b.interactive for b in actions)
 
 
-def extract_form(**kw: object) -> extract.ExtractForm:
+# An extraction handler's request and progress bar when called directly: none.
+QUIET: dict = {"request": None, "progress": lambda *a, **k: None}
+
+
+def extract_form(**kw: object) -> extract_handlers.ExtractForm:
     defaults: dict[str, object] = {
         "source": "custom", "trait_name": "", "role_name": "", "name": "tiny shanty",
         "pos_prompts": "You are a pirate.", "neg_prompts": "You are an assistant.",
         "question_lines": "Hi?", "n_questions": 1, "max_new_tokens": 4,
     }  # fmt: skip
-    return extract.ExtractForm(**{**defaults, **kw})  # type: ignore[arg-type]
+    return extract_handlers.ExtractForm(**{**defaults, **kw})  # type: ignore[arg-type]
 
 
 def test_an_extraction_starts_by_withdrawing_the_previous_results(ctx: AppContext) -> None:
     with gr.Blocks():
         ex = extract.build(ctx, gr.State({}))
-    updates = list(extract.run_extract(ctx, ex, extract_form(), None, None, lambda *a, **k: None))
+    updates = list(extract_handlers.run_extract(ctx, ex, extract_form(), None, **QUIET))
     first, last = updates[0], updates[-1]
-    assert first[ex.summary] == extract.STARTING and first[ex.examples] is None
+    assert first[ex.summary] == extract_handlers.STARTING and first[ex.examples] is None
     assert all(first[b]["visible"] is False for b in (ex.try_it, ex.save, ex.download))
     assert last[ex.try_it]["visible"] is True and last[ex.save]["visible"] is True
     vec = last[ex.state][last[ex.last]]
@@ -412,9 +417,7 @@ def test_a_failed_or_stopped_extraction_leaves_no_try_or_save(
     with gr.Blocks():
         ex = extract.build(ctx, gr.State({}))
     hidden = (ex.try_it, ex.save, ex.download)
-    run = extract.run_extract(
-        ctx, ex, extract_form(question_lines=" "), None, None, lambda *a, **k: None
-    )
+    run = extract_handlers.run_extract(ctx, ex, extract_form(question_lines=" "), None, **QUIET)
     first = next(run)
     assert all(first[b]["visible"] is False for b in hidden)
     with pytest.raises(gr.Error, match="at least one question"):
@@ -427,9 +430,9 @@ def test_a_failed_or_stopped_extraction_leaves_no_try_or_save(
         yield flag
 
     monkeypatch.setattr(ctx.jobs, "track", stopped)
-    updates = list(extract.run_extract(ctx, ex, extract_form(), None, None, lambda *a, **k: None))
+    updates = list(extract_handlers.run_extract(ctx, ex, extract_form(), None, **QUIET))
     assert all(updates[0][b]["visible"] is False for b in hidden)
-    assert updates[-1] == {ex.summary: extract.STOPPED}
+    assert updates[-1] == {ex.summary: extract_handlers.STOPPED}
 
 
 def test_status_messages_escape_user_text(ctx: AppContext) -> None:
@@ -464,3 +467,35 @@ def test_compare_rows_list_new_vectors_and_keep_their_choice(ctx: AppContext) ->
     first, second, _third = (updates[d] for d in tab.compare.personas)
     assert key in [k for _, k in first["choices"]]
     assert first["value"] == "builtin:tiny-evil" and second["value"] == ""
+
+
+@pytest.mark.parametrize(
+    ("switches", "decoder", "kernel"),
+    [
+        ({"fast_decoder": False}, "HFDecoder", None),
+        ({"decode_kernel": False}, "FastLlamaDecoder", "onednn"),
+    ],
+)
+def test_the_app_builds_its_decoder_with_its_own_settings(
+    llama: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    switches: dict[str, bool],
+    decoder: str,
+    kernel: str | None,
+) -> None:
+    """The decoder switches come from the Settings the app was built with; the environment
+    says the opposite and is not read (it once was, by the engine, behind the app's back)."""
+    import dataclasses
+
+    from persona_explorer.engine import decoder_for
+
+    monkeypatch.setenv("PERSONA_EXPLORER_FAST", "1")
+    monkeypatch.setenv("PERSONA_EXPLORER_KERNEL", "1")
+    model = dataclasses.replace(llama)  # a model object of its own: its own cached decoder
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "c", **switches)
+    ctx = AppContext.create(settings, model)
+    built = decoder_for(ctx.model)
+    assert type(built).__name__ == decoder
+    if kernel is not None:
+        assert built.kernel == kernel  # type: ignore[attr-defined]

@@ -282,7 +282,11 @@ def record_prefill(
     assert chunk is None or plans is None
     ids, mask = left_pad(prompts, model.pad_token_id)
     edits = compile_plan(
-        plans or [()] * len(prompts), model.n_layers, model.d_model, model.device, model.dtype
+        plans or [()] * len(prompts),
+        model.n_layers,
+        model.d_model,
+        device=model.device,
+        dtype=model.dtype,
     )
     seen: dict[int, list[torch.Tensor]] = {}
 

@@ -1,15 +1,18 @@
 """The Assistant Axis (Lu et al., 2026): pure math on role activations, and its file.
 
 Role vectors are mean response activations per role; the axis is mean(default Assistant) −
-mean(role vectors) at every layer. Nothing here runs a model: :mod:`.axis_build` does the
-rollouts.
+mean(role vectors) at every layer. A capping floor τ is a percentile of the default Assistant's
+per-token projections, kept as a table of quantiles (:meth:`AxisData.floors`, the one floor
+method). Nothing here runs a model: :mod:`.build` does the rollouts.
+
+Imports: torch, safetensors, ``core`` and ``steering.ops`` (a cap plan is steering operations).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,16 +75,6 @@ def check_percentile(value: object, what: str = "Cap percentile") -> float:
 
 class AxisFileError(InputError):
     """An axis file is missing, malformed or does not fit the shapes it claims."""
-
-
-def role_means(acts_by_role: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
-    """Each role's rollouts [n_i, n_layers, d_model] -> [n_roles, n_layers, d_model]."""
-    groups = list(acts_by_role.values()) if isinstance(acts_by_role, Mapping) else acts_by_role
-    if not groups:
-        raise ValueError("need at least one role")
-    if any(g.ndim != 3 or g.shape[0] == 0 for g in groups):
-        raise ValueError("each role needs a non-empty [n, n_layers, d_model] tensor")
-    return torch.stack([g.float().mean(0) for g in groups])
 
 
 def assistant_axis(default_mean: torch.Tensor, role_vectors: torch.Tensor) -> torch.Tensor:
@@ -147,17 +140,6 @@ def token_quantiles(
     """``token_projections`` [n_tokens, n_layers] -> [len(levels), n_layers]."""
     q = torch.tensor([p / 100 for p in levels], dtype=torch.float64)
     return torch.quantile(token_projections.double(), q, dim=0).float().contiguous()
-
-
-def cap_floors(token_projections_by_layer: torch.Tensor, percentile: float = 25) -> torch.Tensor:
-    """τ per layer from the default Assistant's per-token projections [n_tokens, n_layers].
-
-    Per token, not per response mean: the cap acts on every token, and response means are much
-    narrower, so a τ taken from them fires on half of an ordinary answer (FACTS.md).
-    """
-    if not 0 <= percentile <= 100:
-        raise ValueError("percentile must be in [0, 100]")
-    return torch.quantile(token_projections_by_layer.double(), percentile / 100, dim=0).float()
 
 
 def _interpolate_quantiles(table: torch.Tensor, percentile: float) -> torch.Tensor:

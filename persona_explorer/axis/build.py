@@ -4,6 +4,13 @@ Every role answers the same questions under each of its system prompts, as does 
 Assistant under its five; a rollout's response-mean residual is its activation, and a role's
 vector is the mean over its rollouts (Lu et al., 2026). The default's rows also keep per-token
 residuals, the distribution a capping floor τ is taken from.
+
+:func:`axis_for` is the one way to the loaded model's axis: the shipped file for the embedded
+model, else the one cached under the caller's cache folder (``settings.cache_dir``, passed in:
+nothing here reads the settings), else built once and cached.
+
+Imports: torch, ``core``, ``engine.model``, ``personas`` (the roles and the shared questions),
+``steering.generation`` and :mod:`.assistant_axis`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from persona_explorer.axis.assistant_axis import AxisData, assistant_axis, proje
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import check_int
 from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel
-from persona_explorer.personas.data import list_builtin, load_builtin, shared_data_dir
+from persona_explorer.personas.data import load_builtin, shared_data_dir
 from persona_explorer.personas.definitions import DEFAULT_ASSISTANT_PROMPTS, format_system_prompt
 from persona_explorer.steering.generation import SamplingConfig, generate_stream
 
@@ -53,9 +60,10 @@ CURATED_ROLES: tuple[str, ...] = (
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def shared_questions(n: int) -> tuple[str, ...]:
-    """The first ``n`` of the shared extraction questions (every role answers the same ones)."""
-    base = shared_data_dir()
+def shared_questions(n: int, data_dir: Path | None = None) -> tuple[str, ...]:
+    """The first ``n`` of the shared extraction questions (every role answers the same ones), from
+    ``data_dir`` (the ``persona_data_dir`` setting) or the shipped persona data."""
+    base = shared_data_dir(data_dir)
     path = None if base is None else base / "extraction_questions.jsonl"
     if path is None or not path.is_file():
         raise InputError("extraction_questions.jsonl not found in the persona data directory")
@@ -123,14 +131,16 @@ def build_axis(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
+    data_dir: Path | None = None,
 ) -> AxisData:
-    """Role vectors, the default Assistant's vector and the axis, at every layer."""
+    """Role vectors, the default Assistant's vector and the axis, at every layer (the roles and
+    questions from ``data_dir``, the ``persona_data_dir`` setting, or the shipped data)."""
     started = time.perf_counter()
     check_int(n_questions, "n_questions", 1)
     check_int(prompts_per_role, "prompts_per_role", 1)
     if len(roles) < 2:
         raise InputError("an axis needs at least two roles")
-    questions = shared_questions(n_questions)
+    questions = shared_questions(n_questions, data_dir)
     name = model.display_name
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
 
@@ -141,7 +151,9 @@ def build_axis(
             for q in questions
         ]
 
-    role_prompts = [load_builtin(r, "role").pairs[:prompts_per_role] for r in roles]
+    role_prompts = [
+        load_builtin(r, "role", data_dir=data_dir).pairs[:prompts_per_role] for r in roles
+    ]
     role_rows: list[list[int]] = []
     owner: list[int] = []
     for k, pairs in enumerate(role_prompts):
@@ -242,22 +254,22 @@ def shipped_axis_path(model_id: str) -> Path:
     return ASSETS_AXIS_DIR / f"{model_key(model_id)}.safetensors"
 
 
-def axis_path(model_id: str) -> Path:
-    """Where the axis of ``model_id`` is cached once built (never inside ``assets/``)."""
-    from persona_explorer.core.config import load_settings
-
-    return load_settings().cache_dir / "axis" / f"{model_key(model_id)}.safetensors"
+def axis_path(model_id: str, cache_dir: Path) -> Path:
+    """Where the axis of ``model_id`` is cached once built under ``cache_dir`` (the settings'
+    cache folder; never inside ``assets/``)."""
+    return cache_dir / "axis" / f"{model_key(model_id)}.safetensors"
 
 
 def axis_for(
     model: LoadedModel,
+    cache_dir: Path,
     progress: ProgressFn | None = None,
     roles: Sequence[str] = CURATED_ROLES,
     **build_options: int,
 ) -> AxisData:
-    """The model's axis: the shipped one for the embedded model, else the cached one, built
-    (with progress) and cached when missing or made for another shape."""
-    candidates = [axis_path(model.model_id)]
+    """The model's axis: the shipped one for the embedded model, else the one cached under
+    ``cache_dir``, built (with progress) and cached when missing or made for another shape."""
+    candidates = [axis_path(model.model_id, cache_dir)]
     if model.model_id == EMBEDDED_MODEL_ID:
         candidates.insert(0, shipped_axis_path(model.model_id))
     for path in candidates:
@@ -266,16 +278,10 @@ def axis_for(
             if (data.n_layers, data.d_model) == (model.n_layers, model.d_model):
                 return data
     data = build_axis(model, roles, progress=progress, **build_options)
-    target = axis_path(model.model_id)
+    target = axis_path(model.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     data.save(target)
     return data
-
-
-def check_roles(names: Sequence[str]) -> list[str]:
-    """The names that are not shipped roles (empty when all exist)."""
-    known = set(list_builtin("role"))
-    return [n for n in names if n not in known]
 
 
 __all__ = [
@@ -283,7 +289,6 @@ __all__ = [
     "axis_for",
     "axis_path",
     "build_axis",
-    "check_roles",
     "model_key",
     "shared_questions",
     "shipped_axis_path",

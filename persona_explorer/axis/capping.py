@@ -29,6 +29,9 @@ Every row is read from the same passes that generated it. The capture records th
 
 Generation is row-invariant, and an edit that lifts nothing adds exact zeros: a cap whose floor
 no token reaches gives a row bit-identical to the baseline (tokens and projections).
+
+Imports: torch, ``core``, ``engine.model``, ``steering`` (generation side by side, operations),
+``vectors`` and :mod:`.assistant_axis`.
 """
 
 from __future__ import annotations
@@ -382,7 +385,7 @@ def _generate(
 ) -> Iterator[tuple[list[str], CapOutput | None]]:
     ids = model.chat_ids(req.prompt, system=req.system or None)
     plans = list(checked.plans.values())
-    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop):
+    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop=should_stop):
         if update.result is None:
             yield update.texts, None
         else:

@@ -7,7 +7,10 @@ the size is checked before a byte is read, the structure strictly (roles ``user`
 ``assistant`` and ``system`` only, string contents, caps on messages and characters), and
 every refusal says what is wrong.
 
-Imports: the standard library, :mod:`.errors` and :mod:`.model` (for :class:`ChatMessage`).
+The caps are ``core.limits``' (``MAX_CONVERSATION_*``, ``MAX_MESSAGE_CHARS``).
+
+Imports: the standard library, ``core`` (errors, limits) and ``engine.model`` (for
+:class:`ChatMessage`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import (
+    MAX_CONVERSATION_BYTES,
+    MAX_CONVERSATION_CHARS,
+    MAX_CONVERSATION_MESSAGES,
+    MAX_MESSAGE_CHARS,
+)
 from persona_explorer.engine.model import ChatMessage
 
 __all__ = [
-    "MAX_CONVERSATION_BYTES",
-    "MAX_CONVERSATION_CHARS",
-    "MAX_MESSAGES",
-    "MAX_MESSAGE_CHARS",
     "TRANSCRIPTS_DIR",
     "Conversation",
     "ConversationError",
@@ -37,12 +42,6 @@ __all__ = [
 
 TRANSCRIPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "transcripts"
 
-# The largest shipped transcript is ~100 KB with 46 messages of at most ~7,000 characters; the
-# caps hold several of those, and bound what one upload can make the server tokenize.
-MAX_CONVERSATION_BYTES = 2 * 1024 * 1024
-MAX_MESSAGES = 400
-MAX_MESSAGE_CHARS = 50_000
-MAX_CONVERSATION_CHARS = 1_000_000
 _MAX_META_CHARS = 200
 ROLES = ("system", "user", "assistant")
 # Metadata shown beside a conversation; anything else in the file is ignored.
@@ -118,9 +117,10 @@ def parse_conversation(data: object, label: str = "conversation") -> Conversatio
         messages = data
     if not isinstance(messages, list):
         raise ConversationError("The conversation must be a list of messages.")
-    if len(messages) > MAX_MESSAGES:
+    if len(messages) > MAX_CONVERSATION_MESSAGES:
         raise ConversationError(
-            f"The conversation has {len(messages)} messages; the limit is {MAX_MESSAGES}."
+            f"The conversation has {len(messages)} messages; the limit is "
+            f"{MAX_CONVERSATION_MESSAGES}."
         )
     checked = tuple(_check_message(m, i) for i, m in enumerate(messages))
     total = sum(len(m.content) for m in checked)

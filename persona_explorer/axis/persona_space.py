@@ -21,6 +21,8 @@ What else can be placed on the map:
   on the map is then the share of the direction that lies in the map's plane.
 
 Nothing here runs a model or draws a figure.
+
+Imports: torch, ``core`` and :mod:`.assistant_axis`.
 """
 
 from __future__ import annotations

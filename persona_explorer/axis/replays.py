@@ -26,8 +26,12 @@ per-turn windows). A file is trusted only after its header parses, its key equal
 asked for field by field (not only by file name), and the tensor's shape, dtype and values
 fit the model and the turns; anything else is ignored (and, in the cache, rewritten).
 
-Imports: torch, safetensors, the standard library, :mod:`.fileio`, :mod:`.conversation`,
-:mod:`.steering` (for the plan's operations), :mod:`.model` (types only).
+The cache folder is the caller's (``settings.cache_dir / "replays"``): nothing here reads the
+settings.
+
+Imports: torch, safetensors, the standard library, ``core.fileio``, ``engine.identity`` (the
+model's identity and weight digest), :mod:`.conversation`, ``steering.ops`` (for the plan's
+operations), ``engine.model`` (types only).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +52,7 @@ from safetensors.torch import save_file
 
 from persona_explorer.axis.conversation import TRANSCRIPTS_DIR, Conversation
 from persona_explorer.core.fileio import atomic_write, is_temp_name
+from persona_explorer.engine.identity import model_identity, weights_digest
 from persona_explorer.steering.ops import Add, Cap, RowPlan
 
 if TYPE_CHECKING:
@@ -66,10 +71,8 @@ __all__ = [
     "StoredReplay",
     "StoredTurn",
     "conversation_digest",
-    "model_identity",
     "plan_digest",
     "read_replay",
-    "weights_digest",
     "write_replay",
 ]
 
@@ -82,61 +85,17 @@ SHIPPED_REPLAYS_DIR = TRANSCRIPTS_DIR / "replays"
 # bound is in bytes as well as in files.
 MAX_CACHE_FILES = 200
 MAX_CACHE_BYTES = 512 * 1024 * 1024
-# Values sampled per weight tensor for the fingerprint: spread over the whole tensor, so a
-# fine-tune (full or a merged low-rank update, which touches every entry) changes it.
-_SAMPLES_PER_TENSOR = 64
 
 SOURCE_READ = "read now"
 SOURCE_CACHE = "from the cache"
 SOURCE_SHIPPED = "from the shipped replay"
 
 
-# --------------------------------------------------------------------------- identity
+# --------------------------------------------------------------------------- keys
 
 
 def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
-
-
-def model_identity(model: LoadedModel) -> dict[str, Any]:
-    """What fixes the tokens and the layers a replay reads, independent of the dtype: the model
-    id, architecture, shape, context length, the tokenizer (vocabulary size and template) and a
-    coarse fingerprint of the weights (:func:`weights_digest` at bfloat16 resolution, so the
-    same weights loaded in float32 or bfloat16 agree, and a fine-tune under the same id does
-    not)."""
-    tok = model.tokenizer
-    template = getattr(tok, "chat_template", None)
-    return {
-        "model_id": model.model_id,
-        "architecture": model.architecture,
-        "n_layers": model.n_layers,
-        "d_model": model.d_model,
-        "context_length": model.context_length,
-        "tokenizer": _sha(f"{len(tok)}\n{template if isinstance(template, str) else ''}")[:16],
-        "weights_bf16": weights_digest(model, coarse=True),
-    }
-
-
-def weights_digest(model: LoadedModel, *, coarse: bool = False) -> str:
-    """A cheap fingerprint of the weights (tens of milliseconds, not a hash of every byte):
-    every tensor's name and shape, and a few values spread across each tensor, with the dtype.
-    Two models under one id (a fine-tune, a tiny test model) get different digests; the same
-    weights loaded again get the same one. ``coarse``: the values rounded to bfloat16 and the
-    dtype left out, so a float32 and a bfloat16 load of the same weights agree."""
-    h = hashlib.sha256(b"coarse" if coarse else str(model.dtype).encode())
-    weights: Mapping[str, torch.Tensor] = model.weights
-    if not weights and hasattr(model.hf_model, "state_dict"):
-        weights = model.hf_model.state_dict()
-    for name in sorted(weights):
-        t = weights[name]
-        h.update(f"{name}:{tuple(t.shape)}".encode())
-        flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
-        sample = flat[::step][:_SAMPLES_PER_TENSOR]
-        if coarse:
-            sample = sample.to(torch.bfloat16)
-        h.update(sample.float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def conversation_digest(conv: Conversation) -> str:
@@ -334,13 +293,6 @@ class ReplayStore:
         self.shipped = shipped
         self.max_files = max_files
         self.max_bytes = max_bytes
-
-    @classmethod
-    def default(cls) -> ReplayStore:
-        """The shipped replays and ``cache_dir/replays`` from the settings."""
-        from persona_explorer.core.config import load_settings
-
-        return cls(load_settings().cache_dir / "replays")
 
     def lookup(
         self, key: ReplayKey, conv: Conversation, turns_wanted: int

@@ -19,7 +19,10 @@ A new command (or group of related commands) is one module in this package that 
 * ``run(args) -> int`` (``run_<command>`` in a group module): does the work and returns the
   exit code (0).
 
-and is added to the tuple in :func:`.parser.build_parser`. Within it:
+and is added to the tuple in :func:`.parser.build_parser` (the one module that imports the
+commands; they import the shared options from :mod:`.options`, so nothing imports in a circle).
+:func:`main` reads the settings once and hands them to the command as ``args.settings``.
+Within it:
 
 * argument types convert with :mod:`persona_explorer.core.limits`'s rules, through
   :func:`.options.arg_type` / :func:`.options.limited` (never a rule of its own);
@@ -53,6 +56,7 @@ import traceback
 
 from persona_explorer.cli.bench import forward
 from persona_explorer.cli.parser import build_parser
+from persona_explorer.core.config import load_settings
 from persona_explorer.core.errors import UserError
 
 __all__ = ["main"]
@@ -95,11 +99,14 @@ def _path_error_text(exc: OSError) -> str:
 def _run(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return forward(argv[1:])
-    parser = build_parser()
+    # The settings are read here, once (PERSONA_EXPLORER_*), and travel with the arguments.
+    settings = load_settings()
+    parser = build_parser(settings.limits)
     try:
         args = parser.parse_args(_join_negative_numbers(argv))
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.settings = settings
     return int(args.func(args))
 
 

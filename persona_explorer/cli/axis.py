@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             n_questions=args.questions,
             max_new_tokens=args.max_new_tokens,
             progress=progress,
+            data_dir=args.settings.persona_data_dir,
         )
     seconds = time.perf_counter() - started
     # The embedded model's axis is shipped in assets/ (this command regenerates it); any other
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     default = (
         shipped_axis_path(model.model_id)
         if model.model_id == EMBEDDED_MODEL_ID
-        else axis_path(model.model_id)
+        else axis_path(model.model_id, args.settings.cache_dir)
     )
     target = Path(args.out) if args.out else default
     target.parent.mkdir(parents=True, exist_ok=True)

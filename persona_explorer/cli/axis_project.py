@@ -23,11 +23,8 @@ if TYPE_CHECKING:
 
 
 def register(sub: Subparsers, parents: Parents) -> None:
-    from persona_explorer.axis.drift import (
-        DEFAULT_WINDOW_TOKENS,
-        MAX_WINDOW_TOKENS,
-        MIN_WINDOW_TOKENS,
-    )
+    from persona_explorer.axis.windows import DEFAULT_WINDOW_TOKENS
+    from persona_explorer.core.limits import MAX_WINDOW_TOKENS, MIN_WINDOW_TOKENS
 
     window = arg_type(check_int, "Window", MIN_WINDOW_TOKENS, MAX_WINDOW_TOKENS)
     p = sub.add_parser(
@@ -114,9 +111,10 @@ def run_project(args: argparse.Namespace) -> int:
         if args.layer is None
         else check_layer(args.layer, model.n_layers)
     )
-    store = None if args.no_cache else ReplayStore.default()
+    cache_dir = args.settings.cache_dir
+    store = None if args.no_cache else ReplayStore(cache_dir / "replays")
     with render.Progress(args.quiet) as progress:
-        axis = axis_for(model, progress)
+        axis = axis_for(model, cache_dir, progress)
         result = replay(
             model, axis, conv, window_tokens=args.window_tokens, progress=progress, store=store
         )

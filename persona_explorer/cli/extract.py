@@ -77,19 +77,19 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
     p.set_defaults(max_new_tokens=64, temperature=0.7, top_p=0.95, seed=0, func=run)
 
 
-def resolve_persona(spec: str, kind: BuiltinKind) -> PersonaDefinition:
-    """A persona file, or a built-in trait/role by name."""
+def resolve_persona(spec: str, kind: BuiltinKind, data_dir: Path) -> PersonaDefinition:
+    """A persona file, or a built-in trait/role by name (in ``data_dir``, the
+    ``persona_data_dir`` setting)."""
     from persona_explorer.personas.data import load_builtin
     from persona_explorer.personas.definitions import load_persona
 
     path = Path(spec).expanduser()
     if spec.lower().endswith(".json") or path.is_file() or looks_like_path(spec):
         return load_persona(path)
-    return load_builtin(spec, kind)
+    return load_builtin(spec, kind, data_dir=data_dir)
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_explorer.core.config import load_settings
     from persona_explorer.personas.extract import ExtractionConfig, extract_persona
 
     out = Path(args.out).expanduser()
@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         batch_size=args.batch_size,
-        max_prompt_tokens=load_settings().limits.max_prompt_tokens,
+        max_prompt_tokens=args.settings.limits.max_prompt_tokens,
     )
-    persona = resolve_persona(args.persona, args.kind)
+    persona = resolve_persona(args.persona, args.kind, args.settings.persona_data_dir)
     model = get_model(args)
     with render.Progress(quiet=args.quiet) as progress:
         result = extract_persona(model, persona, cfg, progress=progress)
-    vec, swept, written, notes = finish(args, model, result.vector, out, fmt)
+    vec, swept, written, notes = finish(args, model, result.vector, out, fmt=fmt)
 
     sep = list(vec.separation or ())
     counts = vec.metadata.get("counts", {})

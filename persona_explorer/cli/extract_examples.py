@@ -33,7 +33,6 @@ def _examples_path(spec: str) -> Path:
 
 
 def run_examples(args: argparse.Namespace, out: Path, fmt: VectorFormat) -> int:
-    from persona_explorer.core.config import load_settings
     from persona_explorer.personas.examples import extract_from_examples, read_examples
 
     path = _examples_path(args.examples)
@@ -49,10 +48,10 @@ def run_examples(args: argparse.Namespace, out: Path, fmt: VectorFormat) -> int:
             examples.pairs,
             source=path.name,
             batch_size=min(args.batch_size, 32),
-            max_prompt_tokens=load_settings().limits.max_prompt_tokens,
+            max_prompt_tokens=args.settings.limits.max_prompt_tokens,
             progress=progress,
         )
-    vec, swept, written, notes = finish(args, model, result.vector, out, fmt)
+    vec, swept, written, notes = finish(args, model, result.vector, out, fmt=fmt)
     sep = list(vec.separation or ())
     if args.json:
         render.print_json(

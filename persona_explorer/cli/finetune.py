@@ -27,7 +27,8 @@ _NOTES_SHOWN = 20
 
 
 def register(subparsers: Subparsers, parents: Parents) -> None:
-    # Upper bounds are FinetuneConfig's (one rule, one message); the types check the form.
+    # Upper bounds are FinetuneConfig's (MAX_FINETUNE_* in core.limits: one rule, one message);
+    # the types check the form.
     p = subparsers.add_parser(
         "finetune",
         parents=[parents.model(), parents.output("the result")],
@@ -97,7 +98,12 @@ def _steer(args: argparse.Namespace, n_layers: int | None = None) -> Any:
         if given:
             raise InputError(f"--{given[0].replace('_', '-')} needs --steer-vector")
         return None
-    vec = vector_io.read(vector_io.vector_path(args.steer_vector), None, n_layers, warn=False)
+    vec = vector_io.read(
+        vector_io.vector_path(args.steer_vector, args.settings.builtin_vectors_dir),
+        None,
+        n_layers,
+        warn=False,
+    )
     layer = args.steer_layer if args.steer_layer is not None else vec.layer
     strength = args.steer_strength if args.steer_strength is not None else vec.strength
     if layer is None or strength is None:

@@ -3,7 +3,7 @@
 Several :func:`~persona_explorer.cli.main` calls in one process (tests, notebooks) share
 :data:`_MODELS`, so the model loads once. A command that offers ``--adapter DIR``
 (:func:`add_adapter_option`) gets the base model with that LoRA adapter merged
-(:func:`persona_explorer.training.finetune.load_tuned`), cached in :data:`_TUNED` the same way.
+(:func:`persona_explorer.training.adapters.load_tuned`), cached in :data:`_TUNED` the same way.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def get_model(args: argparse.Namespace) -> LoadedModel:
 
 def get_tuned(base: LoadedModel, adapter: str, quiet: bool) -> LoadedModel:
     """``base`` with the adapter in ``adapter`` merged, built once per process and directory."""
-    from persona_explorer.training.finetune import ADAPTER_WEIGHTS, load_tuned
+    from persona_explorer.training.adapters import ADAPTER_WEIGHTS, load_tuned
 
     path = Path(adapter).expanduser().resolve()
     weights = path / ADAPTER_WEIGHTS
@@ -91,7 +91,8 @@ def get_base_model(args: argparse.Namespace) -> LoadedModel:
     """The model for the ``--model --device --dtype`` options, loaded once per process."""
     from persona_explorer.engine.model import ModelLoadError, load_model, resolve_model_spec
 
-    spec = resolve_model_spec(args.model)
+    settings = args.settings
+    spec = resolve_model_spec(args.model, settings.model)
     if (
         args.model
         and looks_like_path(spec)
@@ -110,7 +111,9 @@ def get_base_model(args: argparse.Namespace) -> LoadedModel:
                 render.status(message + " ...", args.quiet)
 
         with _quiet_transformers(args.quiet):
-            model = load_model(spec, device=args.device, dtype=args.dtype, progress=progress)
+            model = load_model(
+                spec, device=args.device, dtype=args.dtype, progress=progress, settings=settings
+            )
         render.status(
             f"Loaded {model.display_name} ({model.n_layers} layers, d_model {model.d_model}, "
             f"{model.device}, {str(model.dtype).removeprefix('torch.')}) "

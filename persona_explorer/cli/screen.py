@@ -22,7 +22,7 @@ from persona_explorer.core.limits import MAX_BATCH_SIZE, check_int, check_max_ne
 
 if TYPE_CHECKING:
     from persona_explorer.cli.options import Subparsers
-    from persona_explorer.training.screening import ScreenResult
+    from persona_explorer.training.screening_scores import ScreenResult
     from persona_explorer.vectors.persona_vector import PersonaVector
 
 _NOTES_SHOWN = 20  # skipped lines listed one by one; the rest are counted
@@ -115,23 +115,18 @@ def _text(result: ScreenResult, summary: dict[str, Any], data: Path, out: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_explorer.core.config import load_settings
-    from persona_explorer.training.screening import (
-        ScreenConfig,
-        count_lines,
-        read_samples,
-        screen,
-        write_scores,
-    )
+    from persona_explorer.training.samples import open_samples
+    from persona_explorer.training.screening import OwnResponseCache, ScreenConfig, screen_file
+    from persona_explorer.training.screening_scores import write_scores
 
+    settings = args.settings
     data = Path(args.data).expanduser()
     out = Path(args.out).expanduser()
     _check_out(out)
-    paths = [vector_io.vector_path(spec) for spec in args.vector]
-    # Everything that can fail fast does so before the (slow) model load: the files' sizes,
-    # a CSV header, the vector files.
-    total = count_lines(data)
-    samples = read_samples(data)
+    paths = [vector_io.vector_path(spec, args.settings.builtin_vectors_dir) for spec in args.vector]
+    # Everything that can fail fast does so before the (slow) model load: the file's size, a
+    # CSV header, the vector files.
+    opened = open_samples(data)
     early: list[PersonaVector] = [vector_io.read(p, args.in_layout, warn=False) for p in paths]
     layer = args.layer if args.layer is not None else early[0].layer
     if layer is None:
@@ -144,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         context=args.context or None,
         batch_size=args.batch_size,
-        use_cache=not args.no_cache,
-        max_prompt_tokens=load_settings().limits.max_prompt_tokens,
+        max_prompt_tokens=settings.limits.max_prompt_tokens,
     )
+    cache = None if args.no_cache else OwnResponseCache.in_cache_dir(settings.cache_dir)
     with render.Progress(quiet=args.quiet) as progress:
-        result = screen(model, samples, vectors, cfg, progress=progress, total=total)
+        result = screen_file(model, opened, vectors, cfg, progress=progress, cache=cache)
     for problem in result.problems[:_NOTES_SHOWN]:
         render.note(f"{problem}; skipped")
     if result.n_problems > _NOTES_SHOWN:

@@ -84,7 +84,6 @@ def _text(report: ShiftReport) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_explorer.core.config import load_settings
     from persona_explorer.training.shift import (
         DEFAULT_QUESTIONS_PATH,
         persona_shift,
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     questions = read_questions(Path(args.questions) if args.questions else DEFAULT_QUESTIONS_PATH)
-    paths = [vector_io.vector_path(spec) for spec in args.vector]
+    paths = [vector_io.vector_path(spec, args.settings.builtin_vectors_dir) for spec in args.vector]
     for path in paths:  # a bad vector file fails before the (slow) model load
         vector_io.read(path, args.in_layout, warn=False)
     adapter = Path(args.adapter).expanduser()
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             questions,
             layer=args.layer,
             max_new_tokens=args.max_new_tokens,
-            max_prompt_tokens=load_settings().limits.max_prompt_tokens,
+            max_prompt_tokens=args.settings.limits.max_prompt_tokens,
             progress=progress,
         )
     if args.json:

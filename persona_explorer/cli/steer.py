@@ -123,7 +123,6 @@ def _strengths(args: argparse.Namespace, vec: PersonaVector) -> tuple[float, ...
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_explorer.core.config import load_settings
     from persona_explorer.evaluate.compare import SteerRequest, steer
     from persona_explorer.steering.generation import SamplingConfig
     from persona_explorer.vectors.persona_vector import check_fits
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_at_eos=not args.ignore_eos,
-        max_prompt_tokens=load_settings().limits.max_prompt_tokens,
+        max_prompt_tokens=args.settings.limits.max_prompt_tokens,
     )
     vec_path = Path(args.vector).expanduser() if args.vector is not None else None
     if vec_path is not None:

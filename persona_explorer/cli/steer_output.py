@@ -109,7 +109,7 @@ class Capping:
         layers = None if args.cap_layers is None else parse_layers(args.cap_layers, model.n_layers)
         # Shipped for the embedded model; built (minutes, with progress) and cached otherwise.
         with render.Progress(args.quiet) as progress:
-            axis = axis_for(model, progress)
+            axis = axis_for(model, args.settings.cache_dir, progress)
         percentile = args.cap_percentile
         return cls(axis, layers, DEFAULT_CAP_PERCENTILE if percentile is None else percentile)
 

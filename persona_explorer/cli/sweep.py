@@ -24,7 +24,8 @@ from persona_explorer.core.limits import MAX_BATCH_SIZE, check_int, check_max_ne
 if TYPE_CHECKING:
     from persona_explorer.cli.options import Subparsers
     from persona_explorer.engine.model import LoadedModel
-    from persona_explorer.evaluate.sweep import Criteria, SweepResult
+    from persona_explorer.evaluate.sweep_config import Criteria
+    from persona_explorer.evaluate.sweep_result import SweepResult
     from persona_explorer.vectors.files import VectorFormat
     from persona_explorer.vectors.persona_vector import PersonaVector
 
@@ -87,35 +88,19 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
 
 
 def criteria_from(args: argparse.Namespace) -> Criteria:
-    from persona_explorer.evaluate.sweep import Criteria
+    from persona_explorer.evaluate.sweep_config import Criteria
 
     names = ("margin", "min_coherence", "max_repetition_rise")
     return Criteria(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
-def quick_sweep(
-    model: LoadedModel, vec: PersonaVector, quiet: bool
-) -> tuple[PersonaVector, SweepResult]:
-    """``extract --sweep``: the small sweep after an extraction, its recommendation recorded."""
-    from persona_explorer.core.config import load_settings
-    from persona_explorer.evaluate.sweep import quick_sweep_setup, run_sweep, with_recommendation
-
-    settings = load_settings()
-    prompts, cfg = quick_sweep_setup(vec, model.n_layers, settings.limits.max_prompt_tokens)
-    with render.Progress(quiet=quiet) as progress:
-        result = run_sweep(
-            model,
-            vec,
-            prompts,
-            cfg,
-            checkpoint_dir=settings.cache_dir / "sweeps",
-            progress=lambda done, total, msg: progress(done / max(total, 1), f"sweep: {msg}"),
-        )
-    return with_recommendation(vec, result), result
-
-
 def finish(
-    args: argparse.Namespace, model: LoadedModel, vec: PersonaVector, out: Path, fmt: VectorFormat
+    args: argparse.Namespace,
+    model: LoadedModel,
+    vec: PersonaVector,
+    out: Path,
+    *,
+    fmt: VectorFormat,
 ) -> tuple[PersonaVector, SweepResult | None, Path, list[str]]:
     """The end of every ``extract``: ``--strength``, then ``--sweep``, then write the file.
     Returns the vector, the sweep (or None), the path written and the format's notes."""
@@ -123,32 +108,42 @@ def finish(
         vec = vec.with_(strength=args.strength)
     swept = None
     if args.sweep:
-        vec, swept = quick_sweep(model, vec, args.quiet)
+        from persona_explorer.evaluate.sweep import quick_sweep
+
+        settings = args.settings
+        with render.Progress(quiet=args.quiet) as progress:
+            vec, swept = quick_sweep(
+                model,
+                vec,
+                checkpoint_dir=settings.cache_dir / "sweeps",
+                max_prompt_tokens=settings.limits.max_prompt_tokens,
+                progress=lambda done, total, msg: progress(done / max(total, 1), f"sweep: {msg}"),
+                persona_data_dir=settings.persona_data_dir,
+            )
     written, notes = vector_io.write(vec, out, fmt, model_hint=model.architecture or "llama")
     return vec, swept, written, notes
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_explorer.core.config import load_settings
     from persona_explorer.evaluate.judge import Judge, JudgeConfig, judge_status
-    from persona_explorer.evaluate.sweep import (
+    from persona_explorer.evaluate.sweep import run_sweep
+    from persona_explorer.evaluate.sweep_config import (
         SELECT_PROMPTS,
         SweepConfig,
         default_grid,
         parse_numbers,
         read_prompts,
-        run_sweep,
-        with_recommendation,
     )
+    from persona_explorer.evaluate.sweep_result import with_recommendation
 
-    settings = load_settings()
+    settings = args.settings
     save = Path(args.save).expanduser() if args.save else None
     fmt = vector_io.output_format(save, None) if save else None
     prompts = read_prompts(Path(args.prompts).expanduser() if args.prompts else SELECT_PROMPTS)
     layers = parse_numbers(args.layers, "--layers", integer=True) if args.layers else None
     strengths = parse_numbers(args.strengths, "--strengths") if args.strengths else None
     criteria = criteria_from(args)
-    path = vector_io.vector_path(args.vector)
+    path = vector_io.vector_path(args.vector, args.settings.builtin_vectors_dir)
     vector_io.read(path, args.in_layout, warn=False)  # a bad file fails before the model loads
     model = get_model(args)
     vec = vector_io.read(path, args.in_layout, n_layers=model.n_layers)
@@ -166,9 +161,9 @@ def run(args: argparse.Namespace) -> int:
     )
     ckpt = settings.cache_dir / "sweeps"
     if args.no_resume:
-        from persona_explorer.evaluate.sweep import SweepCheckpoint
+        from persona_explorer.evaluate.sweep_checkpoint import SweepCheckpoint
 
-        SweepCheckpoint.open(ckpt, model, vec, prompts, cfg).start([])
+        SweepCheckpoint.open(ckpt, model, vec, prompts, cfg=cfg).start([])
     judge_cfg = JudgeConfig.from_env()  # operator's setting: a bad one fails before the sweep
     with render.Progress(quiet=args.quiet) as progress, contextlib.ExitStack() as stack:
         result = run_sweep(
@@ -179,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_dir=ckpt,
             progress=lambda done, total, msg: progress(done / max(total, 1), msg),
             judge=None if judge_cfg is None else stack.enter_context(Judge(judge_cfg)),
+            persona_data_dir=settings.persona_data_dir,
         )
     if judge_cfg is None:
         render.note(judge_status(None))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from persona_explorer.cli import render
 
 if TYPE_CHECKING:
-    from persona_explorer.evaluate.sweep import SweepResult
+    from persona_explorer.evaluate.sweep_result import SweepResult
 
 
 def text_lines(result: SweepResult) -> list[str]:

@@ -62,17 +62,18 @@ def write(
     return written, notes
 
 
-def vector_path(spec: str) -> Path:
-    """A vector file, or a built-in vector by name."""
+def vector_path(spec: str, builtin_vectors_dir: Path | None = None) -> Path:
+    """A vector file, or a built-in vector by name (in the ``builtin_vectors_dir`` setting)."""
     from persona_explorer.personas.builtin import builtin_dir, builtin_vector_paths
 
     path = Path(spec).expanduser()
     if path.is_file() or looks_like_path(spec) or path.suffix in (".safetensors", ".gguf", ".pt"):
         return path
-    builtin = builtin_dir() / f"{spec}.safetensors"
+    folder = builtin_vectors_dir or builtin_dir()
+    builtin = folder / f"{spec}.safetensors"
     if builtin.is_file():
         return builtin
-    names = ", ".join(p.stem for p in builtin_vector_paths()) or "none installed"
+    names = ", ".join(p.stem for p in builtin_vector_paths(folder)) or "none installed"
     raise InputError(f"no vector file or built-in vector {spec!r} (built-in: {names})")
 
 

@@ -15,11 +15,15 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "fsync_dir", "is_temp_name"]
+__all__ = ["TMP_SUFFIX", "DataFormat", "atomic_write", "fsync_dir", "is_temp_name"]
 
 PathLike = str | os.PathLike[str]
 TMP_SUFFIX = ".tmp"
+
+# The two formats of a file of chat samples or example pairs (screening, fine-tuning, examples).
+DataFormat = Literal["jsonl", "csv"]
 
 
 def is_temp_name(name: str) -> bool:

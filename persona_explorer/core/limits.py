@@ -27,18 +27,75 @@ from typing import Any
 from persona_explorer.core.errors import ConfigError, InputError
 
 __all__ = [
+    "APP_DRIFT_MAX_PROJECTED",
+    "APP_DRIFT_MAX_REPLAYS",
+    "APP_FINETUNE_MAX_EPOCHS",
+    "APP_FINETUNE_MAX_LR",
+    "APP_FINETUNE_MAX_RANK",
+    "APP_FINETUNE_MAX_SAMPLES",
+    "APP_FINETUNE_MAX_TOKENS",
+    "APP_FINETUNE_MIN_TOKENS",
+    "APP_MAP_MAX_PERSONAS",
+    "APP_MAP_MAX_TOKENS",
+    "APP_SCREENING_MAX_FILTER_CHARS",
+    "APP_SCREENING_MAX_OWN_TOKENS",
+    "APP_SCREENING_MAX_SAMPLES_OWN",
+    "APP_SCREENING_MAX_SAMPLES_RAW",
+    "APP_SCREENING_MAX_VECTORS",
+    "APP_SHIFT_MAX_QUESTIONS",
+    "APP_SHIFT_MAX_TOKENS",
+    "APP_SHIFT_MAX_VECTORS",
+    "APP_SWEEP_MAX_ANSWERS",
+    "APP_SWEEP_MAX_LAYERS",
+    "APP_SWEEP_MAX_PROMPTS",
+    "APP_SWEEP_MAX_STRENGTHS",
+    "APP_SWEEP_MAX_TOKENS",
     "DEFAULT_LIMITS",
+    "MAX_ADAPTER_BYTES",
+    "MAX_ADAPTER_JSON_BYTES",
     "MAX_BATCH_SIZE",
+    "MAX_CONVERSATION_BYTES",
+    "MAX_CONVERSATION_CHARS",
+    "MAX_CONVERSATION_MESSAGES",
+    "MAX_DATA_BYTES",
+    "MAX_DATA_LINE_BYTES",
+    "MAX_DATA_ROWS",
+    "MAX_FINETUNE_BATCH",
+    "MAX_FINETUNE_CONTEXT_CHARS",
+    "MAX_FINETUNE_EPOCHS",
+    "MAX_FINETUNE_LR",
+    "MAX_FINETUNE_RANK",
+    "MAX_FINETUNE_SAMPLES",
+    "MAX_FINETUNE_TOKENS",
+    "MAX_MESSAGE_CHARS",
     "MAX_PERSONA_FILE_BYTES",
     "MAX_PERSONA_PAIRS",
     "MAX_PERSONA_QUESTIONS",
+    "MAX_REPLAY_TURNS",
+    "MAX_RESPONSE_TOKENS",
     "MAX_SAMPLES",
+    "MAX_SAMPLE_CHARS",
+    "MAX_SAMPLE_MESSAGES",
     "MAX_SEED",
+    "MAX_SHIFT_QUESTIONS",
+    "MAX_SHIFT_QUESTIONS_BYTES",
+    "MAX_SHIFT_QUESTION_CHARS",
+    "MAX_SWEEP_GRID_AXIS",
+    "MAX_SWEEP_PROMPTS",
+    "MAX_SWEEP_PROMPTS_FILE_BYTES",
+    "MAX_SWEEP_PROMPT_CHARS",
+    "MAX_SWEEP_ROWS",
+    "MAX_WINDOW_TOKENS",
+    "MIN_WINDOW_TOKENS",
     "PROMPT_TOKENS_SETTING",
     "Limits",
+    "check_bool",
     "check_finite",
     "check_int",
+    "check_int_in",
     "check_layer",
+    "check_learning_rate",
+    "check_lines",
     "check_max_new_tokens",
     "check_prompt_tokens",
     "check_seed",
@@ -57,6 +114,46 @@ MAX_PERSONA_PAIRS = 200
 MAX_PERSONA_QUESTIONS = 2000
 # The shipped ones are under 20 KB; 1 MiB holds the limits above many times over.
 MAX_PERSONA_FILE_BYTES = 1024 * 1024
+# Training data files (training.samples), for screening and fine-tuning: bounds for hostile files.
+MAX_DATA_BYTES = 256 * 1024 * 1024  # a whole data file; the app passes its upload limit
+MAX_DATA_LINE_BYTES = 1024 * 1024  # one JSONL line or one physical CSV line
+MAX_DATA_ROWS = 200_000  # samples read from one file; the rest is reported and left unread
+MAX_SAMPLE_CHARS = 20_000  # system + prompt turns + response of one sample
+MAX_SAMPLE_MESSAGES = 64  # turns of one chat sample
+MAX_RESPONSE_TOKENS = 1024  # a sample's response, in tokens (screening)
+# One fine-tuning run (training.finetune, the finetune command; the Train tab allows less).
+MAX_FINETUNE_EPOCHS = 20
+MAX_FINETUNE_RANK = 256
+MAX_FINETUNE_TOKENS = 2048  # tokens per sample
+MAX_FINETUNE_BATCH = 256
+MAX_FINETUNE_LR = 1.0
+MAX_FINETUNE_SAMPLES = 100_000  # samples of one data file
+MAX_FINETUNE_CONTEXT_CHARS = 20_000  # the inoculation context
+# A saved LoRA adapter folder (hostile input): its JSON files (losses inside) and its weights.
+MAX_ADAPTER_JSON_BYTES = 4 * 1024 * 1024
+MAX_ADAPTER_BYTES = 2 * 1024**3  # rank 256 on every projection of a 1B model is ~1 GB
+# Evaluation questions of a persona shift (training.shift): a file or a list.
+MAX_SHIFT_QUESTIONS = 64
+MAX_SHIFT_QUESTION_CHARS = 2000
+MAX_SHIFT_QUESTIONS_BYTES = 256 * 1024
+# The web app's Screen data tab: one screening run. Generating the model's own answers is ~8x
+# slower than reading, so a run with them scores fewer samples.
+APP_SCREENING_MAX_VECTORS = 4
+APP_SCREENING_MAX_OWN_TOKENS = 128
+APP_SCREENING_MAX_SAMPLES_OWN = 200
+APP_SCREENING_MAX_SAMPLES_RAW = 2000
+APP_SCREENING_MAX_FILTER_CHARS = 200
+# The web app's Train tab: one training run and one shift measurement (the command line
+# allows more: MAX_FINETUNE_*, MAX_SHIFT_*).
+APP_FINETUNE_MAX_SAMPLES = 64
+APP_FINETUNE_MAX_EPOCHS = 4
+APP_FINETUNE_MAX_RANK = 32
+APP_FINETUNE_MAX_TOKENS = 256
+APP_FINETUNE_MIN_TOKENS = 64  # the chat template alone takes about 30 tokens of the embedded model
+APP_FINETUNE_MAX_LR = 1e-2
+APP_SHIFT_MAX_VECTORS = 4
+APP_SHIFT_MAX_QUESTIONS = 16
+APP_SHIFT_MAX_TOKENS = 96
 # The variable that sets ``Limits.max_prompt_tokens``, named in the message that enforces it.
 PROMPT_TOKENS_SETTING = "PERSONA_EXPLORER_MAX_PROMPT_TOKENS"
 # Hard ceilings of the limits themselves: a setting beyond these is a typo, not a deployment.
@@ -80,6 +177,56 @@ _CEILINGS: dict[str, tuple[float, float]] = {
     "job_timeout_s": (1, 86_400),
     "max_heatmap_vectors": (2, 200),
 }
+
+# Vectors from example texts: a shipped file is about 20 kB; these leave room for far larger sets
+# and still bound the work (every pair costs two teacher-forced rows).
+MAX_EXAMPLE_FILE_BYTES = 2 * 1024 * 1024
+MAX_EXAMPLE_PAIRS = 500
+
+# A vector's name and description, as a user types them (library, uploads, extraction).
+MAX_NAME_CHARS = 80
+MAX_DESCRIPTION_CHARS = 500
+
+# Compare: personas (or layers, or strengths) beside the baseline in one batch.
+MAX_COMPARE_ROWS = 3
+
+# Conversations to replay or chat on (axis.conversation): uploads are hostile. The largest
+# shipped transcript is ~100 KB with 46 messages of at most ~7,000 characters; the caps hold
+# several of those, and bound what one upload can make the server tokenize.
+MAX_CONVERSATION_BYTES = 2 * 1024 * 1024
+MAX_CONVERSATION_MESSAGES = 400
+MAX_MESSAGE_CHARS = 50_000
+MAX_CONVERSATION_CHARS = 1_000_000
+# The window a conversation is read through (axis.windows), in tokens.
+MIN_WINDOW_TOKENS = 128
+MAX_WINDOW_TOKENS = 32_768
+# Assistant turns one replay measures (the first ones; the result says when more were left).
+# Every turn past the window costs one pass over up to the whole window: the therapy transcript
+# (15 turns) reads 23.6k tokens in 13 passes at 2,048 tokens, the longest shipped one (31 turns)
+# 42k. 40 turns bound one request to about twice that; the app's job time limit still applies.
+MAX_REPLAY_TURNS = 40
+
+# A layer x strength sweep (evaluate.sweep, the sweep command; the Sweep tab allows less).
+MAX_SWEEP_PROMPTS = 256
+MAX_SWEEP_PROMPT_CHARS = 2000
+MAX_SWEEP_PROMPTS_FILE_BYTES = 1 << 20
+MAX_SWEEP_GRID_AXIS = 32  # layers or strengths in one sweep
+MAX_SWEEP_ROWS = 4096  # prompts x (layers x non-zero strengths + 1)
+
+# The web app's Sweep tab (and the sweep after an extraction): one sweep.
+APP_SWEEP_MAX_PROMPTS = 12
+APP_SWEEP_MAX_LAYERS = 6
+APP_SWEEP_MAX_STRENGTHS = 8
+APP_SWEEP_MAX_TOKENS = 96
+APP_SWEEP_MAX_ANSWERS = 300  # prompts x (layers x non-zero strengths + 1): ~5 min on a small CPU
+# The web app's Drift tab: persona vectors projected at once (more lines tangle the plot), and
+# conversations one replay request runs (each read now takes up to a few minutes on a CPU).
+APP_DRIFT_MAX_PROJECTED = 4
+APP_DRIFT_MAX_REPLAYS = 4
+# The web app's Persona space tab: arrows on one map (more tangle it), and the placed answer's
+# length (a short answer places well; the map is not for reading long ones).
+APP_MAP_MAX_PERSONAS = 6
+APP_MAP_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -238,6 +385,33 @@ def check_seed(value: Any) -> int:
     return check_int(value, "Seed", 0, MAX_SEED)
 
 
+def check_bool(value: Any, what: str) -> bool:
+    """A checkbox's value: true or false, nothing else (an API caller may send anything)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{what} must be true or false.")
+    return value
+
+
+def check_int_in(value: Any, what: str, low: int, high: int, *, where: str = "here") -> int:
+    """:func:`check_int` for a form whose range is tighter than the command line's, worded with
+    the range and where it holds: "Epochs must be a whole number from 1 to 4 here (got 5)."."""
+    try:
+        return check_int(value, what, low, high)
+    except InputError:
+        raise InputError(
+            f"{what} must be a whole number from {low:,} to {high:,} {where} "
+            f"(got {str(value)[:20]})."
+        ) from None
+
+
+def check_learning_rate(value: Any, high: float) -> float:
+    """A learning rate above 0 and at most ``high``."""
+    lr = check_finite(value, "Learning rate")
+    if not 0.0 < lr <= high:
+        raise InputError(f"Learning rate must be above 0 and at most {high:g}, not {lr:g}.")
+    return lr
+
+
 def check_prompt_tokens(
     n_tokens: int,
     max_new_tokens: int,
@@ -286,3 +460,21 @@ def check_text(value: Any, what: str, max_chars: int, *, required: bool) -> str:
             "Shorten it and try again."
         )
     return text.strip()
+
+
+def check_lines(
+    value: Any, noun: str, most: int, max_chars: int, *, holder: str, first: str | None = None
+) -> tuple[str, ...]:
+    """A field of one ``noun`` per line (prompts, questions): its non-empty lines, stripped, 1 to
+    ``most`` of them, each of at most ``max_chars`` characters. The whole field is bounded
+    before it is split (a script may send megabytes). ``holder`` names what takes them ("a
+    sweep"); ``first`` the item in the message for an empty field (default ``noun``)."""
+    body = check_text(value, f"{noun} list", most * max_chars, required=False)
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"Write at least one {first or noun} (one per line).")
+    if len(lines) > most:
+        raise InputError(f"{len(lines)} {noun}s: {holder} here takes at most {most}.")
+    for i, line in enumerate(lines, start=1):
+        check_text(line, f"{noun} {i}", max_chars, required=True)
+    return tuple(lines)

@@ -10,11 +10,10 @@ import re
 import unicodedata
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 
-__all__ = ["MAX_DESCRIPTION_CHARS", "MAX_NAME_CHARS", "clean_description", "clean_name", "slugify"]
+__all__ = ["clean_description", "clean_name", "slugify"]
 
-MAX_NAME_CHARS = 80
-MAX_DESCRIPTION_CHARS = 500
 MAX_SLUG_CHARS = 64
 
 # Cc: control characters; Cf: format characters, which include every bidi override/isolate/mark

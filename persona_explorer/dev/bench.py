@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
+from persona_explorer.core.config import load_settings
 from persona_explorer.dev import bench_llama
+from persona_explorer.dev.measure import PROMPT, read_bandwidth_gbs
 from persona_explorer.engine import decoder_for
 from persona_explorer.engine.model import LoadedModel, hf_source, load_model
 from persona_explorer.personas.data import load_builtin
@@ -37,20 +39,6 @@ from persona_explorer.personas.definitions import PersonaDefinition
 from persona_explorer.personas.extract import ExtractionConfig, extract_persona
 from persona_explorer.steering.generation import SamplingConfig, generate, left_pad
 from persona_explorer.steering.ops import add_plan
-
-PROMPT = "What do you think makes a good friend?"
-
-
-def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
-    """Best-of-N sequential read bandwidth (GB/s) over a buffer far larger than any cache."""
-    buf = torch.ones(megabytes * 1024 * 1024 // 4)
-    buf.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - t)
-    return buf.numel() * 4 / best / 1e9
 
 
 def weight_bytes_per_step(model: LoadedModel) -> int:
@@ -87,7 +75,7 @@ def bench_side_by_side(model: LoadedModel, vector: torch.Tensor, layer: int, tok
     ours = _timed(lambda: generate(model, [ids, ids], plans, cfg))
 
     # The persona_vectors way, on a plain (unbridged) HF model as their code uses it.
-    source, local_only = hf_source(model.model_id)
+    source, local_only = hf_source(model.model_id, cache_dir=load_settings().cache_dir)
     hf = AutoModelForCausalLM.from_pretrained(
         source, dtype=model.dtype, local_files_only=local_only
     ).eval()
@@ -195,7 +183,7 @@ def bench_extraction(model: LoadedModel, persona: PersonaDefinition, quick: bool
 
 
 def run(quick: bool = False, model: LoadedModel | None = None, rounds: int = 3) -> dict:
-    model = model or load_model()
+    model = model or load_model(settings=load_settings())
     torch.manual_seed(0)
     persona = load_builtin("evil")
     tokens = 16 if quick else 64
@@ -258,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, settings=load_settings())
     report = run(quick=args.quick, model=model, rounds=args.rounds)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -562,7 +562,7 @@ def format_comparison(c: Mapping[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Only the llama.cpp comparison, on the embedded model."""
-    from persona_explorer.dev.bench import PROMPT, read_bandwidth_gbs
+    from persona_explorer.dev.measure import PROMPT, read_bandwidth_gbs
     from persona_explorer.engine.model import load_model
 
     parser = argparse.ArgumentParser(prog="bench_llama", description=__doc__)
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.tokens < 3:
         parser.error("--rounds must be >= 1 and --tokens >= 3")
-    model = load_model(device="cpu")
+    model = load_model(device="cpu", settings=load_settings())
     torch.manual_seed(0)
     layer = model.n_layers // 2
     vector = torch.randn(model.n_layers, model.d_model) * 2.0

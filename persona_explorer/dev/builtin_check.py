@@ -43,16 +43,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from persona_explorer.core.config import load_settings
 from persona_explorer.engine.model import LoadedModel
-from persona_explorer.evaluate.sweep import (
+from persona_explorer.evaluate.sweep import run_sweep
+from persona_explorer.evaluate.sweep_config import (
     SELECT_PROMPTS,
-    Cell,
     Criteria,
     SweepConfig,
+    read_prompts,
+)
+from persona_explorer.evaluate.sweep_result import (
+    Cell,
     SweepResult,
     qualifies,
-    read_prompts,
-    run_sweep,
     with_recommendation,
 )
 from persona_explorer.personas.builtin import BUILTIN, builtin_dir
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
-    model = load_model()
+    model = load_model(settings=load_settings())
     reports = []
     for spec in BUILTIN:
         if args.only and spec.name not in args.only:

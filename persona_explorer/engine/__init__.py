@@ -18,12 +18,18 @@ callers pass in.
 * :mod:`.compact` — the compact copies of the weights a decoding step reads (the model's GGUF
   blocks, or 16-bit copies), each checked to decode to exactly the model's fp32 weights.
 * :mod:`.cache` — :func:`decoder_for`, the one decoder of each model, and :func:`build_decoder`.
+* :mod:`.model` — the one owner of the model: loading (the embedded GGUF dequantized once into
+  the cache), the chat template, :class:`~.model.LoadedModel` and the
+  :class:`~.model.DecoderSwitches` it carries (from the caller's settings).
+* :mod:`.gguf_blocks` — the embedded GGUF's Q4_1/Q8_0 blocks by HF name, stored beside its
+  weights.
+* :mod:`.identity` — a model's identity and a fingerprint of its weights, for keying stored work
+  (replays, sweep checkpoints).
 
-Imports: torch (and transformers inside the HF session), :mod:`..model` for the
-:class:`~persona_explorer.engine.model.LoadedModel` type (its ``quantized`` blocks come from
-:mod:`..gguf_blocks`), :mod:`..config` for the ``fast_decoder`` and
-``decode_kernel`` switches. Never steering, generation, the UI or the CLI: they import the
-engine. ``model`` does not import the engine either (a test checks it).
+Imports: torch (and transformers, TransformerLens, gguf inside functions) and ``core``. Never
+steering, generation, the UI or the CLI: they import the engine. ``model`` does not import the
+decoders (a test checks it), and nothing here reads the environment: the decoder switches come
+with the model, or from the caller.
 
 The residual callback ``resid_fn(layer, h)`` gets ``h`` [batch, seq, d_model] and returns the
 tensor to continue with. ``layer == EMBED_LAYER`` (-1) is the embedding output (the input of

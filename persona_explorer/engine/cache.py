@@ -7,7 +7,6 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from persona_explorer.core.config import load_settings
 from persona_explorer.engine.base import Decoder
 from persona_explorer.engine.fast_llama import FastLlamaDecoder, fast_path_problem
 from persona_explorer.engine.hf import HFDecoder
@@ -43,10 +42,11 @@ def decoder_for(
 ) -> Decoder:
     """The decoder serving ``model``, built once (concurrent first calls build it once).
 
-    A switch left as None comes from the settings (``fast_decoder``, ``decode_kernel``), read
-    when the decoder is built. Given explicitly (tests, the bench), a switch that differs from
-    the one the cached decoder was built with replaces it for every later caller; sessions
-    already open keep the decoder they started with.
+    A switch left as None comes from the model's :class:`~.model.DecoderSwitches` (the
+    ``fast_decoder`` and ``decode_kernel`` settings of whoever loaded it), read when the decoder
+    is built; nothing here reads the environment. Given explicitly (the app's settings, tests,
+    the bench), a switch that differs from the one the cached decoder was built with replaces
+    it for every later caller; sessions already open keep the decoder they started with.
     """
     with _LOCK:
         built = _DECODERS.get(model)
@@ -56,10 +56,9 @@ def decoder_for(
             and use_kernel in (None, built.use_kernel)
         ):
             return built.decoder
-        if prefer_fast is None or use_kernel is None:
-            settings = load_settings()
-            prefer_fast = settings.fast_decoder if prefer_fast is None else prefer_fast
-            use_kernel = settings.decode_kernel if use_kernel is None else use_kernel
+        switches = model.decoder_switches
+        prefer_fast = switches.fast if prefer_fast is None else prefer_fast
+        use_kernel = switches.kernel if use_kernel is None else use_kernel
         decoder = build_decoder(model, prefer_fast=prefer_fast, use_kernel=use_kernel)
         _DECODERS[model] = _Built(decoder, prefer_fast, use_kernel)
         return decoder

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from persona_explorer.engine.kernels import Format, Matrix, dequantize, plain, repack
+from persona_explorer.engine.kernels import Matrix, WeightFormat, dequantize, plain, repack
 
 if TYPE_CHECKING:
     from persona_explorer.engine.model import LoadedModel
@@ -45,7 +45,7 @@ def gguf_blocks(model: LoadedModel) -> dict[str, Matrix]:
     mats: dict[int, Matrix] = {}  # a tied head shares the embedding's repacked copy
     for q in model.quantized.values():
         if id(q) not in mats:
-            mats[id(q)] = repack(Matrix(q.data, Format[q.kind], q.in_features))
+            mats[id(q)] = repack(Matrix(q.data, WeightFormat[q.kind], q.in_features))
     return {name: mats[id(q)] for name, q in model.quantized.items()}
 
 
@@ -53,10 +53,12 @@ def _half_copy(weight: torch.Tensor) -> Matrix | None:
     """A 16-bit copy holding exactly ``weight``'s values, if there is one."""
     bits = weight.view(torch.int32)
     if not bool((bits & 0xFFFF).any()):
-        return Matrix(weight.to(torch.bfloat16).view(torch.int16), Format.BF16, weight.shape[1])
+        return Matrix(
+            weight.to(torch.bfloat16).view(torch.int16), WeightFormat.BF16, weight.shape[1]
+        )
     half = weight.to(torch.float16)
     if torch.equal(half.float(), weight):
-        return Matrix(half.view(torch.int16), Format.F16, weight.shape[1])
+        return Matrix(half.view(torch.int16), WeightFormat.F16, weight.shape[1])
     return None
 
 

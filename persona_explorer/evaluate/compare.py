@@ -28,8 +28,11 @@ For comparison, every row also carries the baseline's projections onto *its* vec
 read-out layer): ``baseline_layer_projection`` and ``baseline_token_projection``. The baseline row
 itself is projected onto the first steered row's vector at that row's read-out layer.
 
-Strength 0 adds nothing (:mod:`.steering` skips the edit), and generation is row-invariant, so a
+Strength 0 adds nothing (``steering.ops`` skips the edit), and generation is row-invariant, so a
 zero-strength row is bit-identical to the baseline: same tokens, same projections, zero injected.
+
+Imports: torch, ``core``, ``engine.model``, ``steering`` (generation, operations, projections)
+and ``vectors``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import check_finite, check_layer
+from persona_explorer.core.limits import MAX_COMPARE_ROWS, check_finite, check_layer
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.generation import (
     GenerationResult,
@@ -58,7 +61,6 @@ from persona_explorer.steering.projection import layer_projections, token_projec
 from persona_explorer.vectors.persona_vector import PersonaVector, check_fits
 
 __all__ = [
-    "MAX_COMPARE_ROWS",
     "CompareRequest",
     "RowOutput",
     "SteerOutput",
@@ -72,8 +74,6 @@ __all__ = [
     "steer",
     "steer_stream",
 ]
-
-MAX_COMPARE_ROWS = 3  # steered rows of one CompareRequest, beside the baseline
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,7 @@ def _generate(
     ids = model.chat_ids(req.prompt, system=req.system or None)
     plans: list[RowPlan] = [()]
     plans += [add_plan(r.vector.vectors, r.layers, r.strength, req.positions) for r in rows]
-    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop):
+    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop=should_stop):
         if update.result is None:
             yield update.texts, None
         else:

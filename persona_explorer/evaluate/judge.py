@@ -25,7 +25,7 @@ PERSONA_EXPLORER_JUDGE_TIMEOUT_S       seconds one request may take             
 PERSONA_EXPLORER_JUDGE_CONCURRENCY     requests in flight at once                      4
 =====================================  ==============================================  =======
 
-Imports: :mod:`.errors` and :mod:`.limits` only, plus ``httpx`` (no torch).
+Imports: ``core.errors`` and ``core.limits`` only, plus ``httpx`` (no torch).
 """
 
 from __future__ import annotations

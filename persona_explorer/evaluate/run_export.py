@@ -44,6 +44,8 @@ commas, quotes or line breaks):
 cell). A text cell (``label``, ``token``) starting with ``=``, ``+``, ``-``, ``@``, a tab or a
 carriage return gets a leading ``'``, so a spreadsheet shows it as text instead of running it
 as a formula (CSV injection).
+
+Imports: the standard library; :mod:`.compare` for types only.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from persona_explorer.core.config import Settings, load_settings
 from persona_explorer.vectors.files import load, save
 from persona_explorer.vectors.persona_vector import PersonaVector
 
@@ -53,11 +54,10 @@ BUILTIN: tuple[BuiltinSpec, ...] = (
 )
 
 
-def builtin_dir() -> Path:
-    """``$PERSONA_EXPLORER_BUILTIN_VECTORS``, or ``assets/vectors``."""
-    from persona_explorer.core.config import load_settings
-
-    return load_settings().builtin_vectors_dir
+def builtin_dir(settings: Settings | None = None) -> Path:
+    """The ``builtin_vectors_dir`` setting (``$PERSONA_EXPLORER_BUILTIN_VECTORS``, read by the
+    caller), or the shipped ``assets/vectors`` without one."""
+    return (settings if settings is not None else Settings()).builtin_vectors_dir
 
 
 def builtin_vector_paths(directory: Path | None = None) -> list[Path]:
@@ -80,10 +80,13 @@ def build(
     out_dir: Path | None = None,
     questions: int = 10,
     max_new_tokens: int = 48,
+    *,
     retag_only: bool = False,
     variants_dir: Path | None = None,
+    settings: Settings | None = None,
 ) -> list[Path]:
-    out_dir = out_dir or builtin_dir()
+    settings = settings if settings is not None else Settings()
+    out_dir = out_dir or builtin_dir(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = [s for s in BUILTIN if names is None or s.name in names]
     written = []
@@ -97,12 +100,16 @@ def build(
     from persona_explorer.personas.data import load_builtin
     from persona_explorer.personas.extract import ExtractionConfig, extract_persona
 
-    model = load_model()
+    model = load_model(settings=settings)
     for spec in specs:
         if spec.method == "examples":
             written.append(_build_from_examples(model, spec, out_dir))
             continue
-        persona = load_builtin(spec.name, kind=spec.kind)  # type: ignore[arg-type]
+        persona = load_builtin(
+            spec.name,
+            kind=spec.kind,  # type: ignore[arg-type]
+            data_dir=settings.persona_data_dir,
+        )
         cfg = ExtractionConfig(
             variant=spec.variant,  # type: ignore[arg-type]
             n_questions=questions,
@@ -156,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     paths = build(
-        args.only, args.out, args.questions, args.max_new_tokens, args.retag, args.all_variants
+        args.only,
+        args.out,
+        args.questions,
+        args.max_new_tokens,
+        retag_only=args.retag,
+        variants_dir=args.all_variants,
+        settings=load_settings(),
     )
     for path in paths:
         print(path)

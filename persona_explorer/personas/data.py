@@ -1,10 +1,10 @@
 """The shipped trait and role definitions: where they are, which there are, loading one.
 
 The data is the assistant-axis / persona_vectors JSON vendored in ``assets/personas`` (or the
-folder ``$PERSONA_EXPLORER_PERSONA_DATA`` points at); :mod:`.personas` reads and validates each
-file.
+folder the ``persona_data_dir`` setting, ``$PERSONA_EXPLORER_PERSONA_DATA``, points at: the
+caller passes it as ``data_dir``); :mod:`.definitions` reads and validates each file.
 
-Imports: :mod:`.personas`, :mod:`.config` (lazily, for the data folder setting).
+Imports: :mod:`.definitions` only.
 """
 
 from __future__ import annotations
@@ -40,18 +40,16 @@ def _as_data_dir(candidate: Path) -> Path | None:
     return None
 
 
-def shared_data_dir() -> Path | None:
+def shared_data_dir(configured: Path | None = None) -> Path | None:
     """The directory holding ``traits/instructions`` and ``roles/instructions``, or None.
 
-    Looked up in order: ``$PERSONA_EXPLORER_PERSONA_DATA``, ``<repo>/assets/personas``,
-    ``<repo>/../shared/data/assistant-axis/data``. Each may also point one level up (at a
-    folder whose ``data/`` holds them). A set but unusable environment variable is skipped.
+    Looked up in order: ``configured`` (the ``persona_data_dir`` setting), ``<repo>/assets/
+    personas``, ``<repo>/../shared/data/assistant-axis/data``. Each may also point one level up
+    (at a folder whose ``data/`` holds them). A configured folder that is unusable is skipped.
     """
-    from persona_explorer.core.config import load_settings
-
     root = _repo_root()
-    # The setting is $PERSONA_EXPLORER_PERSONA_DATA, or assets/personas when it is unset.
-    candidates = [load_settings().persona_data_dir, root / "assets" / "personas"]
+    candidates = [configured] if configured is not None else []
+    candidates.append(root / "assets" / "personas")
     candidates.append(root.parent / "shared" / "data" / "assistant-axis" / "data")
     for c in candidates:
         found = _as_data_dir(c)
@@ -66,14 +64,16 @@ def _check_kind(kind: object) -> str:
     return _BUILTIN_SUBDIR[str(kind)]
 
 
-def list_builtin(kind: BuiltinKind = "trait", *, include_default: bool = False) -> list[str]:
+def list_builtin(
+    kind: BuiltinKind = "trait", *, include_default: bool = False, data_dir: Path | None = None
+) -> list[str]:
     """Sorted names of the shipped traits or roles ([] when no data directory is found).
 
     The ``default`` role (the Assistant itself) is left out unless ``include_default``: as a
     persona it would be contrasted with itself.
     """
     sub = _check_kind(kind)
-    base = shared_data_dir()
+    base = shared_data_dir(data_dir)
     if base is None:
         return []
     folder = base / sub / "instructions"
@@ -85,13 +85,16 @@ def list_builtin(kind: BuiltinKind = "trait", *, include_default: bool = False) 
     return names
 
 
-def load_builtin(name: str, kind: BuiltinKind = "trait") -> PersonaDefinition:
-    """Load a shipped trait or role by name (e.g. ``"evil"``, or ``"pirate"`` as a role)."""
+def load_builtin(
+    name: str, kind: BuiltinKind = "trait", *, data_dir: Path | None = None
+) -> PersonaDefinition:
+    """Load a shipped trait or role by name (e.g. ``"evil"``, or ``"pirate"`` as a role), from
+    ``data_dir`` (the ``persona_data_dir`` setting) or the shipped data."""
     sub = _check_kind(kind)
     # Names may come from the UI: never let them walk out of the data directory.
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
         raise PersonaError(f"invalid {kind} name {name!r}: use letters, digits, '_' and '-' only")
-    base = shared_data_dir()
+    base = shared_data_dir(data_dir)
     if base is None:
         raise PersonaError(
             "no built-in persona data found: set "
@@ -100,7 +103,7 @@ def load_builtin(name: str, kind: BuiltinKind = "trait") -> PersonaDefinition:
         )
     path = base / sub / "instructions" / f"{name}.json"
     if not path.is_file():
-        known = list_builtin(kind, include_default=True)
+        known = list_builtin(kind, include_default=True, data_dir=data_dir)
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise PersonaError(f"unknown {kind} {name!r} in {base / sub}{hint}")

@@ -33,14 +33,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.fileio import DataFormat
 from persona_explorer.core.limits import (
     DEFAULT_LIMITS,
     MAX_BATCH_SIZE,
+    MAX_EXAMPLE_FILE_BYTES,
+    MAX_EXAMPLE_PAIRS,
     check_int,
     check_prompt_tokens,
 )
@@ -54,14 +57,11 @@ from persona_explorer.personas.extract import (
     suggest_layer,
 )
 from persona_explorer.steering.forced import ForcedRow, chat_row, forced_pass
-from persona_explorer.steering.projection import layer_projections
 from persona_explorer.vectors.persona_vector import PersonaVector
 
 __all__ = [
     "FIELDS",
     "MAX_EXAMPLE_CHARS",
-    "MAX_EXAMPLE_FILE_BYTES",
-    "MAX_EXAMPLE_PAIRS",
     "ExamplePair",
     "ExampleSet",
     "ExamplesResult",
@@ -70,21 +70,16 @@ __all__ = [
     "examples_dir",
     "extract_from_examples",
     "pair_activations",
-    "paired_separation",
     "parse_examples",
     "read_examples",
 ]
 
 FIELDS = ("question", "trait", "neutral")
-# A shipped file is about 20 kB; these leave room for far larger sets and still bound the work
-# (every pair costs two teacher-forced rows).
-MAX_EXAMPLE_FILE_BYTES = 2 * 1024 * 1024
-MAX_EXAMPLE_PAIRS = 500
 MAX_EXAMPLE_CHARS = DEFAULT_LIMITS.max_prompt_chars
-# Problems kept for the report; a file of a million bad lines should not make a million messages.
-MAX_PROBLEMS = 50
+# Problems kept for the report (an implementation cap, not a limit on input): a file of a
+# million bad lines should not make a million messages.
+_PROBLEMS_KEPT = 50
 
-Format = Literal["jsonl", "csv"]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
@@ -109,9 +104,9 @@ class ExampleSet:
 
     name: str  # the file's stem, or "inline"
     pairs: tuple[ExamplePair, ...]
-    # (line number, message) for each skipped line, at most MAX_PROBLEMS of them
+    # (line number, message) for each skipped line, at most _PROBLEMS_KEPT of them
     problems: list[tuple[int, str]] = field(default_factory=list)
-    skipped: int = 0  # skipped lines in all, including those beyond MAX_PROBLEMS
+    skipped: int = 0  # skipped lines in all, including those beyond _PROBLEMS_KEPT
     source: str = "inline"  # the file name (no directories), for a vector's metadata
 
 
@@ -164,7 +159,7 @@ class _Collector:
     def add(self, line_no: int, pair: ExamplePair | None, problem: str | None) -> None:
         if pair is None:
             self.skipped += 1
-            if len(self.problems) < MAX_PROBLEMS:
+            if len(self.problems) < _PROBLEMS_KEPT:
                 self.problems.append((line_no, problem or "unusable"))
             return
         if len(self.pairs) >= self.max_pairs:
@@ -224,7 +219,7 @@ def _parse_csv(text: str, out: _Collector) -> None:
 
 def parse_examples(
     text: str,
-    fmt: Format = "jsonl",
+    fmt: DataFormat = "jsonl",
     *,
     name: str = "inline",
     max_pairs: int = MAX_EXAMPLE_PAIRS,
@@ -250,7 +245,7 @@ def parse_examples(
     return ExampleSet(name, tuple(out.pairs), out.problems, out.skipped)
 
 
-def _sniff_format(path: Path, text: str) -> Format:
+def _sniff_format(path: Path, text: str) -> DataFormat:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
@@ -318,21 +313,6 @@ def builtin_examples(name: str) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
-
-
-def paired_separation(
-    trait_acts: torch.Tensor, neutral_acts: torch.Tensor, vectors: torch.Tensor, layer: int
-) -> float:
-    """The share of pairs whose trait answer projects higher onto ``vectors[layer]`` than its
-    neutral answer (``*_acts`` [n_pairs, n_layers, d_model], row i of each is pair i).
-
-    0.5 is chance; a held-out share near 1 says the direction tells the two voices apart on
-    texts it was not built from."""
-    if trait_acts.shape != neutral_acts.shape or trait_acts.shape[0] == 0:
-        raise ValueError("trait and neutral activations must be non-empty and of one shape")
-    trait = layer_projections(trait_acts[:, layer : layer + 1], vectors[layer : layer + 1])
-    neutral = layer_projections(neutral_acts[:, layer : layer + 1], vectors[layer : layer + 1])
-    return float((trait > neutral).float().mean())
 
 
 def _rows(

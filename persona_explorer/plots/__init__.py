@@ -16,10 +16,12 @@ passes numbers and labels and shows what comes back. One module per kind of figu
 * :mod:`.screening` — training samples' score histograms and the inoculation overlay;
 * :mod:`.sweep` — a layer x strength sweep's heat maps (trait rise, coherence).
 
-The last five are imported from their modules directly (``from ..plots.drift import ...``).
+The last five are imported from their modules directly
+(``from persona_explorer.plots.drift import ...``).
 
-Imports: plotly, the standard library and :mod:`..limits` only: no torch and no gradio, so every
-figure can be built and tested on its own. User text (names, labels, captions) is escaped here.
+Imports: plotly, the standard library and :mod:`persona_explorer.core.limits` only: no torch and
+no gradio, so every figure can be built and tested on its own. User text (names, labels,
+captions) is escaped here.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Figures of the Persona space tab: the map of the role vectors (2-D or 3-D), the variance
 each principal component explains, and how well PC1 matches the Assistant Axis at every layer.
 
-The map's numbers come from :mod:`..persona_space` (coordinates on PC1-PC3, signs chosen so the
-Assistant is on the positive side); these functions only draw them. Roles are coloured by their
-position on the axis, 0 = the roles' mean and 1 = the default Assistant, on the blue-white-red
-scale every figure here uses, so red means "towards the Assistant".
+The map's numbers come from :mod:`persona_explorer.axis.persona_space` (coordinates on PC1-PC3,
+signs chosen so the Assistant is on the positive side); these functions only draw them. Roles are
+coloured by their position on the axis, 0 = the roles' mean and 1 = the default Assistant, on the
+blue-white-red scale every figure here uses, so red means "towards the Assistant".
 """
 
 from __future__ import annotations

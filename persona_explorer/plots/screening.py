@@ -164,6 +164,7 @@ def inoculation_figure(
     after: Mapping[str, Sequence[float]],
     score: str,
     layer: int,
+    *,
     n_layers: int,
 ) -> go.Figure:
     """Per vector, the samples' scores without (blue) and with (vermilion) the context,

@@ -6,11 +6,13 @@ else wrote: the whole text is fed in one prompt pass (prompt and response togeth
 residual of each response position is the one the model would have had, had it produced that
 token itself. Causal attention makes that exact: a position never sees what follows it.
 
-A row is token ids and a span ``[start, end)`` of them (usually the response). :func:`forced_pass`
+A row is token ids and a span ``[start, end)`` of them (usually the response), or several spans
+of the same ids (a replayed conversation reads each assistant turn of one text in one pass:
+causal attention makes each span's residuals those of a pass of its own). :func:`forced_pass`
 runs a batch of rows (left-padded like generation) in chunks of the prompt pass, each chunk under
-the model's compute lock and in inference mode, and returns the mean residual over each row's
-span at every layer, optionally every span token's residual at one layer. Between chunks other
-requests take their turn and ``should_stop`` is honoured, as in generation.
+the model's compute lock and in inference mode, and returns the mean residual over each span at
+every layer, optionally every span token's residual at one layer. Between chunks other requests
+take their turn and ``should_stop`` is honoured, as in generation.
 
 Reading one layer needs only the blocks up to it. With ``last_layer``, a batch that fits in one
 chunk stops right after that block (the residual callback raises, which every decoder allows:
@@ -34,9 +36,11 @@ Steering plans apply as in generation: ``positions="all"`` edits every position;
 ``positions="response"`` edits what generation edits, the last prompt token and every response
 token, i.e. the positions from ``start - 1`` on. A teacher-forced span mean therefore equals the
 response mean generation captures for the same tokens, within float rounding (a test checks it).
+A row's ``steer_from`` moves where response edits begin: 0 edits every position (a replay, where
+none of the text is generated, reads it as the steered model would).
 
-Imports: torch, :mod:`.engine`, :mod:`.generation` (padding and the chunk size), :mod:`.model`,
-:mod:`.steering`, :mod:`.errors`, :mod:`.limits`.
+Imports: torch, the engine (``decoder_for``, the model), :mod:`.generation` (padding and the
+chunk size), :mod:`.ops`, ``core`` (errors, limits).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from persona_explorer.core.limits import check_int, check_layer, check_prompt_to
 from persona_explorer.engine import EMBED_LAYER, decoder_for
 from persona_explorer.engine.model import ChatMessage, LoadedModel
 from persona_explorer.steering.generation import PREFILL_CHUNK, left_pad
-from persona_explorer.steering.ops import LayerEdit, RowPlan, compile_plan
+from persona_explorer.steering.ops import LayerEdit, RowPlan, all_position_edits, compile_plan
 
 __all__ = [
     "ForcedResult",
@@ -64,38 +68,60 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ForcedRow:
-    """Token ids and the span ``[start, end)`` whose residuals are averaged."""
+    """Token ids and the span ``[start, end)`` whose residuals are averaged.
+
+    ``more_spans``: further spans of the same ids, each averaged on its own in the same pass
+    (:class:`ForcedResult` lists a row's spans in the order of :attr:`spans`). ``steer_from``:
+    the first position response edits reach; None: ``start - 1``, what generation edits."""
 
     ids: tuple[int, ...]
     start: int
     end: int
+    more_spans: tuple[tuple[int, int], ...] = ()
+    steer_from: int | None = None
 
     def __post_init__(self) -> None:
         if not self.ids:
             raise InputError("A teacher-forced row needs at least one token.")
-        if not 0 <= self.start <= self.end <= len(self.ids):
-            raise ValueError(f"span [{self.start}, {self.end}) is outside {len(self.ids)} tokens")
+        for lo, hi in self.spans:
+            if not 0 <= lo <= hi <= len(self.ids):
+                raise ValueError(f"span [{lo}, {hi}) is outside {len(self.ids)} tokens")
+        if self.steer_from is not None and not 0 <= self.steer_from <= len(self.ids):
+            raise ValueError(f"steer_from {self.steer_from} is outside {len(self.ids)} tokens")
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """Every span read: ``[start, end)`` first, then :attr:`more_spans`."""
+        return ((self.start, self.end), *self.more_spans)
 
     @property
     def span_length(self) -> int:
         return self.end - self.start
 
+    @property
+    def steer_start(self) -> int:
+        """Where response edits begin (``-1`` for a row with no prompt: every position)."""
+        return self.start - 1 if self.steer_from is None else self.steer_from
+
 
 @dataclass
 class ForcedResult:
-    # [batch, layers, d_model] float32, layers = n_layers or last_layer + 1; zero for an empty span
+    """One entry per span: the rows in order, each row's :attr:`ForcedRow.spans` in order (with
+    one span a row, the usual case, entry ``b`` is row ``b``)."""
+
+    # [spans, layers, d_model] float32, layers = n_layers or last_layer + 1; zero for an empty span
     span_mean: torch.Tensor
-    span_count: torch.Tensor  # [batch] tokens in each span
-    # With token_layer: each row's span residuals at that layer, [span_length, d_model] float32.
+    span_count: torch.Tensor  # [spans] tokens in each span
+    # With token_layer: each span's residuals at that layer, [span_length, d_model] float32.
     span_tokens: list[torch.Tensor] | None
     stopped: bool  # should_stop cut the pass short: the means cover only the chunks that ran
-    # With logprobs: each row's log-probability of every span token given what precedes it,
+    # With logprobs: each span's log-probability of every token given what precedes it,
     # [span_length] float32, under the model as steered by the row's plan.
     span_logprobs: list[torch.Tensor] | None = None
 
     def perplexity(self) -> list[float]:
-        """exp(mean negative log-likelihood) of each row's span (needs ``logprobs``); an empty
-        span has perplexity 1."""
+        """exp(mean negative log-likelihood) of each span (needs ``logprobs``); an empty span
+        has perplexity 1."""
         if self.span_logprobs is None:
             raise ValueError("this pass read no log-probabilities (logprobs=False)")
         return [float(torch.exp(-lp.mean())) if lp.numel() else 1.0 for lp in self.span_logprobs]
@@ -121,17 +147,12 @@ def chat_row(
     return ForcedRow(ids=tuple(head + tail), start=len(head), end=len(head) + len(tail))
 
 
-def _all_position_part(edit: LayerEdit) -> LayerEdit:
-    """What of ``edit`` applies to positions before the response (``positions="all"`` only)."""
-    return LayerEdit(add_all=edit.add_all, caps=[c for c in edit.caps if not c.response_only])
-
-
 class _Enough(Exception):
     """Raised by the reader after the last layer it needs, to end a one-chunk pass early."""
 
 
 class _SpanReader:
-    """The residual callback: steers, then sums each row's span positions at the layers read."""
+    """The residual callback: steers, then sums each span's positions at the layers read."""
 
     def __init__(
         self,
@@ -142,13 +163,14 @@ class _SpanReader:
         token_layer: int | None,
         n_read: int,
     ) -> None:
-        batch = span_mask.shape[0]
+        batch, spans = span_mask.shape[:2]
         self.edits = edits
-        self.body = {layer: _all_position_part(e) for layer, e in edits.items()}
-        self.span_mask = span_mask.to(model.device, torch.float32)  # [batch, width]
+        self.body = all_position_edits(edits)
+        self.span_mask = span_mask.to(model.device, torch.float32)  # [batch, spans, width]
         self.steer_mask = steer_mask.to(model.device)  # [batch, width] bool
+        self.steer_all = bool(steer_mask.all())  # every position gets the whole edit
         self.n_read = n_read  # layers 0 .. n_read - 1 are summed
-        self.sums = torch.zeros(batch, n_read, model.d_model, device=model.device)
+        self.sums = torch.zeros(batch, spans, n_read, model.d_model, device=model.device)
         self.token_layer = token_layer
         self.token_parts: list[torch.Tensor] = []  # [batch, chunk, d] per chunk, at token_layer
         self.chunk = slice(0, 0)
@@ -162,16 +184,21 @@ class _SpanReader:
         # A shared prefix lies before every steered position (see _shared_prefix).
         if edit is not None and not self.in_prefix:
             # Response edits go where generation puts them: the last prompt token and each
-            # response token; everything else gets the all-position part only.
+            # response token (or from the row's steer_from on); everything else gets the
+            # all-position part only.
             steered = edit.apply(h, prompt_pass=False)
-            body = self.body[layer].apply(h, prompt_pass=False)
-            h = torch.where(self.steer_mask[:, self.chunk, None], steered, body)
+            if self.steer_all:
+                h = steered
+            else:
+                part = self.body.get(layer)
+                body = h if part is None else part.apply(h, prompt_pass=False)
+                h = torch.where(self.steer_mask[:, self.chunk, None], steered, body)
         if layer == EMBED_LAYER:
             return h
-        mask = self.span_mask[:, self.chunk]
+        mask = self.span_mask[:, :, self.chunk]
         if bool(mask.any()):
             # One batched matmul: no [batch, chunk, d] temporary, as (h * mask).sum(1) makes.
-            self.sums[:, layer] += torch.matmul(mask[:, None, :], h.float()).squeeze(1)
+            self.sums[:, :, layer] += torch.matmul(mask, h.float())
         if layer == self.token_layer:
             # The shared prefix runs as one row; every row has the same residuals there.
             self.token_parts.append(h.float().expand(self.sums.shape[0], -1, -1).clone())
@@ -209,7 +236,9 @@ def _shared_prefix(
         e.add_all is not None or any(not c.response_only for c in e.caps) for e in edits.values()
     ):
         return 0
-    limit = min(r.start for r in rows) - (1 if edits or logprobs else 0)
+    limit = min(lo for r in rows for lo, _ in r.spans) - (1 if logprobs else 0)
+    if edits:
+        limit = min(limit, min(r.steer_start for r in rows))
     limit = min(limit, min(len(r.ids) for r in rows) - 1)
     first = rows[0].ids
     n = 0
@@ -236,6 +265,7 @@ def forced_pass(
     model: LoadedModel,
     rows: Sequence[ForcedRow],
     plans: Sequence[RowPlan] | None = None,
+    *,
     token_layer: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     chunk: int | None = None,
@@ -272,7 +302,9 @@ def forced_pass(
     check_prompt_tokens(
         max(len(r.ids) for r in rows), 0, model.context_length, max_tokens, "sample"
     )
-    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
+    edits = compile_plan(
+        plans, model.n_layers, model.d_model, device=model.device, dtype=model.dtype
+    )
     decoder = decoder_for(model)
     shared = (
         _shared_prefix(rows, edits, logprobs) if getattr(decoder, "shares_prefix", False) else 0
@@ -282,11 +314,17 @@ def forced_pass(
     position = torch.arange(width)
     # Every position from the prefix on lies where left padding would put it (see _pad).
     pad = torch.tensor([width - len(r.ids) for r in rows])[:, None]
-    starts = pad + torch.tensor([r.start for r in rows])[:, None]
-    ends = pad + torch.tensor([r.end for r in rows])[:, None]
-    span_mask = (position >= starts) & (position < ends)
+    # Rows with fewer spans than the most get empty ones ([0, 0): nothing is summed there).
+    n_spans = max(len(r.spans) for r in rows)
+    bounds = torch.tensor(
+        [[*r.spans, *[(0, 0)] * (n_spans - len(r.spans))] for r in rows]
+    )  # [batch, spans, 2]
+    starts = pad[:, :, None] + bounds[:, :, :1]
+    ends = pad[:, :, None] + bounds[:, :, 1:]
+    span_mask = (position >= starts) & (position < ends)  # [batch, spans, width]
     # Generation steers the last prompt token with response edits too (see the module doc).
-    steer_mask = position >= (starts - 1).clamp(min=0)
+    steer_from = torch.tensor([r.steer_start for r in rows])[:, None]
+    steer_mask = position >= (pad + steer_from).clamp(min=0)
     reader = _SpanReader(model, edits, span_mask, steer_mask, token_layer, n_read)
     session = decoder.session(ids, mask, 0, row_invariant=False)
     stopped = False
@@ -303,7 +341,9 @@ def forced_pass(
             step = max(1, min(step, LOGIT_BUDGET // (len(rows) * vocab)))
             targets = torch.cat([ids[:, 1:], ids.new_zeros(len(rows), 1)], dim=1)
             # Column c's logits predict column c + 1: count them where c + 1 is in the span.
-            predicts = torch.cat([span_mask[:, 1:], span_mask.new_zeros(len(rows), 1)], dim=1)
+            predicts = torch.cat(
+                [span_mask[:, :, 1:], span_mask.new_zeros(len(rows), n_spans, 1)], dim=2
+            )
             picked = torch.zeros(len(rows), width)
         for begin in range(shared, width, step):
             if begin > shared and should_stop is not None and should_stop():
@@ -321,16 +361,23 @@ def forced_pass(
                     picked[:, begin:end] = _token_logprobs(logits, targets[:, begin:end])
     finally:
         session.close()
+    # Each row's spans, in order: (row, span) pairs into the [batch, spans] grid.
+    kept = [(b, j) for b, r in enumerate(rows) for j in range(len(r.spans))]
     with torch.inference_mode():
         counts = span_mask.sum(-1).to(reader.sums.device, torch.float32)
-        means = reader.sums / counts.clamp(min=1)[:, None, None]
+        means = reader.sums / counts.clamp(min=1)[:, :, None, None]
+        if len(kept) == len(rows) * n_spans:  # every row has every span: no gaps to skip
+            means, counts = means.flatten(0, 1), counts.flatten(0, 1)
+        else:
+            flat = torch.tensor([b * n_spans + j for b, j in kept], device=means.device)
+            means, counts = means.flatten(0, 1)[flat], counts.flatten(0, 1)[flat]
         tokens = None
         if token_layer is not None and not stopped:
             full = torch.cat(reader.token_parts, dim=1)  # [batch, width, d]
-            tokens = [full[b, span_mask[b].to(full.device)].clone() for b in range(len(rows))]
+            tokens = [full[b, span_mask[b, j].to(full.device)].clone() for b, j in kept]
         span_lp = None
         if logprobs and not stopped:
-            span_lp = [picked[b, predicts[b]].clone() for b in range(len(rows))]
+            span_lp = [picked[b, predicts[b, j]].clone() for b, j in kept]
     return ForcedResult(
         span_mean=means,
         span_count=counts,

@@ -14,6 +14,8 @@ The prompt pass runs in chunks of at most :data:`PREFILL_CHUNK` positions, each 
 model's compute lock on its own: between chunks Stop is honoured and other requests take their
 turn, so one long prompt holds the model for one chunk at a time, not for its whole length.
 A prompt of one chunk or less runs exactly as a single pass.
+
+Imports: torch, ``core`` (errors, limits), the engine (``decoder_for``, the model) and :mod:`.ops`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from persona_explorer.core.limits import (
 )
 from persona_explorer.engine import EMBED_LAYER, decoder_for
 from persona_explorer.engine.model import LoadedModel
-from persona_explorer.steering.ops import LayerEdit, RowPlan, compile_plan
+from persona_explorer.steering.ops import LayerEdit, RowPlan, all_position_edits, compile_plan
 
 
 @dataclass(frozen=True)
@@ -159,17 +161,6 @@ def _sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | No
     return idx.gather(-1, (top + noise).argmax(-1, keepdim=True)).squeeze(-1)
 
 
-def _all_position_edits(edits: dict[int, LayerEdit]) -> dict[int, LayerEdit]:
-    """The parts of ``edits`` that apply at every position: what a prompt chunk before the last
-    gets, since response-position edits touch only the prompt's last token."""
-    out: dict[int, LayerEdit] = {}
-    for layer, edit in edits.items():
-        caps = [cap for cap in edit.caps if not cap.response_only]
-        if edit.add_all is not None or caps:
-            out[layer] = LayerEdit(add_all=edit.add_all, caps=caps)
-    return out
-
-
 class _Recorder:
     """The residual callback: applies steering edits, then records activations.
 
@@ -189,7 +180,7 @@ class _Recorder:
     ) -> None:
         n, d, dev = model.n_layers, model.d_model, model.device
         self.edits = edits
-        self.body_edits = _all_position_edits(edits)
+        self.body_edits = all_position_edits(edits)
         self.prompt_mask = prompt_mask.to(dev, torch.float32)  # [batch, seq]
         self.chunk_mask = self.prompt_mask
         self.final_chunk = True
@@ -272,6 +263,7 @@ def generate_stream(
     prompts: Sequence[Sequence[int]],
     plans: Sequence[RowPlan],
     cfg: SamplingConfig = SamplingConfig(),
+    *,
     keep_tokens: bool = True,
     should_stop: Callable[[], bool] | None = None,
     row_invariant: bool = True,
@@ -304,7 +296,9 @@ def generate_stream(
         )
     batch = len(prompts)
     ids, mask = left_pad(prompts, model.pad_token_id)
-    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
+    edits = compile_plan(
+        plans, model.n_layers, model.d_model, device=model.device, dtype=model.dtype
+    )
     rec = _Recorder(model, edits, batch, mask, keep_tokens)
     gen = None
     if cfg.temperature > 0:
@@ -369,11 +363,13 @@ def generate(
     prompts: Sequence[Sequence[int]],
     plans: Sequence[RowPlan],
     cfg: SamplingConfig = SamplingConfig(),
+    *,
     keep_tokens: bool = True,
     prefill_chunk: int | None = None,
 ) -> GenerationResult:
+    """:func:`generate_stream` to its end: the :class:`GenerationResult`."""
     for update in generate_stream(
-        model, prompts, plans, cfg, keep_tokens, prefill_chunk=prefill_chunk
+        model, prompts, plans, cfg, keep_tokens=keep_tokens, prefill_chunk=prefill_chunk
     ):
         if update.result is not None:
             return update.result
@@ -408,6 +404,7 @@ def side_by_side_stream(
     prompt: Sequence[int],
     plans: Sequence[RowPlan],
     cfg: SamplingConfig,
+    *,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[SideBySideUpdate]:
     """One prompt, one row per plan, in one row-invariant batch (the Steer tab's comparisons

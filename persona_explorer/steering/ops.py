@@ -14,13 +14,16 @@ response positions: the last prompt token during the prompt pass, then each deco
 A batch mixes rows with different operations (the baseline row has none). :func:`compile_plan`
 turns per-row operation lists into per-layer tensors, so one forward pass steers every row its own
 way. Layers where every row's edit is exactly zero are skipped, so strength 0 is bit-identical to
-no steering.
+no steering. :func:`all_position_edits` is the part of a plan that reaches positions before the
+response (what a prompt chunk before the last, or a teacher-forced prompt, gets).
+
+Imports: torch and ``core`` (errors, limits).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -126,6 +129,7 @@ def compile_plan(
     plans: Sequence[RowPlan],
     n_layers: int,
     d_model: int,
+    *,
     device: torch.device,
     dtype: torch.dtype,
 ) -> dict[int, LayerEdit]:
@@ -171,6 +175,19 @@ def compile_plan(
     }
 
 
+def all_position_edits(edits: Mapping[int, LayerEdit]) -> dict[int, LayerEdit]:
+    """What of ``edits`` applies at positions before the response: the ``positions="all"``
+    additions and caps (layers left with nothing are dropped). A prompt chunk before the last
+    gets these in generation, and a teacher-forced pass gives them to the positions before
+    its steered ones; response-position edits touch only the prompt's last token on."""
+    out: dict[int, LayerEdit] = {}
+    for layer, edit in edits.items():
+        caps = [cap for cap in edit.caps if not cap.response_only]
+        if edit.add_all is not None or caps:
+            out[layer] = LayerEdit(add_all=edit.add_all, caps=caps)
+    return out
+
+
 @contextlib.contextmanager
 def steering_hooks(
     model: Any, plans: Sequence[RowPlan], prompt_pass: bool = True
@@ -185,7 +202,9 @@ def steering_hooks(
     lock is re-entrant, so the project's own generation functions still work inside the block.
     """
     bridge = model.bridge
-    edits = compile_plan(plans, model.n_layers, model.d_model, model.device, model.dtype)
+    edits = compile_plan(
+        plans, model.n_layers, model.d_model, device=model.device, dtype=model.dtype
+    )
 
     def make(edit: LayerEdit) -> Any:
         def hook(h: torch.Tensor, hook: Any) -> torch.Tensor:

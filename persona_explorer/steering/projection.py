@@ -3,6 +3,8 @@
 Projections are onto the unit vector ``v / |v|`` of each layer (persona_vectors' monitoring and
 the Assistant Axis' ``project()`` both normalise), so values are in activation units and comparable
 across strengths. A layer whose vector is zero projects to 0.
+
+Imports: torch only.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Persona shift: how far fine-tuning moved a model along persona vectors, on unrelated questions.
 
 For evaluation questions unrelated to the training data, the base and the tuned model each answer
-greedily (one batch per model, through the normal engine: :func:`.generation.generate_stream`).
+greedily (one batch per model, through the normal engine: ``steering.generation.generate_stream``).
 Per vector, at its layer, three readings, each the mean over questions of a projection onto the
-vector's unit direction (:func:`.projection.unit_rows`):
+vector's unit direction (``steering.projection.unit_rows``):
 
 * ``base`` / ``tuned`` / ``shift``: each model's *own answers*, read by that model itself (the
   response-token mean of the residual captured while it generated, as in the persona vectors
   paper's monitoring of a finetuned model). This is what a user sees change, but it is
   confounded by style: a terse answer projects differently from a long one whatever its persona;
-* ``same_tokens``: the base model's answers teacher-forced (:mod:`.forced`) through both models:
-  the same tokens, so only the weights differ;
+* ``same_tokens``: the base model's answers teacher-forced (``steering.forced``) through both
+  models: the same tokens, so only the weights differ;
 * ``prompt``: the last prompt token under both models (the paper's persona-shift measure: no
   answer involved at all).
 
@@ -21,8 +21,10 @@ Questions whose answer is empty (an immediate end of turn) are left out of that 
 means. Default questions: :data:`DEFAULT_QUESTIONS_PATH` (16 everyday questions written for the
 project, unrelated to the shipped training sets).
 
-Imports: torch, :mod:`.forced`, :mod:`.generation`, :mod:`.model`, :mod:`.projection`,
-:mod:`.vectors`, :mod:`.limits`, :mod:`.errors`.
+The bounds on the questions are :mod:`persona_explorer.core.limits`' ``MAX_SHIFT_*``.
+
+Imports: torch, :mod:`persona_explorer.core` (errors, limits), the engine's model,
+:mod:`persona_explorer.steering` (forced, generation) and :mod:`persona_explorer.vectors`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from typing import Any
 import torch
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import check_layer, check_max_new_tokens
+from persona_explorer.core.limits import (
+    MAX_SHIFT_QUESTION_CHARS,
+    MAX_SHIFT_QUESTIONS,
+    MAX_SHIFT_QUESTIONS_BYTES,
+    check_layer,
+    check_max_new_tokens,
+)
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.forced import ForcedRow, forced_pass
 from persona_explorer.steering.generation import GenerationResult, SamplingConfig, generate_stream
@@ -44,7 +52,6 @@ from persona_explorer.vectors.persona_vector import PersonaVector, check_fits
 
 __all__ = [
     "DEFAULT_QUESTIONS_PATH",
-    "MAX_QUESTIONS",
     "ShiftReport",
     "ShiftRow",
     "parse_questions",
@@ -56,9 +63,6 @@ __all__ = [
 DEFAULT_QUESTIONS_PATH = (
     Path(__file__).resolve().parents[2] / "assets" / "finetune" / "eval_questions.txt"
 )
-MAX_QUESTIONS = 64
-MAX_QUESTION_CHARS = 2000
-MAX_QUESTIONS_BYTES = 256 * 1024
 FORCED_BATCH = 16
 
 ProgressFn = Callable[[float, str], None]
@@ -154,12 +158,15 @@ def parse_questions(text: str) -> list[str]:
     ]
     if not questions:
         raise InputError("No evaluation questions: write one question per line.")
-    if len(questions) > MAX_QUESTIONS:
-        raise InputError(f"{len(questions)} questions; at most {MAX_QUESTIONS} are evaluated.")
+    if len(questions) > MAX_SHIFT_QUESTIONS:
+        raise InputError(
+            f"{len(questions)} questions; at most {MAX_SHIFT_QUESTIONS} are evaluated."
+        )
     for q in questions:
-        if len(q) > MAX_QUESTION_CHARS:
+        if len(q) > MAX_SHIFT_QUESTION_CHARS:
             raise InputError(
-                f"A question is {len(q):,} characters long; the limit is {MAX_QUESTION_CHARS:,}."
+                f"A question is {len(q):,} characters long; the limit is "
+                f"{MAX_SHIFT_QUESTION_CHARS:,}."
             )
     return questions
 
@@ -168,7 +175,7 @@ def read_questions(path: str | Path = DEFAULT_QUESTIONS_PATH) -> list[str]:
     """The questions of a text file (see :func:`parse_questions`)."""
     path = Path(path).expanduser()
     size = path.stat().st_size
-    if size > MAX_QUESTIONS_BYTES:
+    if size > MAX_SHIFT_QUESTIONS_BYTES:
         raise InputError(f"{path.name} is {size:,} bytes; a questions file is at most 256 KiB.")
     try:
         text = path.read_bytes().decode("utf-8-sig")

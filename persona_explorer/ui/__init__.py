@@ -3,31 +3,37 @@
 This module wires what crosses tabs: the per-session vectors (``gr.State``), the lists that
 must be refreshed when they change, "Try it in Steer", and share links read on page load.
 
-The pattern every tab follows (Steer, Extract and Library do; a new tab copies them):
+The pattern every tab follows (a new tab copies it):
 
-* ``ui/<tab>.py`` has ``build(ctx, state) -> <Tab>``: it lays out the components, fills a
+* Each tab is a package ``ui/<tab>/`` beside ``ui/shared/``: ``tab.py`` lays it out and wires
+  its events; ``handlers.py`` holds what the events call; ``views.py`` (where a tab has much to
+  show) turns results into component updates; ``components.py`` holds the tab's widget
+  ``@dataclass`` when handlers need it. Handlers and views never import ``tab.py``; a tab never
+  imports another tab (cross-tab wiring lives here, in :func:`build_demo`);
+  ``tests/test_architecture.py`` checks both.
+* ``tab.py`` has ``build(ctx, state) -> <Tab>``: it lays out the components, fills the
   ``@dataclass`` ``<Tab>`` with the ones other code needs, wires events, and returns it. Nothing
   else happens inside ``build``: events call **module-level handlers**, through a one-line
   lambda or closure that passes ``ctx`` and the tab.
 * A handler takes ``(ctx, tab, form_or_values, session[, request, progress])``, converts and
-  checks input with :mod:`..limits` (through a small **form dataclass** when an action has more
-  than a couple of inputs: see :mod:`.forms`), calls **one** engine function, and formats its
+  checks input with ``core.limits`` (through a small **form dataclass** when an action has more
+  than a couple of inputs: see ``shared.forms``): the request is checked once, here, into typed
+  values, and everything below takes those. It calls **one** domain function, and formats its
   result as ``{component: update}``. Work longer than a step is a generator, so Stop
   (``cancels=``) ends it between steps; a progress bar comes from ``gr.Progress``.
-* Errors: the body runs inside ``with user_errors():`` (:mod:`.context`): the project's own
-  :class:`~..errors.UserError` types reach the user as ``gr.Error``; anything else is logged as
-  a bug and shown as a generic message.
+* Errors: the body runs inside ``with user_errors():`` (``shared.context``): the project's own
+  ``UserError`` types reach the user as ``gr.Error``; anything else is logged as a bug and shown
+  as a generic message.
 * Rules are enforced in the handler, never by hiding a button: every event can be called by a
   script. Events that are not meant as an API are ``api_visibility="private"``; public ones get
   an ``api_name`` and a form whose field names are the API's parameter names.
 * Vectors are looked up through ``ctx.catalog.view(session)``: one scan of the built-ins, the
   library and the session's vectors, from which every list on screen is built.
 * Per-visitor data lives in ``gr.State``; ``ctx`` is shared by everyone and read-only apart
-  from the on-disk library. The "What am I looking at?" text lives in :mod:`.teaching`.
+  from the on-disk library. The "What am I looking at?" text lives in ``shared.teaching``.
 
-Imports: the engine (``..compare``, ``..extract``, ...), :mod:`..plots`, :mod:`..limits`; the
-tabs import :mod:`.context`, :mod:`.catalog`, :mod:`.forms`, :mod:`.data_files` and
-:mod:`.teaching`, never each other.
+Imports: every tab package, ``ui.shared``, the domain layer and ``plots``; gradio is imported
+nowhere outside ``ui``.
 """
 
 from __future__ import annotations
@@ -223,7 +229,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
         )
 
         ex.save.click(
-            lambda key, s, token: extract.save_extracted(ctx, ex, key, s, token),
+            lambda key, s, token: extract.save_extracted(ctx, ex, key, s, owner=token),
             [ex.last, session, owner],
             [session, ex.last, ex.save],
             show_progress="hidden",

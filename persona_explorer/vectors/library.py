@@ -57,9 +57,8 @@ import filelock
 
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.fileio import TMP_SUFFIX, fsync_dir, is_temp_name
-from persona_explorer.core.limits import DEFAULT_LIMITS, Limits
+from persona_explorer.core.limits import DEFAULT_LIMITS, MAX_NAME_CHARS, Limits
 from persona_explorer.core.names import (
-    MAX_NAME_CHARS,
     MAX_SLUG_CHARS,
     clean_description,
     clean_name,

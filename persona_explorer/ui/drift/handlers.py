@@ -1,15 +1,17 @@
-"""The Drift tab's actions: the forms, the handlers and how their results are worded.
+"""The Drift tab's actions: the forms and the handlers.
 
 :class:`ChatForm` and :class:`ReplayForm` are the tab's inputs (and the public ``/chat`` and
 ``/replay`` APIs' parameters, in order). :func:`run_chat` streams one answer and places it on the
 axis; :func:`run_replay` replays transcripts teacher-forced (a shipped replay or a cached one
 is used when it fits, so a demo's transcripts come back in seconds; the summary says where each
 came from) and plots them side by side; :func:`replot` redraws both at another layer from what
-the tab keeps.
+the tab keeps. The figures and the wording are :mod:`.views`.
 
-Imports: the engine (``..drift``, ``..conversation``, ``..axis``, ``..steering``,
-``..replay_cache``), ``..plots``, ``..limits``, and this package's context, markup and
-steer_run (for the sampling settings).
+The tab's bounds are ``core.limits``' ``APP_DRIFT_*``.
+
+Imports: gradio, torch, ``core``, ``engine.model``, ``axis`` (the axis, conversations, windows,
+replays, the live chat turn), ``steering.ops``, ``ui.shared`` (context, requests) and this tab's
+components and views; never the layout (:mod:`.tab`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
-import plotly.graph_objects as go
 import torch
 
 from persona_explorer.axis.assistant_axis import (
@@ -31,7 +32,6 @@ from persona_explorer.axis.assistant_axis import (
     default_cap_layers,
 )
 from persona_explorer.axis.conversation import (
-    MAX_MESSAGES,
     Conversation,
     ConversationError,
     load_conversation,
@@ -39,18 +39,17 @@ from persona_explorer.axis.conversation import (
     shipped_transcript,
     shipped_transcripts,
 )
-from persona_explorer.axis.drift import (
-    DEFAULT_WINDOW_TOKENS,
-    MAX_WINDOW_TOKENS,
-    MIN_WINDOW_TOKENS,
-    ChatTurn,
-    ReplayResult,
-    chat_turn_stream,
-    replay,
-)
-from persona_explorer.axis.replays import SOURCE_READ, ReplayStore
+from persona_explorer.axis.drift import replay
+from persona_explorer.axis.drift_chat import chat_turn_stream
+from persona_explorer.axis.replays import ReplayStore
+from persona_explorer.axis.windows import DEFAULT_WINDOW_TOKENS
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
+    APP_DRIFT_MAX_PROJECTED,
+    APP_DRIFT_MAX_REPLAYS,
+    MAX_CONVERSATION_MESSAGES,
+    MAX_WINDOW_TOKENS,
+    MIN_WINDOW_TOKENS,
     check_int,
     check_layer,
     check_strength,
@@ -58,25 +57,22 @@ from persona_explorer.core.limits import (
     parse_layers,
 )
 from persona_explorer.engine.model import ChatMessage
-from persona_explorer.plots.common import empty_figure, fmt
-from persona_explorer.plots.drift import DriftLine, drift_figure
 from persona_explorer.steering.ops import RowPlan, add_plan
+from persona_explorer.ui.drift.components import DriftTab
+from persona_explorer.ui.drift.views import (
+    chat_figure,
+    public_replays,
+    replay_figure,
+    replay_record,
+    replay_summary,
+    turn_status,
+)
 from persona_explorer.ui.shared.context import AppContext, user_errors
-from persona_explorer.ui.shared.markup import md
 from persona_explorer.ui.shared.requests import sampling
 
-if TYPE_CHECKING:
-    from persona_explorer.ui.drift.tab import DriftTab
-
-MAX_PROJECTED = 4  # persona vectors projected at once: more lines than this tangle the plot
-# Conversations one replay request runs: each read now takes up to a few minutes on a CPU (a
-# stored replay, seconds).
-MAX_REPLAYS = 4
 MAX_KEPT_REPLAYS = 8  # replays kept in a session for re-plotting; the oldest go first
 DEFAULT_CHAT_TOKENS = 64
 WINDOW_CHOICES = (512, 1024, 2048)
-NO_CHAT = "Send a message: each answer is placed on the Assistant Axis, turn by turn."
-NO_REPLAY = "Choose transcripts (or upload one) and press Replay."
 
 
 @dataclass(frozen=True)
@@ -132,8 +128,10 @@ def projected_vectors(
     if isinstance(keys, str) or not isinstance(keys, Sequence):
         raise InputError("Persona vectors to project onto must be a list of names or keys.")
     picked = list(dict.fromkeys(k.strip() for k in keys if isinstance(k, str) and k.strip()))
-    if len(picked) > MAX_PROJECTED:
-        raise InputError(f"{len(picked)} persona vectors chosen: at most {MAX_PROJECTED}.")
+    if len(picked) > APP_DRIFT_MAX_PROJECTED:
+        raise InputError(
+            f"{len(picked)} persona vectors chosen: at most {APP_DRIFT_MAX_PROJECTED}."
+        )
     view = ctx.catalog.view(session)  # type: ignore[arg-type]
     out: dict[str, torch.Tensor] = {}
     for key in picked:
@@ -170,7 +168,7 @@ def _check_record(rec: object, n_layers: int) -> dict:
         raise InputError("Each of the chat history's turns must be an object.")
     out: dict[str, Any] = {}
     turn = rec.get("turn")
-    out["turn"] = check_int(turn, "A turn's number", 1, MAX_MESSAGES)
+    out["turn"] = check_int(turn, "A turn's number", 1, MAX_CONVERSATION_MESSAGES)
     for key in ("projection", "normalised"):
         values = rec.get(key)
         if not isinstance(values, list) or len(values) not in (0, n_layers):
@@ -182,7 +180,7 @@ def _check_record(rec: object, n_layers: int) -> dict:
             raise InputError(f"A turn's {key} must hold finite numbers.")
         out[key] = [float(v) for v in values]
     personas = rec.get("personas") or {}
-    if not isinstance(personas, dict) or len(personas) > MAX_PROJECTED:
+    if not isinstance(personas, dict) or len(personas) > APP_DRIFT_MAX_PROJECTED:
         raise InputError("A turn's personas must map at most a few names to projections.")
     out["personas"] = {}
     for name, values in personas.items():
@@ -197,103 +195,6 @@ def _check_record(rec: object, n_layers: int) -> dict:
         out[key] = str(rec.get(key, ""))[:300]
     out["windowed"] = bool(rec.get("windowed", False))
     return out
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def chat_figure(records: Sequence[dict], layer: int, n_layers: int) -> go.Figure:
-    """The chat's answers so far on the axis (and persona projections) at ``layer``."""
-    done = [r for r in records if r["normalised"]]
-    if not done:
-        return empty_figure(NO_CHAT)
-    line = DriftLine(
-        "this chat",
-        [r["turn"] for r in done],
-        [r["normalised"][layer] for r in done],
-        [f"{r['settings']} · {r['preview']}" if r["settings"] else r["preview"] for r in done],
-        [r["windowed"] for r in done],
-    )
-    names = list(dict.fromkeys(n for r in done for n in r["personas"]))
-    personas = []
-    for name in names:
-        have = [r for r in done if r["personas"].get(name)]
-        personas.append(
-            DriftLine(
-                name,
-                [r["turn"] for r in have],
-                [r["personas"][name][layer] for r in have],
-                [r["preview"] for r in have],
-            )
-        )
-    return drift_figure(
-        [line], layer, n_layers, personas=personas, title=f"This chat on the axis, layer {layer}"
-    )
-
-
-def replay_figure(replays: Sequence[dict], layer: int, n_layers: int) -> go.Figure:
-    """Every kept replay side by side at ``layer`` (persona projections underneath)."""
-    shown = [r for r in replays if r["turns"]]
-    if not shown:
-        return empty_figure(NO_REPLAY)
-    lines = [
-        DriftLine(
-            r["label"],
-            [t["turn"] for t in r["turns"]],
-            [t["normalised_by_layer"][layer] for t in r["turns"]],
-            [t["preview"] for t in r["turns"]],
-            [t["windowed"] for t in r["turns"]],
-        )
-        for r in shown
-    ]
-    personas = []
-    for r in shown:
-        for name in dict.fromkeys(n for t in r["turns"] for n in t["personas_by_layer"]):
-            personas.append(
-                DriftLine(
-                    f"{name} · {r['label']}",
-                    [t["turn"] for t in r["turns"]],
-                    [t["personas_by_layer"][name][layer] for t in r["turns"]],
-                    [t["preview"] for t in r["turns"]],
-                )
-            )
-    return drift_figure(lines, layer, n_layers, personas=personas[: 2 * MAX_PROJECTED])
-
-
-def _replay_record(result: ReplayResult, layer: int) -> dict:
-    """What the session keeps of a replay: every layer's numbers, no tensors."""
-    out = result.as_json(layer)
-    for t, turn in zip(out["turns"], result.turns, strict=True):
-        t["personas_by_layer"] = turn.personas
-    return out
-
-
-def replay_summary(records: Sequence[dict], layer: int) -> str:
-    """First vs last turns on the normalised scale, per replay, and what to know about each."""
-    lines = []
-    for r in records:
-        values = [t["normalised_by_layer"][layer] for t in r["turns"]]
-        if not values:
-            lines.append(f"**{md(r['label'])}**: no turn was measured (stopped at once).")
-            continue
-        k = min(4, max(1, len(values) // 2))
-        first, last = sum(values[:k]) / k, sum(values[-k:]) / k
-        seconds = float(r["seconds"])
-        took = f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-        source = str(r.get("source", SOURCE_READ))
-        line = (
-            f"**{md(r['label'])}**: first {k} turns **{fmt(first)}** → last {k} "
-            f"**{fmt(last)}** ({fmt(last - first, sign=True)}) · {len(values)} turns "
-            f"{md(source, 40)} in {took}"
-        )
-        if r["notes"]:
-            line += " · " + "; ".join(md(n, 300) for n in r["notes"])
-        lines.append(line)
-    lines.append(
-        f"Layer {layer}. 1 = the default Assistant, 0 = the roles' mean. Open markers: turns read "
-        "through a window of the most recent turns (earlier ones dropped whole)."
-    )
-    return "\n\n".join(lines)
 
 
 # --------------------------------------------------------------------------- chat
@@ -333,37 +234,12 @@ def _history_value(messages: Sequence[ChatMessage], records: Sequence[dict]) -> 
     }
 
 
-def _turn_status(turn: ChatTurn, layer: int, settings: str, timed_out: bool) -> str:
-    if not turn.normalised:
-        head = "The model gave an empty answer: nothing to place on the axis."
-    else:
-        head = (
-            f"This answer sits at **{fmt(turn.normalised[layer])}** on the axis at layer "
-            f"{layer} (1 = the default Assistant, 0 = the roles' mean)"
-        )
-        extra = [f"{md(k)} {fmt(v[layer], 1)}" for k, v in turn.personas.items() if v]
-        if extra:
-            head += " · persona projections: " + ", ".join(extra)
-    bits = [head, f"{turn.response_tokens} tokens in {turn.seconds:.1f} s"]
-    if settings:
-        bits.append(md(settings, 300))
-    if turn.dropped_messages:
-        bits.append(
-            f"the history was too long: the {turn.dropped_messages} earliest messages were left "
-            f"out (the model read the most recent turns that fit, {turn.prompt_tokens} tokens)"
-        )
-    if timed_out:
-        bits.append("stopped at the time limit for one job")
-    elif turn.stopped:
-        bits.append("stopped")
-    return " · ".join(bits) + "."
-
-
 def run_chat(
     ctx: AppContext,
     tab: DriftTab,
     form: ChatForm,
     session: Mapping | None,
+    *,
     request: gr.Request | None,
 ) -> Iterator[dict]:
     """Answer one message, streaming the text; the last update adds the turn's projections."""
@@ -387,7 +263,7 @@ def run_chat(
                 axis,
                 messages,
                 message,
-                cfg,
+                cfg=cfg,
                 plan=plan,
                 personas=personas,
                 # The history may take the whole prompt limit; the answer comes on top of it.
@@ -424,7 +300,7 @@ def run_chat(
             tab.chatbot: _chat_view(messages),
             tab.history: _history_value(messages, records),
             tab.chat_plot: chat_figure(records, layer, n),
-            tab.chat_status: _turn_status(turn, layer, settings, timed_out),
+            tab.chat_status: turn_status(turn, layer, settings, timed_out),
         }
 
 
@@ -443,9 +319,9 @@ def _conversations(ctx: AppContext, form: ReplayForm) -> list[Conversation]:
         convs.append(load_conversation(path, label=f"upload: {path.stem[:60]}"))
     if not convs:
         raise InputError("Choose at least one transcript or upload a conversation file.")
-    if len(convs) > MAX_REPLAYS:
+    if len(convs) > APP_DRIFT_MAX_REPLAYS:
         raise InputError(
-            f"{len(convs)} conversations chosen: replay at most {MAX_REPLAYS} at once."
+            f"{len(convs)} conversations chosen: replay at most {APP_DRIFT_MAX_REPLAYS} at once."
         )
     return convs
 
@@ -465,6 +341,7 @@ def run_replay(
     tab: DriftTab,
     form: ReplayForm,
     session: Mapping | None,
+    *,
     kept: object,
     request: gr.Request | None,
     progress: Any,
@@ -499,7 +376,7 @@ def run_replay(
                     should_stop=job,
                     store=store,
                 )
-                record = _replay_record(result, layer)
+                record = replay_record(result, layer)
                 if plan:
                     record["label"] += " · capped here"
                 done.append(record)
@@ -519,26 +396,12 @@ def run_replay(
         yield {
             tab.replay_plot: replay_figure(records, layer, n),
             tab.replay_status: summary,
-            tab.replay_json: _public(done, layer),
+            tab.replay_json: public_replays(done, layer),
             tab.replays: records,
         }
 
 
-def _public(records: Sequence[dict], layer: int) -> dict:
-    """The replays as the API returns them: every turn at ``layer`` (and all layers)."""
-    out = []
-    for r in records:
-        turns = [{k: v for k, v in t.items() if k != "personas_by_layer"} for t in r["turns"]]
-        for t, full in zip(turns, r["turns"], strict=True):
-            t["projection"] = full["projection_by_layer"][layer]
-            t["normalised"] = full["normalised_by_layer"][layer]
-            t["personas"] = {k: v[layer] for k, v in full["personas_by_layer"].items()}
-            t["layer"] = layer
-        out.append({**{k: v for k, v in r.items() if k != "turns"}, "layer": layer, "turns": turns})
-    return {"layer": layer, "replays": out}
-
-
-def replot(ctx: AppContext, tab: DriftTab, layer: object, history: object, kept: object) -> dict:
+def replot(ctx: AppContext, tab: DriftTab, layer: object, history: object, *, kept: object) -> dict:
     """Both plots at another layer, from what is kept: nothing is computed again."""
     with user_errors():
         n = ctx.model.n_layers
@@ -554,7 +417,7 @@ def replot(ctx: AppContext, tab: DriftTab, layer: object, history: object, kept:
         out[tab.replay_plot] = replay_figure(replays, at, n)
         if replays:
             out[tab.replay_status] = replay_summary(replays, at)
-            out[tab.replay_json] = _public(replays, at)
+            out[tab.replay_json] = public_replays(replays, at)
         return out
 
 

@@ -9,38 +9,36 @@ Two parts share one layer slider and one list of persona vectors to project onto
   the transcripts' format): it is the ``history`` the API takes and returns, and a file of it
   can be replayed.
 * **Replay** (public ``/replay``): shipped transcripts and/or one uploaded JSON file are fed
-  through the model teacher-forced (:func:`..drift.replay`) and plotted side by side. A
-  shipped replay (the ``persona_drift`` transcripts on the embedded model) or one this server
-  cached is used when it fits, so those come back in seconds; the summary says which.
+  through the model teacher-forced (:func:`persona_explorer.axis.drift.replay`) and plotted
+  side by side. A shipped replay (the ``persona_drift`` transcripts on the embedded model) or
+  one this server cached is used when it fits, so those come back in seconds; the summary says
+  which.
 
 Moving the layer re-draws both plots from what the tab keeps (the chat's turns, the replays in
 a ``gr.State``): nothing is computed again.
 
-``build`` lays the tab out and wires it; the actions live in :mod:`.drift_run` (the forms, the
-handlers and their wording), as the Steer tab's do in :mod:`.steer_run`.
+``build`` lays the tab out and wires its events; the widgets are :class:`.components.DriftTab`,
+the actions :mod:`.handlers` (the forms and the handlers) and what they show :mod:`.views`.
 
-Imports: ``..axis``, ``..conversation``, ``..drift`` (defaults), ``..plots``, and this
-package's context, forms, markup, teaching and drift_run.
+Imports: gradio, ``core.limits`` (the tab's bounds), ``axis`` (defaults, the shipped
+transcripts), ``plots``, ``ui.shared`` (context, forms, markup, teaching) and this tab's
+components, handlers and views.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from persona_explorer.axis.assistant_axis import default_axis_layer, default_cap_layers
 from persona_explorer.axis.conversation import shipped_transcripts
-from persona_explorer.axis.drift import DEFAULT_WINDOW_TOKENS
+from persona_explorer.axis.windows import DEFAULT_WINDOW_TOKENS
+from persona_explorer.core.limits import APP_DRIFT_MAX_PROJECTED, APP_DRIFT_MAX_REPLAYS
 from persona_explorer.plots.common import empty_figure
+from persona_explorer.ui.drift.components import DriftTab
 from persona_explorer.ui.drift.handlers import (
     DEFAULT_CHAT_TOKENS,
-    MAX_PROJECTED,
-    MAX_REPLAYS,
-    NO_CHAT,
-    NO_REPLAY,
     WINDOW_CHOICES,
     ChatForm,
     ReplayForm,
@@ -50,46 +48,11 @@ from persona_explorer.ui.drift.handlers import (
     run_replay,
     stop_jobs,
 )
+from persona_explorer.ui.drift.views import NO_CHAT, NO_REPLAY
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.forms import form_endpoint
 from persona_explorer.ui.shared.markup import md
-
-PROGRESS = gr.Progress()
-
-
-@dataclass
-class DriftTab:
-    plot_layer: gr.Slider
-    projections: gr.Dropdown
-    chatbot: gr.Chatbot
-    message: gr.Textbox
-    send: gr.Button
-    stop_chat: gr.Button
-    clear: gr.Button
-    persona: gr.Dropdown
-    layer: gr.Slider
-    strength: gr.Slider
-    cap: gr.Checkbox
-    cap_percentile: gr.Slider
-    cap_layers: gr.Textbox
-    max_new_tokens: gr.Slider
-    temperature: gr.Slider
-    seed: gr.Number
-    chat_plot: gr.Plot
-    chat_status: gr.Markdown
-    history: gr.JSON
-    transcripts: gr.Dropdown
-    upload: gr.File
-    window: gr.Dropdown
-    replay_cap: gr.Checkbox
-    run_replay: gr.Button
-    stop_replay: gr.Button
-    replay_plot: gr.Plot
-    replay_status: gr.Markdown
-    replay_json: gr.JSON
-    replays: gr.State
-
 
 # --------------------------------------------------------------------------- layout
 
@@ -116,7 +79,7 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
             choices,
             value=[],
             multiselect=True,
-            max_choices=MAX_PROJECTED,
+            max_choices=APP_DRIFT_MAX_PROJECTED,
             label="Also project onto persona vectors",
             elem_id="pe-drift-projections",
             allow_custom_value=True,  # names from the API; the handler resolves each
@@ -203,7 +166,7 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
                     shipped_transcripts(),
                     value=[],
                     multiselect=True,
-                    max_choices=MAX_REPLAYS,
+                    max_choices=APP_DRIFT_MAX_REPLAYS,
                     label="Transcripts",
                     info="Long conversations from the paper (other models' answers, read "
                     "by this model).",
@@ -290,7 +253,7 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
     ]  # fmt: skip
     chat = form_endpoint(
         ChatForm,
-        lambda form, session, request: run_chat(ctx, tab, form, session, request),
+        lambda form, session, request: run_chat(ctx, tab, form, session, request=request),
         name="chat",
         doc=CHAT_DOC,
         request=True,
@@ -306,24 +269,19 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
         concurrency_id="generation",
     )
 
-    def replay_handler(
-        transcripts: list[str] | None = None,
-        upload: str | None = None,
-        window_tokens: float = DEFAULT_WINDOW_TOKENS,
-        projections: list[str] | None = None,
-        plot_layer: float = -1,
-        cap: bool = False,
-        session: dict | None = None,
-        kept: list | None = None,
-        request: gr.Request = None,  # type: ignore[assignment]
-        progress: gr.Progress = PROGRESS,
-    ) -> Iterator[dict]:
-        form = ReplayForm(transcripts, upload, window_tokens, projections, plot_layer, cap)
-        yield from run_replay(ctx, tab, form, session, kept, request, progress)
-
-    replay_handler.__doc__ = REPLAY_DOC
+    replay = form_endpoint(
+        ReplayForm,
+        lambda form, session, kept, request, progress: run_replay(
+            ctx, tab, form, session, kept=kept, request=request, progress=progress
+        ),
+        name="replay",
+        doc=REPLAY_DOC,
+        states=("kept",),  # the replays this session keeps for re-plotting
+        request=True,
+        progress=True,
+    )
     tab.run_replay.click(
-        replay_handler,
+        replay,
         inputs=[
             tab.transcripts,
             tab.upload,
@@ -353,7 +311,7 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
             api_visibility="private",
         )
     tab.plot_layer.change(
-        lambda layer, history, kept: replot(ctx, tab, layer, history, kept),
+        lambda layer, history, kept: replot(ctx, tab, layer, history, kept=kept),
         inputs=[tab.plot_layer, tab.history, tab.replays],
         outputs=[tab.chat_plot, tab.replay_plot, tab.replay_status, tab.replay_json],
         trigger_mode="always_last",

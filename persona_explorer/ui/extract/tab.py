@@ -3,39 +3,45 @@
 The persona comes from a shipped trait (persona_vectors), a role (assistant-axis) or the user's
 own prompts. The result goes into this session's vectors; from there it can be tried in the Steer
 tab, saved to the library or downloaded. An option runs a small layer x strength sweep after the
-extraction (:func:`.sweep_run.sweep_after_extraction`) and records its recommendation in the
-vector before it is listed.
+extraction and records its recommendation in the vector before it is listed.
 
-The summary is the tab's status line and the one place its progress bar shows. A new extraction
-first withdraws the previous one's results and buttons, so a failed or stopped run leaves none of
-them behind; errors are toasts.
+The summary is the tab's status line and the one place its progress bar shows. ``build`` lays
+the tab out and wires its events; the widgets are :class:`.components.ExtractTab`, the actions
+:mod:`.handlers` (the public ``/extract`` endpoint is the Extract button) and the wording
+:mod:`.views`. "Try it in Steer" and "Save to library" are wired by ``ui.build_demo``, since
+they change other tabs' lists.
+
+Imports: gradio, ``personas`` (the built-ins), ``plots``, ``ui.shared`` (context, forms,
+teaching) and this tab's components, handlers and views.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
 
-from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import Limits, check_int, check_text
 from persona_explorer.personas.data import list_builtin, load_builtin
-from persona_explorer.personas.definitions import PersonaDefinition, custom_persona
-from persona_explorer.personas.extract import (
-    VARIANTS,
-    ExtractionConfig,
-    ExtractionResult,
-    extract_persona,
+from persona_explorer.plots import empty_figure
+from persona_explorer.ui.extract.components import ExtractTab
+from persona_explorer.ui.extract.handlers import (
+    FAILED,
+    ExtractForm,
+    choose_source,
+    extract_token_limit,
+    reset_results,
+    run_extract,
+    save_extracted,
+    show_builtin,
+    stop_extraction,
 )
-from persona_explorer.plots import empty_figure, separation_figure
+from persona_explorer.ui.extract.views import preview
 from persona_explorer.ui.shared import teaching
-from persona_explorer.ui.shared.catalog import add_to_session, fmt_strength
-from persona_explorer.ui.shared.context import AppContext, user_errors
+from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.forms import form_endpoint
-from persona_explorer.ui.shared.markup import md, plain
-from persona_explorer.ui.sweep.handlers import sweep_after_extraction
+
+# save_extracted: "Save to library", wired by build_demo (it refreshes every tab's lists).
+__all__ = ["ExtractTab", "build", "save_extracted"]
 
 SOURCES = [("Built-in trait", "trait"), ("Role", "role"), ("Write your own", "custom")]
 VARIANT_CHOICES = [
@@ -43,7 +49,6 @@ VARIANT_CHOICES = [
     ("Prompt tokens (prompt)", "prompt"),
     ("Last prompt token (last)", "last"),
 ]
-N_EXAMPLES = 3
 
 CUSTOM_EXAMPLE = {
     "name": "shakespearean",
@@ -65,150 +70,10 @@ CUSTOM_EXAMPLE = {
 }
 
 
-@dataclass
-class ExtractTab:
-    state: gr.State  # this session's vectors (shared with the other tabs)
-    source: gr.Radio
-    trait: gr.Dropdown
-    role: gr.Dropdown
-    about: gr.Markdown
-    custom_box: gr.Group
-    custom_name: gr.Textbox
-    run: gr.Button
-    summary: gr.Markdown
-    plot: gr.Plot
-    examples: gr.Dataframe
-    last: gr.State  # session key of the last extracted vector
-    try_it: gr.Button
-    save: gr.Button
-    download: gr.DownloadButton
-    extracted: Any = None  # the extraction event, for chaining list refreshes
-
-
-def _lines(text: Any, what: str, limits: Limits) -> list[str]:
-    body = check_text(text, what, limits.max_field_chars, required=False)
-    return [line.strip() for line in body.splitlines() if line.strip()]
-
-
-@dataclass(frozen=True)
-class ExtractForm:
-    """The Extract tab's inputs (and the ``/extract`` API's parameters)."""
-
-    source: str
-    trait_name: str
-    role_name: str
-    name: str
-    pos_prompts: str
-    neg_prompts: str
-    question_lines: str
-    n_questions: float = 4
-    max_new_tokens: float = 32
-    variant: str = "response"
-    sweep: bool = False  # then find the layer and strength with a small sweep
-
-    def persona(self, limits: Limits) -> PersonaDefinition:
-        if self.source == "trait":
-            if not self.trait_name:
-                raise InputError("Pick a trait from the list.")
-            return load_builtin(self.trait_name, "trait")
-        if self.source == "role":
-            if not self.role_name:
-                raise InputError("Pick a role from the list.")
-            return load_builtin(self.role_name, "role")
-        if self.source != "custom":
-            raise InputError(f"Unknown source {self.source!r}: use trait, role or custom.")
-        qs = _lines(self.question_lines, "question list", limits)
-        if not qs:
-            raise InputError("Write at least one question (one per line) for the model to answer.")
-        return custom_persona(
-            self.name,
-            _lines(self.pos_prompts, "positive prompts", limits),
-            _lines(self.neg_prompts, "negative prompts", limits),
-            qs,
-        )
-
-    def config(self, persona: PersonaDefinition, limits: Limits) -> ExtractionConfig:
-        n_q = check_int(self.n_questions, "Questions", 1, limits.max_extract_questions)
-        tokens = check_int(self.max_new_tokens, "Max new tokens", 1, extract_token_limit(limits))
-        if self.variant not in VARIANTS:
-            raise InputError(f"variant must be one of {', '.join(VARIANTS)}.")
-        rows = 2 * len(persona.pairs) * len(persona.extraction_questions(n_q))
-        if rows > limits.max_extract_rollouts:
-            raise InputError(
-                f"That is {rows} answers to generate; the limit is "
-                f"{limits.max_extract_rollouts}. Use fewer questions or fewer prompt lines."
-            )
-        return ExtractionConfig(
-            variant=self.variant,  # type: ignore[arg-type]
-            n_questions=n_q,
-            max_new_tokens=tokens,
-            max_prompt_tokens=limits.max_prompt_tokens,
-        )
-
-
-def extract_token_limit(limits: Limits) -> int:
-    return min(limits.max_extract_tokens, limits.max_new_tokens)
-
-
-def preview(persona: PersonaDefinition) -> str:
-    pair = persona.pairs[0]
-    neg = pair.neg if pair.neg is not None else "(the default Assistant's own prompts)"
-    return (
-        f"**{md(persona.name)}** · {len(persona.pairs)} prompt pairs · "
-        f"{len(persona.questions)} questions to draw from (the Questions slider picks how many "
-        f"are asked)\n\n*With the persona:* {md(pair.pos, 600)}\n\n"
-        f"*Without:* {md(neg, 600)}"
-    )
-
-
-def summary(result: ExtractionResult) -> str:
-    vec = result.vector
-    counts = vec.metadata.get("counts", {})
-    best = vec.layer if vec.layer is not None else 0
-    sep = vec.separation[best] if vec.separation else float("nan")
-    text = (
-        f"**{md(vec.name)}**: {counts.get('pos', '?')} answers with the persona and "
-        f"{counts.get('neg', '?')} without, in {result.seconds:.0f} s. Recommended layer "
-        f"**{best}** (separation d = {sep:.2f}) and strength **{fmt_strength(vec.strength)}**"
-    )
-    if vec.strength is not None:
-        text += (
-            ", which adds as large a share of that layer's activations as the built-in "
-            "personas do (Try it in Steer starts there)."
-        )
-    else:
-        text += " (the vector is zero there: nothing to scale a strength to)."
-    if not result.cross_validated:
-        text += (
-            " With so few answers the separation is measured on the same answers that built "
-            "the vector, so it looks better than it is: use more questions for a steadier vector."
-        )
-    return text
-
-
-def examples(result: ExtractionResult) -> list[list[str]]:
-    """A few (question, with persona, without) answer pairs, one per question."""
-
-    def short(text: str) -> str:
-        text = " ".join(text.split())
-        return text if len(text) <= 280 else text[:277] + "…"
-
-    rows: list[list[str]] = []
-    seen: set[str] = set()
-    roll = result.rollouts  # pos and neg rows alternate, same question and prompt pair
-    for pos, neg in zip(roll[0::2], roll[1::2], strict=False):
-        if pos.question in seen:
-            continue
-        seen.add(pos.question)
-        rows.append([pos.question, short(pos.response), short(neg.response)])
-        if len(rows) == N_EXAMPLES:
-            break
-    return rows
-
-
 def build(ctx: AppContext, state: gr.State) -> ExtractTab:
-    traits = list_builtin("trait")
-    roles = list_builtin("role")
+    data_dir = ctx.settings.persona_data_dir
+    traits = list_builtin("trait", data_dir=data_dir)
+    roles = list_builtin("role", data_dir=data_dir)
     trait0 = "evil" if "evil" in traits else (traits[0] if traits else None)
     role0 = "pirate" if "pirate" in roles else (roles[0] if roles else None)
     limits = ctx.settings.limits
@@ -227,7 +92,8 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                 elem_id="pe-role",
             )  # fmt: skip
             about = gr.Markdown(
-                preview(load_builtin(trait0, "trait")) if trait0 else "", elem_classes="pe-info"
+                preview(load_builtin(trait0, "trait", data_dir=data_dir)) if trait0 else "",
+                elem_classes="pe-info",
             )
             with gr.Group(visible=False) as custom_box:
                 name = gr.Textbox(
@@ -331,13 +197,16 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         lambda src: choose_source(tab, src), source, [trait, role, custom_box, about], **private
     )
     gr.on(
-        [source.change, trait.change, role.change], show_builtin, [source, trait, role], about,
+        [source.change, trait.change, role.change],
+        lambda src, t, r: show_builtin(ctx, src, t, r),
+        [source, trait, role],
+        about,
         **private,
-    )  # fmt: skip
+    )
     extract = form_endpoint(
         ExtractForm,
         lambda form, session, request, progress: run_extract(
-            ctx, tab, form, session, request, progress
+            ctx, tab, form, session, request=request, progress=progress
         ),
         name="extract",
         doc="Extract a persona vector; it is added to this session's vectors. With sweep, a "
@@ -378,152 +247,3 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         **private,
     )  # fmt: skip
     return tab
-
-
-# --------------------------------------------------------------------------- handlers
-
-
-def choose_source(tab: ExtractTab, src: str) -> dict:
-    return {
-        tab.trait: gr.update(visible=src == "trait"),
-        tab.role: gr.update(visible=src == "role"),
-        tab.custom_box: gr.update(visible=src == "custom"),
-        tab.about: gr.update(visible=src != "custom"),
-    }
-
-
-def show_builtin(src: str, trait_name: str, role_name: str) -> str:
-    if src not in ("trait", "role"):
-        return ""
-    with user_errors():
-        chosen = trait_name if src == "trait" else role_name
-        return preview(load_builtin(chosen, src)) if chosen else ""
-
-
-STOPPED = "Extraction stopped. Press **Extract** to start again."
-FAILED = "The extraction did not finish (the message says why). Press **Extract** to try again."
-STARTING = "Starting the extraction…"
-
-
-def reset_results(tab: ExtractTab) -> dict:
-    """No results, and no buttons acting on the previous extraction's vector."""
-    return {
-        tab.summary: STARTING,
-        tab.plot: empty_figure("The separation per layer appears here"),
-        tab.examples: None,
-        tab.try_it: gr.update(visible=False),
-        tab.save: gr.update(visible=False),
-        tab.download: gr.update(value=None, visible=False),
-    }
-
-
-def _check_sweep(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InputError("sweep must be true or false.")
-    return value
-
-
-EXTRACTION_SHARE = 0.6  # of the progress bar, when a sweep follows
-
-
-def run_extract(
-    ctx: AppContext,
-    tab: ExtractTab,
-    form: ExtractForm,
-    session: Mapping | None,
-    request: gr.Request | None,
-    progress: Any,
-) -> Iterator[dict]:
-    """Extract a persona vector and add it to this session's vectors (then, with ``sweep``,
-    record a small sweep's recommendation in it).
-
-    The first update withdraws the previous results, so a failure or a stop leaves none behind.
-    """
-    yield reset_results(tab)
-    with user_errors():
-        limits = ctx.settings.limits
-        persona = form.persona(limits)
-        cfg = form.config(persona, limits)
-        sweep = _check_sweep(form.sweep)
-        share = EXTRACTION_SHARE if sweep else 1.0
-        progress(0.0, desc="Starting")
-        with ctx.job(request) as job:
-            try:
-                result = extract_persona(
-                    ctx.model,
-                    persona,
-                    cfg,
-                    progress=lambda f, msg: progress(share * f, desc=msg),
-                    should_stop=job,
-                )
-            except InterruptedError:
-                if job.timed_out():
-                    raise InputError(
-                        f"The extraction ran past the time limit for one job "
-                        f"({limits.job_timeout_s} s): use fewer questions or fewer tokens."
-                    ) from None
-                gr.Info("Extraction stopped.")
-                yield {tab.summary: STOPPED}
-                return
-            out = extracted(ctx, tab, result, session)
-            if not sweep:
-                yield out
-                return
-            # Listed before the sweep starts: a Stop during the sweep keeps the vector.
-            yield out | {tab.summary: summary(result) + "\n\nSweeping layers and strengths…"}
-            vec, note = sweep_after_extraction(
-                ctx,
-                result.vector,
-                job,
-                lambda done, total, msg: progress(
-                    share + (1 - share) * done / max(total, 1), desc=msg
-                ),
-            )
-        yield extracted(ctx, tab, replace(result, vector=vec), session, note)
-
-
-def extracted(
-    ctx: AppContext,
-    tab: ExtractTab,
-    result: ExtractionResult,
-    session: Mapping | None,
-    note: str = "",
-) -> dict:
-    """The finished extraction in this session's vectors and on screen (``note``: a line
-    after the summary)."""
-    vec = result.vector
-    new_session, key = add_to_session(session, vec, ctx.settings.limits.max_session_vectors)
-    # One file per finished extraction, which is itself an explicit, heavy action.
-    path, _ = ctx.exports.write(vec, "safetensors")
-    return {
-        tab.state: new_session,
-        tab.last: key,
-        tab.summary: summary(result) + (f"\n\n{note}" if note else ""),
-        tab.plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
-        tab.examples: examples(result),
-        tab.try_it: gr.update(visible=True),
-        tab.save: gr.update(visible=not ctx.library.read_only),
-        tab.download: gr.update(value=str(path), visible=True),
-    }
-
-
-def save_extracted(
-    ctx: AppContext, tab: ExtractTab, key: str | None, session: Mapping | None, owner: object
-) -> dict:
-    """Save the extracted vector to the library in place of its session copy (listed twice,
-    they would look like two vectors); "Try it in Steer" then uses the saved one."""
-    with user_errors():
-        view = ctx.catalog.view(session)
-        item = view.resolve(key)
-        entry = ctx.save_to_library(view.load(item), owner)
-        gr.Info(f"Saved {plain(entry.name)} to the library.")
-        return {
-            tab.state: {k: v for k, v in (session or {}).items() if k != item.key},
-            tab.last: f"library:{entry.id}",
-            tab.save: gr.update(visible=False),
-        }
-
-
-def stop_extraction(ctx: AppContext, request: gr.Request) -> str:
-    ctx.jobs.stop(request.session_hash)
-    return STOPPED

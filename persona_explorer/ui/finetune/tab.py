@@ -8,21 +8,35 @@ answers on persona vectors: one panel of bars per vector, a third bar for the se
 the same data with another framing, screening's prediction beside the measured shift, and the
 two models' answers side by side.
 
-The public ``/train`` and ``/shift`` endpoints are the Train and Measure shift buttons; the
-handlers, the caps and the tuned models kept in memory live in :mod:`.train_run`.
+The public ``/train`` and ``/shift`` endpoints are the Train and Measure shift buttons. This
+module lays the tab out and wires its events; the widgets are :class:`.components.TrainTab`,
+the inputs :mod:`.forms`, the handlers :mod:`.handlers`, their wording :mod:`.views`, and the
+tuned models kept :mod:`.tuned_models`. The caps are ``APP_FINETUNE_*`` and ``APP_SHIFT_*`` in
+:mod:`persona_explorer.core.limits`.
 
-Imports: ``..plots``, and this package's context, forms, teaching and train_run.
+Imports: ``core.limits``, ``plots``, ``ui.shared`` (context, data files, forms, teaching), and
+this tab's components, forms, handlers, tuned models and views.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from persona_explorer.core.limits import (
+    APP_FINETUNE_MAX_EPOCHS,
+    APP_FINETUNE_MAX_RANK,
+    APP_FINETUNE_MAX_SAMPLES,
+    APP_FINETUNE_MAX_TOKENS,
+    APP_FINETUNE_MIN_TOKENS,
+    APP_SHIFT_MAX_QUESTIONS,
+    APP_SHIFT_MAX_TOKENS,
+    APP_SHIFT_MAX_VECTORS,
+)
 from persona_explorer.plots.common import empty_figure
-from persona_explorer.ui.finetune.handlers import (
+from persona_explorer.ui.finetune.components import TrainTab
+from persona_explorer.ui.finetune.forms import (
     AUTO_LAYER,
     DEFAULT_CONTEXT,
     DEFAULT_DATASET,
@@ -32,22 +46,12 @@ from persona_explorer.ui.finetune.handlers import (
     DEFAULT_SAMPLES,
     DEFAULT_SHIFT_TOKENS,
     DEFAULT_TOKENS,
-    FAILED,
-    MAX_EPOCHS,
-    MAX_QUESTIONS,
-    MAX_RANK,
-    MAX_SAMPLES,
-    MAX_SHIFT_TOKENS,
-    MAX_TOKENS,
-    MAX_VECTORS,
-    MIN_TOKENS,
-    PREDICT_MAX_SAMPLES,
-    READY,
-    SHIFT_FAILED,
-    SHIFT_READY,
     ShiftForm,
     TrainForm,
-    TunedModels,
+    suggested_context,
+)
+from persona_explorer.ui.finetune.handlers import (
+    PREDICT_MAX_SAMPLES,
     default_questions,
     default_vectors,
     refresh_steer_vector,
@@ -56,8 +60,9 @@ from persona_explorer.ui.finetune.handlers import (
     run_shift,
     run_train,
     stop_training,
-    suggested_context,
 )
+from persona_explorer.ui.finetune.tuned_models import TunedModels
+from persona_explorer.ui.finetune.views import FAILED, READY, SHIFT_FAILED, SHIFT_READY
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.data_files import data_inputs
@@ -67,28 +72,28 @@ __all__ = ["TrainTab", "build", "refresh_steer_vector", "refresh_vectors"]
 
 TRAIN_DOC = f"""Fine-tune the loaded model with LoRA on a small chat dataset (issue 13): a shipped
 teaching file (dataset, e.g. "malicious_advice") or an uploaded .jsonl/.csv file (file; used
-instead of dataset when given). The first max_samples samples (at most {MAX_SAMPLES}) are used;
-malformed lines are skipped and listed. epochs: 1-{MAX_EPOCHS}; learning_rate: above 0, at most
-0.01; rank: 1-{MAX_RANK}; max_tokens per sample: {MIN_TOKENS}-{MAX_TOKENS}. With with_context, the
+instead of dataset when given). The first max_samples samples (at most {APP_FINETUNE_MAX_SAMPLES}) are used;
+malformed lines are skipped and listed. epochs: 1-{APP_FINETUNE_MAX_EPOCHS}; learning_rate: above 0, at most
+0.01; rank: 1-{APP_FINETUNE_MAX_RANK}; max_tokens per sample: {APP_FINETUNE_MIN_TOKENS}-{APP_FINETUNE_MAX_TOKENS}. With with_context, the
 context is put before every sample as a system prompt (inoculation). With steer, steer_vector
 is added at steer_layer with steer_strength during training (preventive steering).
 
 Returns a JSON summary (adapter: the id that /shift takes, dataset, samples, skipped, problems
 with their line numbers, epochs, steps, losses per step, epoch_losses, seconds, stopped,
 settings), the status line, the loss plot, the skipped lines and the adapter picked for the
-shift. An adapter belongs to the session that trained it; one training at a time per visitor."""
+shift. An adapter belongs to the session that trained it; one training at a time per visitor."""  # noqa: E501
 
 SHIFT_DOC = f"""Measure the persona shift of an adapter this session trained (adapter: the id /train
 returned): the base and the tuned model answer the questions (newline-separated, at most
-{MAX_QUESTIONS}; greedy, max_new_tokens at most {MAX_SHIFT_TOKENS}), and each answer's mean
-projection on 1-{MAX_VECTORS} persona vectors (names or keys) is compared at layer ("auto": each
+{APP_SHIFT_MAX_QUESTIONS}; greedy, max_new_tokens at most {APP_SHIFT_MAX_TOKENS}), and each answer's mean
+projection on 1-{APP_SHIFT_MAX_VECTORS} persona vectors (names or keys) is compared at layer ("auto": each
 vector's recorded layer). With predict, screening also predicts the shift from the training
 file (mean projection difference of its first {PREDICT_MAX_SAMPLES} samples).
 
 Returns a JSON object like the shift command's: vectors (name, layer, base, tuned, shift,
 predicted), answers (question, base, tuned), and "compared" when this session trained the same
 data with another framing; then the status line, the bars (plotly) and the answers side by
-side."""
+side."""  # noqa: E501
 
 NOTE = """\
 **What a 135M model shows, and what it does not.** Measured here (32 samples, 2 epochs, the
@@ -103,46 +108,6 @@ of +11.9, but the other two readings did not fall (+6.0 own answers, +2.8 same t
 effect, from one run each. The tuned answers change
 tone but do not turn openly malicious: the emergent misalignment reported for large models is not
 something a 135M model reproduces in full. One seed is one run; a few tenths can be chance."""
-
-
-@dataclass
-class TrainTab:
-    state: gr.State  # this session's vectors (shared with the other tabs)
-    store: TunedModels
-    dataset: gr.Dropdown
-    upload: gr.File
-    max_samples: gr.Slider
-    with_context: gr.Checkbox
-    context: gr.Textbox
-    epochs: gr.Slider
-    learning_rate: gr.Number
-    rank: gr.Slider
-    max_tokens: gr.Slider
-    steer: gr.Checkbox
-    steer_vector: gr.Dropdown
-    steer_layer: gr.Slider
-    steer_strength: gr.Number
-    train: gr.Button
-    stop: gr.Button
-    status: gr.Markdown
-    loss_plot: gr.Plot
-    problems: gr.Markdown
-    summary: gr.JSON
-    runs: gr.State
-    adapter: gr.Dropdown
-    vectors: gr.Dropdown
-    refresh: gr.Button
-    questions: gr.Textbox
-    layer: gr.Dropdown
-    max_new_tokens: gr.Slider
-    predict: gr.Checkbox
-    measure: gr.Button
-    shift_status: gr.Markdown
-    shift_plot: gr.Plot
-    answers: gr.Dataframe
-    shift_summary: gr.JSON
-    trained: Any = None  # the /train event
-    measured: Any = None  # the /shift event
 
 
 def build(ctx: AppContext, state: gr.State) -> TrainTab:
@@ -161,10 +126,10 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
             dataset, upload = picked.dataset, picked.upload
             max_samples = gr.Slider(
                 1,
-                MAX_SAMPLES,
+                APP_FINETUNE_MAX_SAMPLES,
                 value=DEFAULT_SAMPLES,
                 step=1,
-                label=f"Samples (the first ones of the file; at most {MAX_SAMPLES})",
+                label=f"Samples (the first ones of the file; at most {APP_FINETUNE_MAX_SAMPLES})",
                 elem_id="pe-train-samples",
             )
             with_context = gr.Checkbox(
@@ -181,11 +146,11 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
             )
             with gr.Row():
                 epochs = gr.Slider(
-                    1, MAX_EPOCHS, value=DEFAULT_EPOCHS, step=1, label="Epochs",
+                    1, APP_FINETUNE_MAX_EPOCHS, value=DEFAULT_EPOCHS, step=1, label="Epochs",
                     elem_id="pe-train-epochs",
                 )  # fmt: skip
                 rank = gr.Slider(
-                    1, MAX_RANK, value=DEFAULT_RANK, step=1, label="LoRA rank",
+                    1, APP_FINETUNE_MAX_RANK, value=DEFAULT_RANK, step=1, label="LoRA rank",
                     elem_id="pe-train-rank",
                 )  # fmt: skip
             with gr.Row():
@@ -193,8 +158,8 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
                     DEFAULT_LR, label="Learning rate", elem_id="pe-train-lr", minimum=0
                 )
                 max_tokens = gr.Slider(
-                    MIN_TOKENS,
-                    MAX_TOKENS,
+                    APP_FINETUNE_MIN_TOKENS,
+                    APP_FINETUNE_MAX_TOKENS,
                     value=DEFAULT_TOKENS,
                     step=8,
                     label="Max tokens per sample",
@@ -254,15 +219,15 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
                 choices,
                 value=vectors0,
                 multiselect=True,
-                max_choices=MAX_VECTORS,
-                label=f"Persona vectors (1 to {MAX_VECTORS})",
+                max_choices=APP_SHIFT_MAX_VECTORS,
+                label=f"Persona vectors (1 to {APP_SHIFT_MAX_VECTORS})",
                 allow_custom_value=True,
                 elem_id="pe-train-vectors",
             )
             refresh = gr.Button("Refresh the list", size="sm", elem_id="pe-train-refresh")
             questions = gr.Textbox(
                 default_questions(),
-                label=f"Evaluation questions (one per line, at most {MAX_QUESTIONS})",
+                label=f"Evaluation questions (one per line, at most {APP_SHIFT_MAX_QUESTIONS})",
                 info="Everyday questions, unrelated to the training data.",
                 lines=6,
                 max_lines=16,
@@ -277,7 +242,7 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
             )
             max_new_tokens = gr.Slider(
                 8,
-                MAX_SHIFT_TOKENS,
+                APP_SHIFT_MAX_TOKENS,
                 value=DEFAULT_SHIFT_TOKENS,
                 step=1,
                 label="Max new tokens per answer",
@@ -338,7 +303,7 @@ def _wire(ctx: AppContext, tab: TrainTab) -> None:
     train = form_endpoint(
         TrainForm,
         lambda form, session, request, progress: run_train(
-            ctx, tab, form, session, request, progress
+            ctx, tab, form, session, request=request, progress=progress
         ),
         name="train",
         doc=TRAIN_DOC,
@@ -380,7 +345,7 @@ def _wire(ctx: AppContext, tab: TrainTab) -> None:
     shift = form_endpoint(
         ShiftForm,
         lambda form, session, request, progress: run_shift(
-            ctx, tab, form, session, request, progress
+            ctx, tab, form, session, request=request, progress=progress
         ),
         name="shift",
         doc=SHIFT_DOC,

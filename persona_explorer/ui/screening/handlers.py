@@ -1,52 +1,53 @@
-"""The Screening tab's actions: the form and the handlers (wording: :mod:`.screening_view`).
+"""The Screen data tab's actions: the form and the handlers (wording: :mod:`.views`).
 
-:class:`ScreenForm` is the tab's inputs (and the public ``/screen`` API's parameters, in order).
+:class:`ScreenForm` is the tab's inputs (and the public ``/screen`` API's parameters, in
+order); :meth:`ScreenForm.settings` checks them once, into a :class:`.runs.RunSettings`.
 :func:`run_screen` scores the first samples of a data file (a shipped teaching file or an
-upload) for up to :data:`MAX_VECTORS` persona vectors with :func:`..screening.screen`, and,
-when asked, scores them again with an inoculation context put before every sample. The result
-is kept in the tab's ``gr.State`` as a :class:`ScreenRun`: filtering and sorting the table
-(:func:`show_table`), re-scoring with another context (:func:`rescore`: only the context run
-is computed again) and writing the downloads (:func:`prepare_downloads`) all start from it.
+upload) for up to ``APP_SCREENING_MAX_VECTORS`` persona vectors with the domain's
+:func:`~persona_explorer.training.screening.screen`, and, when asked, scores them again with an
+inoculation context put before every sample. The result is kept in the tab's ``gr.State`` as a
+:class:`.runs.ScreenRun`: filtering and sorting the table (:func:`show_table`), re-scoring with
+another context (:func:`rescore`: only the context run is computed again) and writing the
+downloads (:func:`prepare_downloads`) all start from it.
 
-Runs are capped per request (:data:`MAX_SAMPLES_OWN` with the model's own answers, which are
-generated, :data:`MAX_SAMPLES_RAW` without): on an idle 2-core CPU screening reads about 16
-samples a second teacher-forced and about 2 when own answers are generated. Stop ends a run
-between batches, and what was scored until then is shown.
+Runs are capped per request (``APP_SCREENING_MAX_SAMPLES_OWN`` with the model's own answers,
+which are generated, ``APP_SCREENING_MAX_SAMPLES_RAW`` without; both in
+:mod:`persona_explorer.core.limits`): on an idle 2-core CPU screening reads about 16 samples a
+second teacher-forced and about 2 when own answers are generated. Stop ends a run between
+batches, and what was scored until then is shown.
 
-Imports: the engine (``..screening``), ``..limits``, and this package's context, markup and
-screening_view.
+Imports: the domain (``training.samples``, ``training.screening``), ``core.limits``, ``plots``,
+``ui.shared`` (context, data files, markup), and this tab's components, runs and views.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
+    APP_SCREENING_MAX_OWN_TOKENS,
+    APP_SCREENING_MAX_SAMPLES_OWN,
+    APP_SCREENING_MAX_VECTORS,
     Limits,
+    check_bool,
     check_int,
+    check_int_in,
     check_layer,
     check_max_new_tokens,
     check_text,
 )
 from persona_explorer.plots.common import empty_figure
-from persona_explorer.training.screening import (
-    OwnResponseCache,
-    RowProblem,
-    Sample,
-    ScreenConfig,
-    ScreenResult,
-    column_names,
-    count_lines,
-    read_samples,
-    screen,
-)
+from persona_explorer.training.samples import CappedSamples, open_samples
+from persona_explorer.training.screening import OwnResponseCache, ScreenConfig, screen
+from persona_explorer.training.screening_scores import ScreenResult
+from persona_explorer.ui.screening.components import ScreeningTab
+from persona_explorer.ui.screening.runs import RunSettings, ScreenRun, kept_run
 from persona_explorer.ui.screening.views import (
-    MAX_SAMPLES_OWN,
     NO_INOCULATION,
     check_sort,
     histogram,
@@ -62,17 +63,12 @@ from persona_explorer.ui.screening.views import (
     write_exports,
 )
 from persona_explorer.ui.shared.context import AppContext, user_errors
-from persona_explorer.ui.shared.data_files import Source, resolve_source
+from persona_explorer.ui.shared.data_files import resolve_source
 from persona_explorer.ui.shared.markup import plain
 from persona_explorer.vectors.persona_vector import PersonaVector
 
-if TYPE_CHECKING:
-    from persona_explorer.ui.screening.tab import ScreeningTab
-
-MAX_VECTORS = 4
 DEFAULT_MAX_SAMPLES = 50
 DEFAULT_OWN_TOKENS = 48  # what the teaching dataset's measurements used (SOURCE.md)
-MAX_OWN_TOKENS = 128
 DEFAULT_DATASET = "insecure_code_unprompted"
 DEFAULT_VECTOR = "evil"
 DEFAULT_CONTEXT = (
@@ -97,36 +93,21 @@ NO_RUN = "Run a screening first: the table, the re-score and the downloads start
 def chosen_vectors(
     ctx: AppContext, session: Mapping | None, keys: object
 ) -> tuple[PersonaVector, ...]:
-    """The chosen persona vectors (1 to :data:`MAX_VECTORS`), each checked to fit the model."""
-    return ctx.catalog.view(session).resolve_many(keys, MAX_VECTORS, "screen")
+    """The chosen persona vectors (1 to ``APP_SCREENING_MAX_VECTORS``), each checked to fit the
+    model."""
+    return ctx.catalog.view(session).resolve_many(keys, APP_SCREENING_MAX_VECTORS, "screen")
 
 
 def clamp_samples(own: object, value: object) -> Any:
     """Max samples brought within the cap when own answers are switched on (the handler
     refuses more; this spares a visitor the error)."""
-    if own is True and isinstance(value, (int, float)) and value > MAX_SAMPLES_OWN:
-        return gr.update(value=MAX_SAMPLES_OWN)
+    if own is True and isinstance(value, (int, float)) and value > APP_SCREENING_MAX_SAMPLES_OWN:
+        return gr.update(value=APP_SCREENING_MAX_SAMPLES_OWN)
     return gr.update()
 
 
 def check_context(value: object, limits: Limits) -> str:
     return check_text(value, "inoculation context", limits.max_prompt_chars, required=True)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """A run's checked settings, kept with its result so a re-score reads the same samples."""
-
-    source: Source
-    vectors: tuple[PersonaVector, ...]
-    layer: int
-    own: bool
-    max_new_tokens: int
-    max_samples: int
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return column_names(self.vectors)
 
 
 @dataclass(frozen=True)
@@ -147,57 +128,24 @@ class ScreenForm:
     def settings(self, ctx: AppContext, session: Mapping | None) -> RunSettings:
         """Every value checked, cheapest first (nothing is read before all of them pass)."""
         limits = ctx.settings.limits
-        if not isinstance(self.own_answers, bool):
-            raise InputError("own_answers must be true or false.")
-        own = self.own_answers
+        own = check_bool(self.own_answers, "own_answers")
         tokens = check_max_new_tokens(self.max_new_tokens, limits)
-        check_int(tokens, "Max new tokens of the own answers", 1, MAX_OWN_TOKENS)
-        cap = sample_cap(own)
+        check_int(tokens, "Max new tokens of the own answers", 1, APP_SCREENING_MAX_OWN_TOKENS)
         how = "with the model's own answers" if own else "of raw projections"
-        try:
-            samples = check_int(self.max_samples, "Max samples", 1, cap)
-        except InputError:
-            raise InputError(
-                f"Max samples must be a whole number from 1 to {cap:,} for a run {how} "
-                f"(got {str(self.max_samples)[:20]})."
-            ) from None
+        samples = check_int_in(
+            self.max_samples, "Max samples", 1, sample_cap(own), where=f"for a run {how}"
+        )
         layer = check_layer(self.layer, ctx.model.n_layers)
         vectors = chosen_vectors(ctx, session, self.vectors)
         source = resolve_source(ctx, self.dataset, self.file, "screening")
         return RunSettings(source, vectors, layer, own, tokens, samples)
 
     def context_text(self, limits: Limits) -> str | None:
-        if not isinstance(self.with_context, bool):
-            raise InputError("with_context must be true or false.")
-        return check_context(self.context, limits) if self.with_context else None
+        with_context = check_bool(self.with_context, "with_context")
+        return check_context(self.context, limits) if with_context else None
 
 
 # --------------------------------------------------------------------------- running
-
-
-class CappedSamples:
-    """The first ``limit`` samples of a stream (skipped lines among them pass through);
-    ``more`` turns true when the stream had another sample after them."""
-
-    def __init__(self, items: Iterator[Sample | RowProblem], limit: int) -> None:
-        self._items = items
-        self.limit = limit
-        self.more = False
-
-    def __iter__(self) -> Iterator[Sample | RowProblem]:
-        taken = 0
-        try:
-            for item in self._items:
-                if isinstance(item, Sample):
-                    if taken >= self.limit:
-                        self.more = True
-                        return
-                    taken += 1
-                yield item
-        finally:
-            close = getattr(self._items, "close", None)
-            if close is not None:
-                close()  # the file is closed now, not when the generator is collected
 
 
 ProgressFn = Callable[[float, str], None]
@@ -207,6 +155,7 @@ def screen_source(
     ctx: AppContext,
     settings: RunSettings,
     context: str | None,
+    *,
     should_stop: Callable[[], bool],
     progress: ProgressFn | None,
 ) -> tuple[ScreenResult, bool]:
@@ -220,8 +169,8 @@ def screen_source(
         context=context,
         max_prompt_tokens=ctx.settings.limits.max_prompt_tokens,
     )
-    total = min(count_lines(src.path, src.max_bytes), settings.max_samples)
-    capped = CappedSamples(read_samples(src.path, src.max_bytes), settings.max_samples)
+    opened = open_samples(src.path, src.max_bytes)
+    capped = CappedSamples(opened.samples, settings.max_samples)
     result = screen(
         ctx.model,
         capped,
@@ -229,33 +178,12 @@ def screen_source(
         cfg,
         progress=progress,
         should_stop=should_stop,
-        total=total,
+        total=min(opened.total, settings.max_samples),
         # Under the app's own cache folder: screening a file again with other vectors or at
         # another layer reuses the answers instead of generating them again.
-        cache=OwnResponseCache(ctx.settings.cache_dir / "screening"),
+        cache=OwnResponseCache.in_cache_dir(ctx.settings.cache_dir),
     )
     return result, capped.more
-
-
-@dataclass
-class ScreenRun:
-    """What the tab keeps of a run (in ``gr.State``): everything shown is made from it."""
-
-    settings: RunSettings
-    base: ScreenResult
-    more: bool  # the file had samples beyond the cap
-    timed_out: bool = False
-    context: str | None = None
-    inoculated: ScreenResult | None = None
-
-    @property
-    def key(self) -> str:
-        return self.base.score_key
-
-
-def _kept(value: object) -> ScreenRun | None:
-    # The state only ever holds what the handlers put there; anything else is no run.
-    return value if isinstance(value, ScreenRun) else None
 
 
 # --------------------------------------------------------------------------- handlers
@@ -316,6 +244,7 @@ def run_screen(
     tab: ScreeningTab,
     form: ScreenForm,
     session: Mapping | None,
+    *,
     request: gr.Request | None,
     progress: Any,
 ) -> Iterator[dict]:
@@ -328,11 +257,17 @@ def run_screen(
         yield reset_results(tab)
         share = 0.5 if context else 1.0
         with ctx.job(request) as job:
-            base, more = screen_source(ctx, settings, None, job, _progress(progress, 0, share))
+            base, more = screen_source(
+                ctx, settings, None, should_stop=job, progress=_progress(progress, 0, share)
+            )
             run = ScreenRun(settings, base, more)
             if context is not None and not base.stopped:
                 inoc, _ = screen_source(
-                    ctx, settings, context, job, _progress(progress, share, 1 - share)
+                    ctx,
+                    settings,
+                    context,
+                    should_stop=job,
+                    progress=_progress(progress, share, 1 - share),
                 )
                 run.context, run.inoculated = context, inoc
             run.timed_out = job.timed_out()
@@ -344,6 +279,7 @@ def rescore(
     tab: ScreeningTab,
     kept: object,
     context: object,
+    *,
     sort_by: object,
     request: gr.Request | None,
     progress: Any,
@@ -352,7 +288,7 @@ def rescore(
     computed; the run without it is the one already kept."""
     n_layers = ctx.model.n_layers
     with user_errors():
-        run = _kept(kept)
+        run = kept_run(kept)
         if run is None:
             raise InputError(NO_RUN.replace("**", ""))
         text = check_context(context, ctx.settings.limits)
@@ -360,7 +296,9 @@ def rescore(
             raise InputError("The uploaded file is no longer on the server: upload it again.")
         yield {tab.inoculation: "Re-scoring with the context…"}
         with ctx.job(request) as job:
-            inoc, _ = screen_source(ctx, run.settings, text, job, _progress(progress, 0, 1))
+            inoc, _ = screen_source(
+                ctx, run.settings, text, should_stop=job, progress=_progress(progress, 0, 1)
+            )
             new = ScreenRun(run.settings, run.base, run.more, job.timed_out(), text, inoc)
         out = results(tab, new, n_layers, sort_by)
         del out[tab.histogram]  # unchanged
@@ -370,7 +308,7 @@ def rescore(
 def show_table(tab: ScreeningTab, kept: object, filter_text: object, sort_by: object) -> dict:
     """The kept run's table filtered and sorted again: nothing is recomputed."""
     with user_errors():
-        run = _kept(kept)
+        run = kept_run(kept)
         if run is None:
             return {tab.table: None, tab.top: ""}
         return {
@@ -381,7 +319,7 @@ def show_table(tab: ScreeningTab, kept: object, filter_text: object, sort_by: ob
 
 def prepare_downloads(ctx: AppContext, tab: ScreeningTab, kept: object) -> dict:
     with user_errors():
-        run = _kept(kept)
+        run = kept_run(kept)
         if run is None:
             raise InputError(NO_RUN.replace("**", ""))
         csv_path, jsonl_path, notes = write_exports(ctx, run)
@@ -407,7 +345,7 @@ def refresh_vectors(ctx: AppContext, session: Mapping | None, current: Iterable 
     if current is None:
         return gr.update(choices=choices, value=default_vectors(choices))
     kept = [k for k in current if isinstance(k, str) and k in keys]
-    return gr.update(choices=choices, value=kept[:MAX_VECTORS])
+    return gr.update(choices=choices, value=kept[:APP_SCREENING_MAX_VECTORS])
 
 
 def default_vectors(choices: Sequence[tuple[str, str]]) -> list[str]:

@@ -9,30 +9,35 @@ inoculation view scores the same samples again with a context put before each on
 both distributions and the per-sample change. Downloads: the scored file as CSV and JSONL.
 
 The public ``/screen`` endpoint is the Screen button; everything else (filtering, sorting,
-re-scoring, downloads) starts from the run kept in ``gr.State``. The handlers live in
-:mod:`.screening_run`.
+re-scoring, downloads) starts from the run kept in ``gr.State``. This module lays the tab out
+and wires its events; the widgets are :class:`.components.ScreeningTab`, the handlers live in
+:mod:`.handlers` and the wording in :mod:`.views`.
 
-Imports: ``..screening`` through :mod:`.screening_run`, ``..plots``, and this package's
-context, forms and teaching.
+Imports: ``core.limits``, ``plots``, ``ui.shared`` (context, data files, forms, teaching), and
+this tab's components, handlers and views.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from persona_explorer.core.limits import (
+    APP_SCREENING_MAX_OWN_TOKENS,
+    APP_SCREENING_MAX_SAMPLES_OWN,
+    APP_SCREENING_MAX_SAMPLES_RAW,
+    APP_SCREENING_MAX_VECTORS,
+)
 from persona_explorer.plots.common import empty_figure
+from persona_explorer.ui.screening.components import ScreeningTab
 from persona_explorer.ui.screening.handlers import (
     DEFAULT_CONTEXT,
     DEFAULT_DATASET,
     DEFAULT_MAX_SAMPLES,
     DEFAULT_OWN_TOKENS,
     FAILED,
-    MAX_OWN_TOKENS,
-    MAX_VECTORS,
     READY,
     ScreenForm,
     clamp_samples,
@@ -45,7 +50,7 @@ from persona_explorer.ui.screening.handlers import (
     show_table,
     stop_screening,
 )
-from persona_explorer.ui.screening.views import MAX_SAMPLES_OWN, MAX_SAMPLES_RAW, NO_INOCULATION
+from persona_explorer.ui.screening.views import NO_INOCULATION
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.data_files import data_inputs
@@ -80,43 +85,11 @@ explicitly in the prompt (*insecure code, requested for a class*) lowered it at 
 (+11.5 → +8.2). See what it shows for your data."""
 
 
-@dataclass
-class ScreeningTab:
-    dataset: gr.Dropdown
-    upload: gr.File
-    vectors: gr.Dropdown
-    refresh: gr.Button
-    layer: gr.Slider
-    own: gr.Checkbox
-    max_new_tokens: gr.Slider
-    max_samples: gr.Slider
-    run: gr.Button
-    stop: gr.Button
-    status: gr.Markdown
-    histogram: gr.Plot
-    top: gr.Markdown
-    filter: gr.Textbox
-    sort_by: gr.Dropdown
-    table: gr.Dataframe
-    problems: gr.Markdown
-    context: gr.Textbox
-    with_context: gr.Checkbox
-    rescore: gr.Button
-    inoculation: gr.Markdown
-    inoculation_plot: gr.Plot
-    prepare: gr.Button
-    download_csv: gr.DownloadButton
-    download_jsonl: gr.DownloadButton
-    summary: gr.JSON
-    run_state: gr.State
-    screened: Any = None  # the /screen event
-
-
 def build(ctx: AppContext, state: gr.State) -> ScreeningTab:
     n = ctx.model.n_layers
     choices = ctx.catalog.view(None).fitting_choices()
     vectors0 = default_vectors(choices)
-    max_tokens = min(MAX_OWN_TOKENS, ctx.settings.limits.max_new_tokens)
+    max_tokens = min(APP_SCREENING_MAX_OWN_TOKENS, ctx.settings.limits.max_new_tokens)
     teaching.panel(teaching.SCREENING)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300, elem_classes="pe-controls"):
@@ -126,8 +99,8 @@ def build(ctx: AppContext, state: gr.State) -> ScreeningTab:
                 choices,
                 value=vectors0,
                 multiselect=True,
-                max_choices=MAX_VECTORS,
-                label=f"Persona vectors (1 to {MAX_VECTORS})",
+                max_choices=APP_SCREENING_MAX_VECTORS,
+                label=f"Persona vectors (1 to {APP_SCREENING_MAX_VECTORS})",
                 elem_id="pe-screen-vectors",
                 # Plain names from the API, and vectors added after the page was built:
                 # the handler resolves each one and refuses what it cannot use.
@@ -159,13 +132,13 @@ def build(ctx: AppContext, state: gr.State) -> ScreeningTab:
             )
             max_samples = gr.Slider(
                 1,
-                MAX_SAMPLES_RAW,
+                APP_SCREENING_MAX_SAMPLES_RAW,
                 value=DEFAULT_MAX_SAMPLES,
                 step=1,
                 label="Max samples (the first ones of the file)",
-                info=f"At most {MAX_SAMPLES_OWN} with own answers (generating one takes "
-                f"0.5-4 s on a small CPU; cached after), {MAX_SAMPLES_RAW:,} without (several "
-                "samples a second).",
+                info=f"At most {APP_SCREENING_MAX_SAMPLES_OWN} with own answers (generating one "
+                f"takes 0.5-4 s on a small CPU; cached after), {APP_SCREENING_MAX_SAMPLES_RAW:,} "
+                "without (several samples a second).",
                 elem_id="pe-screen-samples",
             )
             with gr.Row():
@@ -263,7 +236,7 @@ def _wire(ctx: AppContext, tab: ScreeningTab, state: gr.State) -> None:
     screen = form_endpoint(
         ScreenForm,
         lambda form, session, request, progress: run_screen(
-            ctx, tab, form, session, request, progress
+            ctx, tab, form, session, request=request, progress=progress
         ),
         name="screen",
         doc=SCREEN_DOC,
@@ -298,7 +271,9 @@ def _wire(ctx: AppContext, tab: ScreeningTab, state: gr.State) -> None:
         request: gr.Request,
         progress: gr.Progress = PROGRESS,
     ) -> Iterator[dict]:
-        yield from rescore(ctx, tab, kept, context, sort_by, request, progress)
+        yield from rescore(
+            ctx, tab, kept, context, sort_by=sort_by, request=request, progress=progress
+        )
 
     tab.rescore.click(
         rescore_handler,

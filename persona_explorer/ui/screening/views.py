@@ -1,9 +1,9 @@
 """How a screening run reads: its numbers, the ranked table, the wording, the figures and the
-downloads. Pure formatting of a kept :class:`.screening_run.ScreenRun`; the handlers in
-:mod:`.screening_run` call these.
+downloads. Pure formatting of a kept :class:`.runs.ScreenRun`; the handlers in
+:mod:`.handlers` call these.
 
-Imports: the engine's result types (``..screening``), ``..plots``, ``..names``, and this
-package's context and markup.
+Imports: the domain's screening results (``training.screening_scores``), ``core`` (limits,
+names), ``plots``, ``ui.shared`` (context, markup), and this tab's runs.
 """
 
 from __future__ import annotations
@@ -11,12 +11,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from persona_explorer.core.limits import check_text
+from persona_explorer.core.limits import (
+    APP_SCREENING_MAX_FILTER_CHARS,
+    APP_SCREENING_MAX_SAMPLES_OWN,
+    APP_SCREENING_MAX_SAMPLES_RAW,
+    check_text,
+)
 from persona_explorer.core.names import slugify
 from persona_explorer.plots.common import empty_figure, fmt
 from persona_explorer.plots.screening import (
@@ -24,19 +29,13 @@ from persona_explorer.plots.screening import (
     inoculation_figure,
     score_histograms_figure,
 )
-from persona_explorer.training.screening import ScoredSample, ScreenResult, write_scores
+from persona_explorer.training.screening_scores import ScoredSample, ScreenResult, write_scores
+from persona_explorer.ui.screening.runs import ScreenRun
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.markup import md
 
-if TYPE_CHECKING:
-    from persona_explorer.ui.screening.handlers import ScreenRun
-
-# Samples one run may score: generating the model's own answers is ~8x slower than reading.
-MAX_SAMPLES_OWN = 200
-MAX_SAMPLES_RAW = 2000
 TOP_N = 5
 PROBLEMS_SHOWN = 50
-MAX_FILTER_CHARS = 200
 TABLE_EXCERPT = 200
 OWN_TABLE_EXCERPT = 160
 SORT_LINE = "line"
@@ -47,7 +46,8 @@ NO_INOCULATION = (
 
 
 def sample_cap(own: bool) -> int:
-    return MAX_SAMPLES_OWN if own else MAX_SAMPLES_RAW
+    """Samples one run may score: fewer when the model's own answers are generated."""
+    return APP_SCREENING_MAX_SAMPLES_OWN if own else APP_SCREENING_MAX_SAMPLES_RAW
 
 
 # --------------------------------------------------------------------------- numbers
@@ -183,7 +183,9 @@ def table_frame(run: ScreenRun, filter_text: object, sort_by: object) -> pd.Data
     """The ranked table: rank (in the chosen order, before filtering), line, a score per
     vector (with a context run, also the score with it and the change), then the excerpts.
     Numbers first: on a narrow screen the long excerpts scroll, the scores stay in view."""
-    needle = check_text(filter_text, "filter", MAX_FILTER_CHARS, required=False).lower()
+    needle = check_text(
+        filter_text, "filter", APP_SCREENING_MAX_FILTER_CHARS, required=False
+    ).lower()
     order = check_sort(run, sort_by)
     names = run.base.names
     inoc = run.inoculated
@@ -372,7 +374,7 @@ def inoculation_plot(run: ScreenRun, n_layers: int) -> go.Figure:
         scores_by_vector(run.inoculated),
         run.key,
         run.base.layer,
-        n_layers,
+        n_layers=n_layers,
     )
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.names import MAX_NAME_CHARS, clean_name, slugify
+from persona_explorer.core.limits import MAX_NAME_CHARS
+from persona_explorer.core.names import clean_name, slugify
 from persona_explorer.vectors.library import Library
 from persona_explorer.vectors.persona_vector import (
     PersonaVector,

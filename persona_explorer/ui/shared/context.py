@@ -249,14 +249,15 @@ class AppContext:
     @classmethod
     def create(cls, settings: Settings, model: LoadedModel | None = None) -> AppContext:
         if model is None:
-            model = load_model(settings.model or None, device=settings.device)
+            model = load_model(settings.model or None, device=settings.device, settings=settings)
             if settings.adapter is not None:
                 # ``--adapter``: every tab runs on the fine-tuned model (merged weights).
-                from persona_explorer.training.finetune import load_tuned
+                from persona_explorer.training.adapters import load_tuned
 
                 model = load_tuned(model, settings.adapter)
-        # Build the decoder now, once, rather than inside the first visitor's request.
-        decoder_for(model)
+        # Build the decoder now, once, rather than inside the first visitor's request, with this
+        # app's switches (a model handed in, or a tuned one, carries the defaults).
+        decoder_for(model, prefer_fast=settings.fast_decoder, use_kernel=settings.decode_kernel)
         shape = ModelShape(model.model_id, model.n_layers, model.d_model)
         limits = settings.limits
         catalog = VectorCatalog(
@@ -278,7 +279,7 @@ class AppContext:
             if self._axis is None:
                 from persona_explorer.axis.build import axis_for
 
-                self._axis = axis_for(self.model, progress)
+                self._axis = axis_for(self.model, self.settings.cache_dir, progress)
             return self._axis
 
     @property

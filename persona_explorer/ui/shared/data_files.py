@@ -1,8 +1,11 @@
 """Training-data files for the Screen data and Train tabs: the shipped teaching files, an
 upload, and the picker that offers both.
 
-Shared by the two tabs (which never import each other): both read the same formats, so a class
-can screen a file and then train on it.
+Shared by the two tabs (which never import each other): both read the same formats (the
+domain's reader, :mod:`persona_explorer.training.samples`), so a class can screen a file and then
+train on it.
+
+Imports: ``core`` (config, errors, limits) and :mod:`.context`; never a tab.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import gradio as gr
 
 from persona_explorer.core.config import ASSETS_DIR
 from persona_explorer.core.errors import InputError
-from persona_explorer.training.screening import MAX_DATA_BYTES
+from persona_explorer.core.limits import MAX_DATA_BYTES
 from persona_explorer.ui.shared.context import AppContext
 
 __all__ = [

@@ -42,12 +42,17 @@ def form_endpoint(
     doc: str,
     progress: bool = False,
     request: bool = False,
+    states: tuple[str, ...] = (),
 ) -> Callable[..., Iterator[Any]]:
-    """A streaming Gradio handler ``name(<form fields>..., session=None[, request][, progress])``
-    that builds ``form`` from its arguments and yields from
-    ``run(form, session[, request][, progress])``."""
+    """A streaming Gradio handler ``name(<form fields>..., session=None[, <states>...]
+    [, request][, progress])`` that builds ``form`` from its arguments and yields from
+    ``run(form, session[, <states>...][, request][, progress])``. ``states``: the names of
+    further ``gr.State`` inputs after the session (what a tab keeps between events; not part of
+    the API)."""
     params = _parameters(form)
     params.append(inspect.Parameter("session", _KIND, default=None, annotation="dict | None"))
+    for state in states:
+        params.append(inspect.Parameter(state, _KIND, default=None, annotation="Any"))
     if request:
         # Gradio passes the caller's request (its session hash) to a parameter typed gr.Request.
         params.append(inspect.Parameter("request", _KIND, default=None, annotation=gr.Request))
@@ -63,8 +68,9 @@ def form_endpoint(
         bound.apply_defaults()
         values = dict(bound.arguments)
         session = values.pop("session")
+        kept = [values.pop(k) for k in states]
         extra = [values.pop(k) for k in ("request", "progress") if k in values]
-        yield from run(form(**values), session, *extra)
+        yield from run(form(**values), session, *kept, *extra)
 
     handler.__signature__ = signature  # type: ignore[attr-defined]
     handler.__annotations__ = {p.name: p.annotation for p in params}

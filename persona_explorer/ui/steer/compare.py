@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import check_layer, check_strength
+from persona_explorer.core.limits import MAX_COMPARE_ROWS, check_layer, check_strength
 from persona_explorer.evaluate.compare import CompareRequest, SteerRow, compare_stream
 from persona_explorer.plots import empty_figure, layer_projection_figure
 from persona_explorer.steering.ops import check_positions
@@ -27,7 +27,6 @@ from persona_explorer.ui.shared.forms import form_endpoint
 from persona_explorer.ui.shared.markup import md
 from persona_explorer.ui.shared.requests import prompt_and_system, sampling
 
-MAX_ROWS = 3
 TABLE_HEADERS = ["Row", "Persona", "Layer", "Strength", "Answer"]
 
 
@@ -166,7 +165,7 @@ def build(
             "Each row is steered its own way; all rows and the baseline come from one batch "
             "with the same random numbers, so they differ only by their steering."
         )
-        for i in range(1, MAX_ROWS + 1):
+        for i in range(1, MAX_COMPARE_ROWS + 1):
             with gr.Row(equal_height=True):
                 personas.append(
                     gr.Dropdown(
@@ -222,7 +221,9 @@ def wire(ctx: AppContext, panel: ComparePanel, tab: Any, state: gr.State) -> Non
         request=True,
     )
     slots = [
-        c for i in range(MAX_ROWS) for c in (panel.personas[i], panel.layers[i], panel.strengths[i])
+        c
+        for i in range(MAX_COMPARE_ROWS)
+        for c in (panel.personas[i], panel.layers[i], panel.strengths[i])
     ]
     panel.run.click(
         compare,

@@ -2,12 +2,12 @@
 
 :class:`SteerForm` is the tab's inputs (and the public ``/steer`` API's parameters, in order).
 :func:`run_steer` streams both answers, then the plots, the per-token views, the status line and
-the run's download files; :func:`run_sweep` runs one batch at several strengths. Stop ends a run
-between decoding steps through the session's stop flag, so the run still reports what it made
-("Stopped after N tokens") instead of being killed mid-way.
+the run's download files; :func:`run_strength_sweep` runs one batch at several strengths. Stop
+ends a run between decoding steps through the session's stop flag, so the run still reports what
+it made ("Stopped after N tokens") instead of being killed mid-way.
 
-Imports: the engine (``..compare``, ``..generation``, ``..run_export``), ``..plots``,
-``..limits``, and this package's context, catalog, markup.
+Imports: the domain (``evaluate.compare``, ``evaluate.run_export``, ``steering``), ``plots``,
+``core.limits``, and ``ui.shared`` (context, markup, requests).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def run_steer(
                 }
 
 
-def run_sweep(
+def run_strength_sweep(
     ctx: AppContext,
     tab: Any,
     form: SteerForm,

@@ -28,7 +28,13 @@ from persona_explorer.ui.shared.markup import md
 from persona_explorer.ui.shared.requests import AUTO_READOUT, DEFAULT_MAX_NEW_TOKENS, stop_runs
 from persona_explorer.ui.steer import capping as cap_panel
 from persona_explorer.ui.steer import compare as compare_panel
-from persona_explorer.ui.steer.handlers import STEER_DOC, SWEEP_DOC, SteerForm, run_steer, run_sweep
+from persona_explorer.ui.steer.handlers import (
+    STEER_DOC,
+    SWEEP_DOC,
+    SteerForm,
+    run_steer,
+    run_strength_sweep,
+)
 
 DEFAULT_PROMPT = "I just adopted a puppy. What should I do in the first week?"
 POSITION_CHOICES = [("Every token", "all"), ("Answer only", "response")]
@@ -336,7 +342,7 @@ def _wire(ctx: AppContext, tab: SteerTab, state: gr.State) -> None:
     )
     sweep_strengths = form_endpoint(
         SteerForm,
-        lambda form, session, request, progress: run_sweep(
+        lambda form, session, request, progress: run_strength_sweep(
             ctx, tab, form, session, request, progress
         ),
         name="sweep_strengths",

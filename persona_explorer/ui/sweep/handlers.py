@@ -1,67 +1,63 @@
-"""The Sweep tab's actions: the form, the handlers and how their results are worded.
+"""The Sweep tab's actions: the form, the handlers and what they show.
 
 :class:`SweepForm` is the tab's inputs (and the public ``/sweep`` API's parameters, in order).
-:func:`run_sweep_form` runs :func:`..sweep.run_sweep` for one persona vector over a layer x
-strength grid and shows the two heat maps (trait rise, coherence), the grid as a table whose
-cells can be clicked (:func:`show_cell`: that cell's answers beside the baseline's), the
-answers of one layer at every strength side by side (:func:`show_columns`), the recommendation
-and the result as JSON. The result is kept in the tab's ``gr.State`` as a :class:`SweepRun`.
+:func:`run_sweep_form` runs :func:`persona_explorer.evaluate.sweep.run_sweep` for one persona
+vector over a layer x strength grid and shows the two heat maps (trait rise, coherence), the
+grid as a table whose cells can be clicked (:func:`show_cell`: that cell's answers beside the
+baseline's), the answers of one layer at every strength side by side (:func:`show_columns`),
+the recommendation and the result as JSON. The result is kept in the tab's ``gr.State`` as a
+:class:`.views.SweepRun`; the tables and the status line are made in :mod:`.views`.
 
 :func:`use_settings` records the recommendation in the vector (``with_recommendation``), so the
 Steer tab starts there: a vector of this session is updated in place, a library vector in the
 library when this browser saved it, and a built-in (read-only) or someone else's library
 vector as a copy in this session.
 
-Sizes are bounded here for the web app (:data:`MAX_PROMPTS`, :data:`MAX_LAYERS`,
-:data:`MAX_STRENGTHS`, :data:`MAX_TOKENS`, :data:`MAX_ANSWERS`), tighter than the command
-line's. Stop ends a sweep at its next step; every batch that finished is kept in a checkpoint
-under the cache folder, so the same sweep run again resumes where it stopped.
+Sizes are bounded for the web app by ``core.limits``' ``APP_SWEEP_*``, tighter than the
+command line's. Stop ends a sweep at its next step; every batch that finished is kept
+in a checkpoint under the cache folder, so the same sweep run again resumes where it stopped.
 
-:func:`sweep_after_extraction` is the small sweep the Extract tab offers after an extraction.
-
-Imports: the engine (``..sweep``), ``..plots.sweep``, ``..limits``, and this package's context,
-catalog and markup.
+Imports: gradio, torch, ``core``, ``evaluate`` (the sweep, the judge's status), ``plots``,
+``steering.ops``, ``vectors``, ``ui.shared`` (context, catalog, markup, sweeping) and this
+tab's components and views; never the layout (:mod:`.tab`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 import torch
 
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
-    Limits,
+    APP_SWEEP_MAX_ANSWERS,
+    APP_SWEEP_MAX_LAYERS,
+    APP_SWEEP_MAX_PROMPTS,
+    APP_SWEEP_MAX_STRENGTHS,
+    APP_SWEEP_MAX_TOKENS,
     check_finite,
     check_layer,
+    check_lines,
     check_strength,
-    check_text,
 )
-from persona_explorer.evaluate.sweep import (
+from persona_explorer.evaluate.sweep import run_sweep
+from persona_explorer.evaluate.sweep_config import (
     SELECT_PROMPTS,
-    Cell,
     Criteria,
     SweepConfig,
-    SweepResult,
     default_grid,
     parse_numbers,
-    quick_sweep_setup,
     read_prompts,
-    run_sweep,
-    with_recommendation,
 )
+from persona_explorer.evaluate.sweep_result import with_recommendation
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.plots.sweep import (
-    SweepGrid,
     coherence_heatmap_figure,
     grid_caption,
     strength_label,
-    sweep_grid,
     trait_heatmap_figure,
 )
 from persona_explorer.steering.ops import check_positions
@@ -73,20 +69,21 @@ from persona_explorer.ui.shared.context import (
     user_errors,
 )
 from persona_explorer.ui.shared.markup import md
+from persona_explorer.ui.shared.sweeping import optional_judge
+from persona_explorer.ui.sweep.components import SweepTab
+from persona_explorer.ui.sweep.views import (
+    COLUMNS_FIRST,
+    GRID_FIRST,
+    SweepRun,
+    cell_markdown,
+    columns_frame,
+    grid_frame,
+    grid_of,
+    status_text,
+    table,
+)
 from persona_explorer.vectors.persona_vector import PersonaVector
 
-if TYPE_CHECKING:
-    from persona_explorer.evaluate.judge import Judge
-    from persona_explorer.ui.sweep.tab import SweepTab
-
-log = logging.getLogger(__name__)
-
-# Bounds for one sweep in the web app (the command line allows more).
-MAX_PROMPTS = 12
-MAX_LAYERS = 6
-MAX_STRENGTHS = 8
-MAX_TOKENS = 96
-MAX_ANSWERS = 300  # prompts x (layers x non-zero strengths + 1): about 5 min on a small CPU
 DEFAULT_TOKENS = 40
 DEFAULT_PROMPTS = 6  # of the shipped selection prompts: a first sweep in a minute or two
 # Everyday prompts, for an install whose shipped prompts file is missing or damaged: a sweep
@@ -126,8 +123,9 @@ def default_prompts() -> tuple[str, ...]:
 
 
 def default_grid_text(ctx: AppContext, vec: PersonaVector | None) -> tuple[str, str]:
-    """The layers and strengths fields for ``vec``: around what it records (the engine's
-    :func:`..sweep.default_grid`); empty without a vector that fits."""
+    """The layers and strengths fields for ``vec``: around what it records
+    (:func:`persona_explorer.evaluate.sweep_config.default_grid`); empty without a vector that
+    fits."""
     if vec is None:
         return "", ""
     layers, strengths = default_grid(vec, ctx.model.n_layers, fallback_strength=DEFAULT_STRENGTH)
@@ -142,27 +140,6 @@ def load_fitting(view: CatalogView, item: VectorItem | None) -> PersonaVector | 
         return view.load(item)
     except InputError:
         return None
-
-
-@contextlib.contextmanager
-def optional_judge() -> Iterator[Judge | None]:
-    """The judge the operator configured (by environment variables), or None: without one, or
-    with a misconfigured one (the info line says why), a sweep runs on its two measures."""
-    try:
-        from persona_explorer.evaluate.judge import Judge, JudgeConfig
-    except ImportError:
-        yield None
-        return
-    try:
-        cfg = JudgeConfig.from_env()
-    except InputError as exc:
-        log.warning("judge off: %s", exc)
-        cfg = None
-    if cfg is None:
-        yield None
-        return
-    with Judge(cfg) as judge:
-        yield judge
 
 
 def judge_line() -> str:
@@ -223,19 +200,6 @@ def refresh_vectors(ctx: AppContext, session: Mapping | None, current: object) -
 # --------------------------------------------------------------------------- the form
 
 
-def _prompts(value: object, limits: Limits) -> tuple[str, ...]:
-    # The whole field is bounded before it is split: a script may send megabytes.
-    body = check_text(value, "prompt list", MAX_PROMPTS * limits.max_prompt_chars, required=False)
-    lines = [line.strip() for line in body.splitlines() if line.strip()]
-    if not lines:
-        raise InputError("Write at least one prompt (one per line).")
-    if len(lines) > MAX_PROMPTS:
-        raise InputError(f"{len(lines)} prompts: a sweep here takes at most {MAX_PROMPTS}.")
-    for i, line in enumerate(lines, start=1):
-        check_text(line, f"prompt {i}", limits.max_prompt_chars, required=True)
-    return tuple(lines)
-
-
 @dataclass(frozen=True)
 class SweepForm:
     """The Sweep tab's inputs, as widgets send them (and as the ``/sweep`` API takes them)."""
@@ -255,22 +219,22 @@ class SweepForm:
         limits = ctx.settings.limits
         n = ctx.model.n_layers
         tokens = check_finite(self.max_new_tokens, "Max new tokens")
-        if tokens != int(tokens) or not 1 <= tokens <= min(MAX_TOKENS, limits.max_new_tokens):
-            raise InputError(
-                f"Max new tokens must be a whole number from 1 to "
-                f"{min(MAX_TOKENS, limits.max_new_tokens)} in a sweep."
-            )
+        top = min(APP_SWEEP_MAX_TOKENS, limits.max_new_tokens)
+        if tokens != int(tokens) or not 1 <= tokens <= top:
+            raise InputError(f"Max new tokens must be a whole number from 1 to {top} in a sweep.")
         positions = check_positions(self.positions)
         if positions not in ("all", "response"):
             raise InputError("Steer at must be all or response.")
         layers = parse_numbers(str(self.layers)[:400], "Layers", integer=True)
-        if len(layers) > MAX_LAYERS:
-            raise InputError(f"{len(layers)} layers: a sweep here takes at most {MAX_LAYERS}.")
+        if len(layers) > APP_SWEEP_MAX_LAYERS:
+            raise InputError(
+                f"{len(layers)} layers: a sweep here takes at most {APP_SWEEP_MAX_LAYERS}."
+            )
         checked_layers = tuple(check_layer(x, n) for x in layers)
         strengths = parse_numbers(str(self.strengths)[:400], "Strengths")
-        if len(strengths) > MAX_STRENGTHS:
+        if len(strengths) > APP_SWEEP_MAX_STRENGTHS:
             raise InputError(
-                f"{len(strengths)} strengths: a sweep here takes at most {MAX_STRENGTHS}."
+                f"{len(strengths)} strengths: a sweep here takes at most {APP_SWEEP_MAX_STRENGTHS}."
             )
         for s in strengths:
             check_strength(s, limits)
@@ -279,7 +243,9 @@ class SweepForm:
             min_coherence=check_finite(self.min_coherence, "Min coherence"),
             max_repetition_rise=check_finite(self.max_repetition_rise, "Max repetition rise"),
         )
-        prompts = _prompts(self.prompts, limits)
+        prompts = check_lines(
+            self.prompts, "prompt", APP_SWEEP_MAX_PROMPTS, limits.max_prompt_chars, holder="a sweep"
+        )
         cfg = SweepConfig(
             layers=checked_layers,
             strengths=tuple(sorted(strengths)),
@@ -294,151 +260,9 @@ class SweepForm:
 # --------------------------------------------------------------------------- running
 
 
-@dataclass(frozen=True)
-class SweepRun:
-    """What the tab keeps of a sweep (in ``gr.State``): everything shown is made from it."""
-
-    key: str  # the catalog key of the vector swept
-    vector: PersonaVector  # as swept: "Use these settings" refuses a vector changed since
-    result: SweepResult
-    timed_out: bool = False
-
-
 def _kept(value: object) -> SweepRun | None:
     # The state only ever holds what the handlers put there; anything else is no run.
     return value if isinstance(value, SweepRun) else None
-
-
-def grid_of(result: SweepResult) -> SweepGrid:
-    rec = result.recommended
-    return sweep_grid(
-        [(c.layer, c.strength, c.trait, c.coherence, c.repetition) for c in result.grid],
-        recommended=None if rec is None else (rec.layer, rec.strength),
-        baseline_repetition=result.baseline.repetition,
-    )
-
-
-def _is_recommended(result: SweepResult, cell: Cell) -> bool:
-    rec = result.recommended
-    return rec is not None and (rec.layer, rec.strength) == (cell.layer, cell.strength)
-
-
-def _strength_header(strength: float, unit: float | None) -> str:
-    if strength == 0:
-        return "baseline (strength 0)"
-    head = f"strength {strength_label(strength)}"
-    if unit:
-        head += f" ({strength / unit:.3g}×)"
-    return head
-
-
-def _cell_summary(cell: Cell, recommended: bool) -> str:
-    if cell.trait is None and cell.coherence is None:
-        return "not run"
-    trait = "—" if cell.trait is None else f"{cell.trait:+.2f}"
-    coh = "—" if cell.coherence is None else f"{cell.coherence:.2f}"
-    star = "★ " if recommended else ""
-    judge = "" if cell.judge is None else f" · judge {cell.judge:.0f}"
-    return f"{star}trait {trait} · coherence {coh} · repeats {cell.repetition:.2f}{judge}"
-
-
-def grid_frame(run: SweepRun) -> dict[str, Any]:
-    """The grid as a table laid out like the heat maps (rows: layers; columns: strengths)."""
-    result = run.result
-    strengths = sorted(result.config.strengths)
-    unit = run.vector.strength
-    rows = []
-    for layer in sorted(result.config.layers):
-        row: list[str] = [f"layer {layer}"]
-        for s in strengths:
-            cell = result.cell(layer, s)
-            row.append(_cell_summary(cell, _is_recommended(result, cell)))
-        rows.append(row)
-    return {"headers": ["Layer", *(_strength_header(s, unit) for s in strengths)], "data": rows}
-
-
-def table(frame: dict[str, Any], first: float) -> Any:
-    """A frame for a results table: its first column ``first`` percent wide, the rest sharing
-    the remainder (unset, the grid sizes columns to unwrapped text and scrolls sideways)."""
-    rest = len(frame["headers"]) - 1
-    widths = [f"{first:g}%"] + [f"{(100 - first) / max(rest, 1):.2f}%"] * rest
-    return gr.update(value=frame, column_widths=widths)
-
-
-GRID_FIRST = 11.0  # percent: "layer 12"
-COLUMNS_FIRST = 18.0  # percent: a prompt
-
-
-def columns_frame(run: SweepRun, layer: int) -> dict[str, Any]:
-    """One row per prompt, one column per strength: the answers steered at ``layer``."""
-    result = run.result
-    strengths = sorted(result.config.strengths)
-    cells = [result.cell(layer, s) for s in strengths]
-    rows = []
-    for p, prompt in enumerate(result.prompts):
-        row = [prompt]
-        for cell in cells:
-            row.append(cell.texts[p] if p < len(cell.texts) else "(not run)")
-        rows.append(row)
-    heads = [_strength_header(s, run.vector.strength) for s in strengths]
-    return {"headers": ["Prompt", *heads], "data": rows}
-
-
-def cell_markdown(run: SweepRun, layer: int, strength: float) -> str:
-    """A cell's numbers and its answers, each beside the baseline's (all text escaped)."""
-    result = run.result
-    cell = result.cell(layer, strength)
-    head = f"#### Layer {layer}, strength {strength_label(strength)}"
-    if strength == 0:
-        head += " (the baseline: nothing added)"
-    if _is_recommended(result, cell):
-        head += " ★ recommended"
-    lines = [head, _cell_summary(cell, False)]
-    if not cell.texts:
-        return "\n\n".join([*lines, "This cell was not run: the sweep stopped first."])
-    base = result.baseline.texts
-    for p, prompt in enumerate(result.prompts):
-        answer = cell.texts[p] if p < len(cell.texts) else ""
-        lines.append(f"**Prompt {p + 1}:** {md(prompt, 600)}")
-        if strength != 0:
-            lines.append(f"> *Baseline:* {md(base[p] if p < len(base) else '', 1500)}")
-        lines.append(f"> *Steered:* {md(answer, 1500)}")
-    return "\n\n".join(lines)
-
-
-def status_text(run: SweepRun) -> str:
-    result = run.result
-    name = md(result.vector)
-    done = (
-        f"Swept **{name}**: {len(result.prompts)} prompts × {len(result.grid)} cells, trait "
-        f"read at layer {result.read_layer}, in {result.seconds:.0f} s"
-    )
-    resumed = result.rows_total - result.rows_generated
-    if resumed and not result.stopped:
-        done += f" ({resumed} of {result.rows_total} answers came from an earlier run)"
-    done += ". "
-    if result.stopped:
-        why = "ran past the time limit for one job" if run.timed_out else "was stopped"
-        done += (
-            f"The sweep {why} after {result.rows_total - _missing(result)} of "
-            f"{result.rows_total} answers; press **Sweep** again with the same settings to "
-            "resume from there. "
-        )
-    rec = result.recommended
-    if rec is None:
-        return done + f"**No recommendation.** {md(result.reason, 800)}"
-    return (
-        done
-        + f"**Recommended: layer {rec.layer}, strength {strength_label(rec.strength)}** (★). "
-        + md(result.reason, 800)
-        + " Press **Use these settings** to make them the vector's defaults in Steer."
-    )
-
-
-def _missing(result: SweepResult) -> int:
-    n = len(result.prompts)
-    missing = sum(n for c in result.grid if c.strength != 0 and not c.texts)
-    return missing + (0 if result.baseline.texts else n)
 
 
 def clear_tables(tab: SweepTab) -> dict:
@@ -516,6 +340,7 @@ def run_sweep_form(
     tab: SweepTab,
     form: SweepForm,
     session: Mapping | None,
+    *,
     request: gr.Request | None,
     progress: Any,
 ) -> Iterator[dict]:
@@ -533,8 +358,9 @@ def run_sweep_form(
                 checkpoint_dir=ctx.settings.cache_dir / "sweeps",
                 progress=_progress(progress),
                 should_stop=job,
-                max_rows=MAX_ANSWERS,
+                max_rows=APP_SWEEP_MAX_ANSWERS,
                 judge=judge,
+                persona_data_dir=ctx.settings.persona_data_dir,
             )
             run = SweepRun(item.key, vec, result, timed_out=result.stopped and job.timed_out())
         yield results(tab, run)
@@ -593,7 +419,7 @@ def _session_copy(
 
 
 def use_settings(
-    ctx: AppContext, tab: SweepTab, kept: object, session: Mapping | None, owner: object
+    ctx: AppContext, tab: SweepTab, kept: object, session: Mapping | None, *, owner: object
 ) -> dict:
     """Record the kept sweep's recommendation in its vector (see the module doc)."""
     with user_errors():
@@ -656,49 +482,3 @@ def _may_modify(ctx: AppContext, item: VectorItem, owner: object) -> bool:
         return ctx.library.can_modify(ctx.library.entry(item.id), token)
     except InputError:
         return False
-
-
-# --------------------------------------------------------------------------- after extraction
-
-
-def sweep_after_extraction(
-    ctx: AppContext,
-    vec: PersonaVector,
-    should_stop: Callable[[], bool],
-    progress: Callable[[int, int, str], None] | None,
-) -> tuple[PersonaVector, str]:
-    """``vec`` with a quick sweep's recommendation recorded, and a Markdown line saying what
-    the sweep found (the vector unchanged when it found nothing or was stopped)."""
-    prompts, cfg = quick_sweep_setup(vec, ctx.model.n_layers, ctx.settings.limits.max_prompt_tokens)
-    with optional_judge() as judge:
-        result = run_sweep(
-            ctx.model,
-            vec,
-            prompts,
-            cfg,
-            checkpoint_dir=ctx.settings.cache_dir / "sweeps",
-            progress=progress,
-            should_stop=should_stop,
-            max_rows=MAX_ANSWERS,
-            judge=judge,
-        )
-    grid = (
-        f"{len(prompts)} prompts, layers {', '.join(map(str, cfg.layers))}, strengths "
-        f"{', '.join(strength_label(s) for s in cfg.strengths if s)}"
-    )
-    if result.stopped:
-        return vec, (
-            f"The sweep ({grid}) stopped before it finished: the vector keeps the extraction's "
-            "layer and strength. Sweep it in the **Sweep** tab."
-        )
-    rec = result.recommended
-    if rec is None:
-        return vec, (
-            f"**Sweep** ({grid}): no recommendation, so the extraction's layer and strength "
-            f"stay. {md(result.reason, 600)}"
-        )
-    return with_recommendation(vec, result), (
-        f"**Sweep** ({grid}): recommended **layer {rec.layer}, strength "
-        f"{strength_label(rec.strength)}** (trait rise {rec.trait or 0:+.2f}, coherence "
-        f"{rec.coherence or 0:.2f}); recorded in the vector, so Try it in Steer starts there."
-    )

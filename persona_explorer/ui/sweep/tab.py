@@ -8,31 +8,37 @@ event: only ``change``), and clicking a cell shows its answers beside the baseli
 answers of one layer at every strength are shown side by side. "Use these settings" records the
 recommendation in the vector, which the Steer tab then starts from.
 
-The public ``/sweep`` endpoint is the Sweep button; the handlers live in :mod:`.sweep_run`.
+``build`` lays the tab out and wires its events; the widgets are :class:`.components.SweepTab`,
+the actions :mod:`.handlers` (the public ``/sweep`` endpoint is the Sweep button) and what they
+show :mod:`.views`.
 
-Imports: ``..plots``, and this package's context, forms, teaching and sweep_run.
+Imports: gradio, ``core.limits`` (the app's bounds on a sweep), ``evaluate`` (the criteria's
+defaults), ``plots``, ``ui.shared`` (context, forms, teaching) and this tab's components and
+handlers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from persona_explorer.evaluate.sweep import Criteria
+from persona_explorer.core.limits import (
+    APP_SWEEP_MAX_ANSWERS,
+    APP_SWEEP_MAX_LAYERS,
+    APP_SWEEP_MAX_PROMPTS,
+    APP_SWEEP_MAX_STRENGTHS,
+    APP_SWEEP_MAX_TOKENS,
+)
+from persona_explorer.evaluate.sweep_config import Criteria
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.forms import form_endpoint
+from persona_explorer.ui.sweep.components import SweepTab
 from persona_explorer.ui.sweep.handlers import (
     DEFAULT_TOKENS,
     FAILED,
-    MAX_ANSWERS,
-    MAX_LAYERS,
-    MAX_PROMPTS,
-    MAX_STRENGTHS,
-    MAX_TOKENS,
     PICK_CELL,
     POSITIONS,
     READY,
@@ -54,53 +60,31 @@ from persona_explorer.ui.sweep.handlers import (
 
 __all__ = ["SweepTab", "build", "refresh_vectors"]
 
-SWEEP_DOC = f"""Sweep a persona vector over layers x strengths (issue 12): every cell answers every
+# The bounds the API's doc states (core.limits' APP_SWEEP_*) and the criteria's defaults.
+_DOC_VALUES = {
+    "prompts": APP_SWEEP_MAX_PROMPTS,
+    "layers": APP_SWEEP_MAX_LAYERS,
+    "strengths": APP_SWEEP_MAX_STRENGTHS,
+    "tokens": APP_SWEEP_MAX_TOKENS,
+    "answers": APP_SWEEP_MAX_ANSWERS,
+    "criteria": Criteria,
+}
+SWEEP_DOC = """Sweep a persona vector over layers x strengths (issue 12): every cell answers every
 prompt (greedy), and each answer is read back by the unsteered model.
 
 persona: a vector's name or key (e.g. "pirate"); prompts: newline-separated, at most
-{MAX_PROMPTS}; layers: e.g. "9, 12, 15, 18" (at most {MAX_LAYERS}); strengths: e.g.
-"0, 1, 2, 4" (at most {MAX_STRENGTHS}; 0 is the baseline); max_new_tokens: at most
-{MAX_TOKENS}; positions: all or response. margin, min_coherence and max_repetition_rise set
-what a recommended cell must show (defaults {Criteria.margin:g}, {Criteria.min_coherence:g},
-{Criteria.max_repetition_rise:g}). At most {MAX_ANSWERS} answers in one sweep.
+{prompts}; layers: e.g. "9, 12, 15, 18" (at most {layers}); strengths: e.g.
+"0, 1, 2, 4" (at most {strengths}; 0 is the baseline); max_new_tokens: at most
+{tokens}; positions: all or response. margin, min_coherence and max_repetition_rise set
+what a recommended cell must show (defaults {criteria.margin:g}, {criteria.min_coherence:g},
+{criteria.max_repetition_rise:g}). At most {answers} answers in one sweep.
 
 Returns the result as JSON: vector, read_layer, prompts, layers, strengths, positions,
 max_new_tokens, criteria, baseline, grid (one cell per layer x strength with layer, strength,
 trait, projection, perplexity, coherence, repetition, texts in prompt order, judge), recommended
 (a cell or null), reason, stopped, seconds, rows_generated, rows_total; then the status line,
 the two heat maps (plotly) and a note. A stopped sweep run
-again with the same inputs resumes where it stopped."""
-
-
-@dataclass
-class SweepTab:
-    state: gr.State  # this session's vectors (shared with the other tabs)
-    persona: gr.Dropdown
-    info: gr.Markdown
-    prompts: gr.Textbox
-    layers: gr.Textbox
-    strengths: gr.Textbox
-    max_new_tokens: gr.Slider
-    positions: gr.Radio
-    margin: gr.Number
-    min_coherence: gr.Number
-    max_repetition_rise: gr.Number
-    run: gr.Button
-    stop: gr.Button
-    status: gr.Markdown
-    trait_plot: gr.Plot
-    coherence_plot: gr.Plot
-    grid: gr.Dataframe
-    cell: gr.Markdown
-    column_layer: gr.Dropdown
-    columns: gr.Dataframe
-    use: gr.Button
-    use_note: gr.Markdown
-    summary: gr.JSON
-    run_state: gr.State
-    used_key: gr.State  # the key of the vector that now records the recommendation
-    swept: Any = None  # the /sweep event
-    used: Any = None  # the "Use these settings" event, for chaining list refreshes
+again with the same inputs resumes where it stopped.""".format(**_DOC_VALUES)
 
 
 def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
@@ -109,7 +93,7 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
     key0 = view.default_key(ctx.settings.default_persona)
     item0 = view.by_key.get(key0) if key0 else None
     layers0, strengths0 = default_grid_text(ctx, load_fitting(view, item0))
-    max_tokens = min(MAX_TOKENS, ctx.settings.limits.max_new_tokens)
+    max_tokens = min(APP_SWEEP_MAX_TOKENS, ctx.settings.limits.max_new_tokens)
     teaching.panel(teaching.SWEEP)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300, elem_classes="pe-controls"):
@@ -127,7 +111,7 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
             )
             prompts = gr.Textbox(
                 "\n".join(default_prompts()),
-                label=f"Prompts (one per line, at most {MAX_PROMPTS})",
+                label=f"Prompts (one per line, at most {APP_SWEEP_MAX_PROMPTS})",
                 info="Everyday prompts, unlike the ones the vector was made from.",
                 lines=6,
                 max_lines=14,
@@ -135,14 +119,14 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
             )
             layers = gr.Textbox(
                 layers0,
-                label=f"Layers to steer (at most {MAX_LAYERS})",
+                label=f"Layers to steer (at most {APP_SWEEP_MAX_LAYERS})",
                 info="Commas between them; the default is around the vector's recorded layer.",
                 max_lines=1,
                 elem_id="pe-sweep-layers",
             )
             strengths = gr.Textbox(
                 strengths0,
-                label=f"Strengths (at most {MAX_STRENGTHS}; 0 is the baseline)",
+                label=f"Strengths (at most {APP_SWEEP_MAX_STRENGTHS}; 0 is the baseline)",
                 info="The default is 0, ½, 1, 2 and 4 times the vector's recorded strength.",
                 max_lines=1,
                 elem_id="pe-sweep-strengths",
@@ -248,7 +232,7 @@ def _wire(ctx: AppContext, tab: SweepTab, owner: gr.BrowserState) -> None:
     sweep = form_endpoint(
         SweepForm,
         lambda form, session, request, progress: run_sweep_form(
-            ctx, tab, form, session, request, progress
+            ctx, tab, form, session, request=request, progress=progress
         ),
         name="sweep",
         doc=SWEEP_DOC,
@@ -326,7 +310,7 @@ def _wire(ctx: AppContext, tab: SweepTab, owner: gr.BrowserState) -> None:
         **private,
     )
     tab.used = tab.use.click(
-        lambda kept, session, token: use_settings(ctx, tab, kept, session, token),
+        lambda kept, session, token: use_settings(ctx, tab, kept, session, owner=token),
         [tab.run_state, tab.state, owner],
         [tab.state, tab.persona, tab.used_key, tab.use_note, tab.run_state, tab.info],
         show_progress="hidden",

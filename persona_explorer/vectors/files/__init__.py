@@ -1,7 +1,8 @@
-"""Vector files: reading and writing a :class:`~persona_explorer.vectors.PersonaVector`.
+"""Vector files: reading and writing a persona vector
+(:class:`~persona_explorer.vectors.persona_vector.PersonaVector`).
 
 One module per format, each translating its own row layout to the project's layer convention
-(written down once, in :mod:`persona_explorer.vectors`) at the boundary:
+(written down once, in :mod:`persona_explorer.vectors.persona_vector`) at the boundary:
 
 * :mod:`.native` — ``.safetensors``: tensor ``vectors`` [n_layers, d_model] (+ ``embedding``),
   our fields as JSON in the header; loses nothing;

@@ -1,8 +1,9 @@
 """What every vector file format shares: the error type, limits, file checks and our JSON fields.
 
-Readers turn whatever a file holds into a :class:`~persona_explorer.vectors.PersonaVector` through
-:func:`_matrix_from_file` and :func:`_build`, so a malformed file always surfaces as one
-:class:`VectorFileError` naming the file, never as the value's own ``ValueError``/``TypeError``.
+Readers turn whatever a file holds into a
+:class:`~persona_explorer.vectors.persona_vector.PersonaVector` through :func:`_matrix_from_file`
+and :func:`_build`, so a malformed file always surfaces as one :class:`VectorFileError` naming
+the file, never as the value's own ``ValueError``/``TypeError``.
 Our own fields travel as the JSON of :func:`_file_json` (in the safetensors header or a GGUF
 key) and come back through :func:`_parse_json` (bounded in size and nesting) and
 :func:`_fields_from_ours`.

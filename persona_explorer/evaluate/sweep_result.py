@@ -1,0 +1,235 @@
+"""What a layer x strength sweep found: each answer's numbers, each cell's, the whole grid, and
+the recommended cell.
+
+* :class:`RowResult` — one answer: its tokens, its read-out projection, its log-likelihood
+  (what a checkpoint stores, one JSON line each);
+* :class:`Cell` — a (layer, strength) cell: trait rise, coherence and repetition (see
+  :mod:`.sweep` for what they measure);
+* :class:`SweepResult` — the baseline, the grid and the recommendation, as the CLI's and the
+  API's JSON;
+* :func:`recommend` — for the layer where the trait rises most while staying coherent, the
+  smallest strength that raises it by the margin (:class:`.sweep_config.Criteria`), and why;
+  :func:`with_recommendation` records it in the vector.
+
+Imports: the standard library, :mod:`.sweep_config` and ``vectors`` (types only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from persona_explorer.evaluate.sweep_config import Criteria, SweepConfig
+
+if TYPE_CHECKING:
+    from persona_explorer.vectors.persona_vector import PersonaVector
+
+__all__ = [
+    "NGRAM",
+    "Cell",
+    "RowResult",
+    "SweepResult",
+    "qualifies",
+    "recommend",
+    "repetition",
+    "with_recommendation",
+]
+
+NGRAM = 3
+
+
+def repetition(tokens: Sequence[int], n: int = NGRAM) -> float:
+    """The share of an answer's token n-grams that repeat an earlier one (0 for fewer than n)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One answer: its tokens, its read-out projection, its mean log-likelihood."""
+
+    layer: int | None  # None for the baseline
+    strength: float
+    prompt: int
+    tokens: tuple[int, ...]
+    projection: float | None  # None for an empty answer
+    mean_logprob: float | None
+    finished: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens": list(self.tokens)}
+
+    @classmethod
+    def from_json(cls, raw: Any, vocab: int) -> RowResult:
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        tokens = raw["tokens"]
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and 0 <= t < vocab for t in tokens
+        ):
+            raise ValueError("bad tokens")
+
+        def num(value: Any) -> float | None:
+            if value is None:
+                return None
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError("bad number")
+            return float(value)
+
+        layer = raw["layer"]
+        if layer is not None and not isinstance(layer, int):
+            raise ValueError("bad layer")
+        prompt = raw["prompt"]
+        if not isinstance(prompt, int) or prompt < 0:
+            raise ValueError("bad prompt")
+        return cls(
+            layer=layer,
+            strength=float(num(raw["strength"]) or 0.0),
+            prompt=prompt,
+            tokens=tuple(tokens),
+            projection=num(raw["projection"]),
+            mean_logprob=num(raw["mean_logprob"]),
+            finished=bool(raw.get("finished", False)),
+        )
+
+
+@dataclass
+class Cell:
+    layer: int
+    strength: float
+    trait: float | None  # rise over the baseline, in units of |v| at the read-out layer
+    projection: float | None  # mean raw projection of the answers at the read-out layer
+    perplexity: float | None
+    coherence: float | None  # baseline perplexity / this cell's
+    repetition: float
+    texts: list[str]
+    judge: float | None = None  # mean judge score 0-100 where a judge scored the answers
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SweepResult:
+    vector: str
+    read_layer: int
+    prompts: tuple[str, ...]
+    config: SweepConfig
+    baseline: Cell
+    grid: list[Cell]  # layer-major, strengths in the order given
+    recommended: Cell | None
+    reason: str  # why this cell, or why none
+    stopped: bool
+    seconds: float
+    rows_generated: int  # rows run this time (the rest came from the checkpoint)
+    rows_total: int
+    judge: str = "off"  # what the optional judge did (see :func:`judge_cells`)
+
+    def cell(self, layer: int, strength: float) -> Cell:
+        for c in self.grid:
+            if c.layer == layer and c.strength == strength:
+                return c
+        raise KeyError((layer, strength))
+
+    def as_json(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "vector": self.vector,
+            "read_layer": self.read_layer,
+            "prompts": list(self.prompts),
+            "layers": list(cfg.layers),
+            "strengths": list(cfg.strengths),
+            "positions": cfg.positions,
+            "max_new_tokens": cfg.max_new_tokens,
+            "criteria": asdict(cfg.criteria),
+            "baseline": self.baseline.as_json(),
+            "grid": [c.as_json() for c in self.grid],
+            "recommended": None if self.recommended is None else self.recommended.as_json(),
+            "reason": self.reason,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 3),
+            "rows_generated": self.rows_generated,
+            "rows_total": self.rows_total,
+            "judge": self.judge,
+        }
+
+
+# --------------------------------------------------------------------------- recommendation
+
+
+def qualifies(cell: Cell, crit: Criteria, base_rep: float) -> bool:
+    """A steered cell that raises the trait by the margin with coherence and repetition (over
+    the baseline's ``base_rep``) within tolerance."""
+    return (
+        cell.strength > 0
+        and cell.trait is not None
+        and cell.coherence is not None
+        and cell.trait >= crit.margin
+        and cell.coherence >= crit.min_coherence
+        and cell.repetition <= base_rep + crit.max_repetition_rise
+    )
+
+
+def recommend(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> tuple[Cell | None, str]:
+    """The recommended cell and why.
+
+    A cell qualifies when its trait rises by ``margin`` with coherence and repetition within
+    tolerance. The layer is the one whose qualifying cells reach the highest trait (the most
+    room to steer before the text breaks); the strength is the smallest qualifying one there.
+    """
+    ok = [c for c in grid if qualifies(c, crit, baseline.repetition)]
+    if not ok:
+        best = max(
+            (c for c in grid if c.trait is not None and c.strength > 0),
+            key=lambda c: c.trait or 0.0,
+            default=None,
+        )
+        hint = (
+            f" The highest trait rise was {best.trait:.2f} at layer {best.layer}, strength "
+            f"{best.strength:g} (coherence {best.coherence or 0:.2f}, repetition "
+            f"{best.repetition:.2f})."
+            if best is not None
+            else ""
+        )
+        return None, (
+            f"No cell raised the trait by {crit.margin:g} with coherence ≥ "
+            f"{crit.min_coherence:g} and repetition ≤ baseline + {crit.max_repetition_rise:g}."
+            + hint
+            + " Try more strengths between the ones that did nothing and the ones that broke."
+        )
+    layers = {c.layer for c in ok}
+    reach = {layer: max(c.trait or 0.0 for c in ok if c.layer == layer) for layer in layers}
+    layer = max(layers, key=lambda la: (reach[la], -la))
+    chosen = min((c for c in ok if c.layer == layer), key=lambda c: c.strength)
+    return chosen, (
+        f"Layer {layer} reaches the highest trait rise while coherent ({reach[layer]:.2f}); "
+        f"strength {chosen.strength:g} is the smallest there that raises it by ≥ "
+        f"{crit.margin:g} (trait {chosen.trait:.2f}, coherence {chosen.coherence:.2f}, "
+        f"repetition {chosen.repetition:.2f} vs baseline {baseline.repetition:.2f})."
+    )
+
+
+def with_recommendation(vec: PersonaVector, result: SweepResult) -> PersonaVector:
+    """``vec`` with the recommended layer and strength recorded (unchanged if none)."""
+    cell = result.recommended
+    if cell is None:
+        return vec
+    meta = dict(vec.metadata)
+    meta["sweep"] = {
+        "layer": cell.layer,
+        "strength": cell.strength,
+        "trait": cell.trait,
+        "coherence": cell.coherence,
+        "repetition": cell.repetition,
+        "read_layer": result.read_layer,
+        "layers": list(result.config.layers),
+        "strengths": list(result.config.strengths),
+        "positions": result.config.positions,
+        "n_prompts": len(result.prompts),
+        "max_new_tokens": result.config.max_new_tokens,
+        "criteria": asdict(result.config.criteria),
+        "reason": result.reason,
+    }
+    return vec.with_(layer=cell.layer, strength=cell.strength, metadata=meta)
