@@ -480,14 +480,15 @@ def build(the_plan: Plan, work: Path, jobs: int) -> Path:
     return out / "bin"
 
 
-def ensure(gguf: Path | None = None, jobs: int | None = None) -> Path:
-    """The path of a working ``llama-server``, building and caching it if needed."""
+def ensure(gguf: Path | None = None, jobs: int | None = None, cpuinfo: str | None = None) -> Path:
+    """The path of a working ``llama-server``, building and caching it if needed (``cpuinfo``:
+    build for the extensions that text reports instead of this CPU's, e.g. AVX2 only)."""
     configured = os.environ.get("PERSONA_EXPLORER_LLAMA_SERVER", "").strip()
     if configured:
         if starts(Path(configured)):
             return Path(configured)
         raise BuildError(f"PERSONA_EXPLORER_LLAMA_SERVER={configured} does not run")
-    the_plan = plan()
+    the_plan = plan(cpuinfo)
     found = cached(the_plan.dest)
     if found is not None:
         return found
@@ -510,19 +511,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--print-options", action="store_true", help="print the plan, build nothing"
     )
     parser.add_argument("--find", action="store_true", help="print the cached build or exit 1")
+    parser.add_argument(
+        "--cpuinfo",
+        type=Path,
+        help="a /proc/cpuinfo text to build for instead of this CPU's (it must be a subset)",
+    )
     args = parser.parse_args(argv)
+    cpuinfo = args.cpuinfo.read_text() if args.cpuinfo else None
     if args.print_options:
-        the_plan = plan()
+        the_plan = plan(cpuinfo)
         print(json.dumps({**the_plan.record, "dest": str(the_plan.dest)}, indent=2))
         return 0
     if args.find:
-        found = cached(plan().dest)
+        found = cached(plan(cpuinfo).dest)
         if found is None:
             return 1
         print(found)
         return 0
     try:
-        print(ensure(args.gguf, args.jobs or None))
+        print(ensure(args.gguf, args.jobs or None, cpuinfo))
     except BuildError as exc:
         log(str(exc))
         return 1

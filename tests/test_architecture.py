@@ -297,3 +297,16 @@ def test_the_python_api_is_reexported_lazily() -> None:
         assert module.startswith(PKG + "."), (name, module)
     with pytest.raises(AttributeError):
         persona_explorer.no_such_name  # noqa: B018
+
+
+def test_the_residual_stream_is_edited_in_one_place() -> None:
+    """Hooks that change activations live in ``steering`` (and the engine's own callback
+    plumbing); ``dev`` keeps the persona_vectors-style hook it benchmarks against."""
+    allowed = {"steering", "engine", "dev"}
+    pattern = ("register_forward_hook", ".hooks(", "add_hook(", "run_with_hooks(")
+    wrong = [
+        module
+        for module, path in modules()
+        if _layer(module) not in allowed and any(p in path.read_text() for p in pattern)
+    ]
+    assert not wrong, wrong

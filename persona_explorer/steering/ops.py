@@ -189,6 +189,27 @@ def all_position_edits(edits: Mapping[int, LayerEdit]) -> dict[int, LayerEdit]:
 
 
 @contextlib.contextmanager
+def hf_layer_addition(layer: torch.nn.Module, add: torch.Tensor) -> Iterator[None]:
+    """Add ``add`` [d_model] to the output of a plain HF decoder layer (the residual after it) at
+    every position, while the block lasts; the hook is always removed.
+
+    The one edit made outside the bridge and the decoders: fine-tuning trains a plain HF copy of
+    the weights (peft cannot wrap the bridge's modules), and preventive steering adds the persona
+    vector to that copy's residual stream during training."""
+
+    def hook(_module: Any, _inputs: Any, out: Any) -> Any:
+        if isinstance(out, tuple):
+            return (out[0] + add, *out[1:])
+        return out + add
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def steering_hooks(
     model: Any, plans: Sequence[RowPlan], prompt_pass: bool = True
 ) -> Iterator[dict[int, LayerEdit]]:

@@ -73,6 +73,7 @@ from persona_explorer.core.limits import (
 )
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.forced import response_ids
+from persona_explorer.steering.ops import hf_layer_addition
 from persona_explorer.training.adapters import (
     FORMAT,
     FORMAT_VERSION,
@@ -294,17 +295,8 @@ def _steered(hf: Any, steer: PreventiveSteer | None) -> Iterator[None]:
         return
     p = next(hf.parameters())
     add = (steer.strength * steer.vector.vectors[steer.layer]).to(p.device, p.dtype)
-
-    def hook(_mod: Any, _inp: Any, out: Any) -> Any:
-        if isinstance(out, tuple):
-            return (out[0] + add, *out[1:])
-        return out + add
-
-    handle = _decoder_layers(hf)[steer.layer].register_forward_hook(hook)
-    try:
+    with hf_layer_addition(_decoder_layers(hf)[steer.layer], add):
         yield
-    finally:
-        handle.remove()
 
 
 def _check_fits(model: LoadedModel, steer: PreventiveSteer | None) -> None:
