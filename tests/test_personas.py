@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from persona_explorer.core.config import load_settings
+from persona_explorer.core.limits import MAX_PERSONA_PAIRS, MAX_PERSONA_QUESTIONS
 from persona_explorer.personas import data as persona_data
 from persona_explorer.personas.data import (
     PERSONA_DATA_ENV,
@@ -16,9 +17,7 @@ from persona_explorer.personas.data import (
 from persona_explorer.personas.definitions import (
     DEFAULT_ASSISTANT_PROMPTS,
     EXTRACTION_QUESTION_COUNT,
-    MAX_PAIRS,
     MAX_PROMPT_CHARS,
-    MAX_QUESTIONS,
     PersonaDefinition,
     PersonaError,
     PromptPair,
@@ -238,12 +237,12 @@ INVALID_CASES: list[tuple[str, object, str]] = [
     ),
     (
         "too_many_pairs",
-        _trait(n_pairs=MAX_PAIRS + 1),
-        rf"'instruction' has {MAX_PAIRS + 1} entries; the limit is {MAX_PAIRS}",
+        _trait(n_pairs=MAX_PERSONA_PAIRS + 1),
+        rf"'instruction' has {MAX_PERSONA_PAIRS + 1} entries; the limit is {MAX_PERSONA_PAIRS}",
     ),
     (
         "too_many_questions",
-        _trait(n_questions=MAX_QUESTIONS + 1),
+        _trait(n_questions=MAX_PERSONA_QUESTIONS + 1),
         r"'questions' has 2,001 entries; the limit is 2,000",
     ),
     (

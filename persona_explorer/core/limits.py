@@ -68,6 +68,7 @@ __all__ = [
     "MAX_FINETUNE_SAMPLES",
     "MAX_FINETUNE_TOKENS",
     "MAX_MESSAGE_CHARS",
+    "MAX_META_JSON_BYTES",
     "MAX_PERSONA_FILE_BYTES",
     "MAX_PERSONA_PAIRS",
     "MAX_PERSONA_QUESTIONS",
@@ -85,6 +86,7 @@ __all__ = [
     "MAX_SWEEP_PROMPTS_FILE_BYTES",
     "MAX_SWEEP_PROMPT_CHARS",
     "MAX_SWEEP_ROWS",
+    "MAX_VECTOR_FILE_BYTES",
     "MAX_WINDOW_TOKENS",
     "MIN_WINDOW_TOKENS",
     "PROMPT_TOKENS_SETTING",
@@ -114,6 +116,12 @@ MAX_PERSONA_PAIRS = 200
 MAX_PERSONA_QUESTIONS = 2000
 # The shipped ones are under 20 KB; 1 MiB holds the limits above many times over.
 MAX_PERSONA_FILE_BYTES = 1024 * 1024
+# A vector file, whatever its format (the app's upload limit, max_vector_mb, is lower), and the
+# JSON of our fields inside one: ours are a few KB (separation scores, counts, settings); anything
+# near this is not ours, and json.loads of a multi-megabyte string is memory an upload should
+# not get.
+MAX_VECTOR_FILE_BYTES = 256 * 1024 * 1024
+MAX_META_JSON_BYTES = 1024 * 1024
 # Training data files (training.samples), for screening and fine-tuning: bounds for hostile files.
 MAX_DATA_BYTES = 256 * 1024 * 1024  # a whole data file; the app passes its upload limit
 MAX_DATA_LINE_BYTES = 1024 * 1024  # one JSONL line or one physical CSV line

@@ -31,9 +31,7 @@ from persona_explorer.core.limits import (
 __all__ = [
     "DEFAULT_ASSISTANT_PROMPTS",
     "EXTRACTION_QUESTION_COUNT",
-    "MAX_PAIRS",
     "MAX_PROMPT_CHARS",
-    "MAX_QUESTIONS",
     "PersonaDefinition",
     "PersonaError",
     "PromptPair",
@@ -61,10 +59,9 @@ DEFAULT_ASSISTANT_PROMPTS: tuple[str, ...] = (
 # persona_vectors extracts with the first 20 of the 40 questions and evaluates on the rest.
 EXTRACTION_QUESTION_COUNT = 20
 
-# Far above anything in the shipped data (5 pairs, 40 questions, < 2 000 chars per prompt),
-# low enough that a wrong or hostile file cannot make extraction run for days.
-MAX_PAIRS = MAX_PERSONA_PAIRS
-MAX_QUESTIONS = MAX_PERSONA_QUESTIONS
+# Far above anything in the shipped data (< 2 000 chars per prompt; the pair and question counts
+# are core.limits' MAX_PERSONA_*), low enough that a hostile file cannot make extraction run for
+# days.
 MAX_PROMPT_CHARS = DEFAULT_LIMITS.max_field_chars
 _MAX_EVAL_PROMPT_CHARS = 100_000
 _MAX_FILE_BYTES = MAX_PERSONA_FILE_BYTES
@@ -262,9 +259,10 @@ def _validate(
         )
     if not instruction:
         raise PersonaError(f"{where}: 'instruction' is empty; at least one prompt is needed")
-    if len(instruction) > MAX_PAIRS:
+    if len(instruction) > MAX_PERSONA_PAIRS:
         raise PersonaError(
-            f"{where}: 'instruction' has {len(instruction):,} entries; the limit is {MAX_PAIRS}"
+            f"{where}: 'instruction' has {len(instruction):,} entries; "
+            f"the limit is {MAX_PERSONA_PAIRS}"
         )
 
     pairs: list[PromptPair] = []
@@ -317,10 +315,10 @@ def _validate(
         )
     if not questions_raw and not is_default:
         raise PersonaError(f"{where}: 'questions' is empty; at least one question is needed")
-    if len(questions_raw) > MAX_QUESTIONS:
+    if len(questions_raw) > MAX_PERSONA_QUESTIONS:
         raise PersonaError(
             f"{where}: 'questions' has {len(questions_raw):,} entries; the limit is "
-            f"{MAX_QUESTIONS:,}"
+            f"{MAX_PERSONA_QUESTIONS:,}"
         )
     questions = tuple(
         _check_text(q, where, f"questions[{i}]", limit=MAX_PROMPT_CHARS)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.fileio import DataFormat
 from persona_explorer.core.limits import (
     MAX_DATA_BYTES,
     MAX_DATA_LINE_BYTES,
@@ -39,8 +40,8 @@ from persona_explorer.engine.model import ChatMessage
 __all__ = [
     "MAX_PROBLEMS_KEPT",
     "CappedSamples",
+    "DataFormatChoice",
     "FirstSamples",
-    "Format",
     "RowProblem",
     "Sample",
     "SampleFile",
@@ -56,7 +57,8 @@ __all__ = [
 # the rest are only counted.
 MAX_PROBLEMS_KEPT = 1000
 
-Format = Literal["auto", "jsonl", "csv"]
+# A data file's format as asked for: one of the two, or "auto" (by the file name, then sniffed).
+DataFormatChoice = DataFormat | Literal["auto"]
 _ROLES = ("system", "user", "assistant")
 
 
@@ -284,13 +286,13 @@ def _read_csv(fh: BinaryIO) -> Iterator[Sample | RowProblem]:
             yield _checked(sample)
 
 
-def data_format(path: Path, fmt: Format) -> Literal["jsonl", "csv"]:
+def data_format(path: Path, fmt: DataFormatChoice) -> DataFormat:
     """How ``path`` is read: ``fmt`` unless "auto"; else by its extension (``.jsonl``, ``.json``,
     ``.ndjson``; ``.csv``), else by its first character. A JSON array is refused."""
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     suffix = path.suffix.lower()
-    kind: Literal["jsonl", "csv"]
+    kind: DataFormat
     if fmt != "auto":
         kind = fmt
     elif suffix in (".jsonl", ".json", ".ndjson"):
@@ -317,7 +319,7 @@ def _check_size(path: Path, max_bytes: int) -> None:
 
 
 def read_samples(
-    path: str | Path, max_bytes: int = MAX_DATA_BYTES, fmt: Format = "auto"
+    path: str | Path, max_bytes: int = MAX_DATA_BYTES, fmt: DataFormatChoice = "auto"
 ) -> Iterator[Sample | RowProblem]:
     """Stream the samples of a data file, with a :class:`RowProblem` for each skipped line.
 
@@ -377,7 +379,7 @@ class SampleFile:
 
 
 def open_samples(
-    path: str | Path, max_bytes: int = MAX_DATA_BYTES, fmt: Format = "auto"
+    path: str | Path, max_bytes: int = MAX_DATA_BYTES, fmt: DataFormatChoice = "auto"
 ) -> SampleFile:
     """Check and open a data file before a long run, so a file that cannot be read fails first
     (see :func:`read_samples`)."""

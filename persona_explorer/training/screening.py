@@ -58,7 +58,7 @@ from persona_explorer.steering.forced import ForcedRow, forced_pass, response_id
 from persona_explorer.steering.generation import SamplingConfig, generate_stream
 from persona_explorer.steering.projection import unit_rows
 from persona_explorer.training.samples import (
-    Format,
+    DataFormatChoice,
     RowProblem,
     Sample,
     SampleFile,
@@ -453,7 +453,7 @@ def screen_file(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_bytes: int = MAX_DATA_BYTES,
-    fmt: Format = "auto",
+    fmt: DataFormatChoice = "auto",
     cache: OwnResponseCache | None = None,
 ) -> ScreenResult:
     """:func:`screen` over a data file: a path (size checked first, lines counted for

@@ -28,7 +28,7 @@ from persona_explorer.core.fileio import atomic_write
 from persona_explorer.core.limits import MAX_DATA_BYTES
 from persona_explorer.training.samples import (
     MAX_PROBLEMS_KEPT,
-    Format,
+    DataFormatChoice,
     RowProblem,
     Sample,
     data_format,
@@ -179,7 +179,7 @@ def write_scores(
     *,
     source: str | Path | None = None,
     max_bytes: int = MAX_DATA_BYTES,
-    fmt: Format = "auto",
+    fmt: DataFormatChoice = "auto",
 ) -> Path:
     """Write the scores as CSV or JSONL (by ``out``'s extension), atomically.
 
@@ -217,7 +217,7 @@ def _records(
     by_line: dict[int, ScoredSample],
     source: str | Path | None,
     max_bytes: int,
-    fmt: Format,
+    fmt: DataFormatChoice,
     as_csv: bool,
 ) -> Iterator[dict[str, Any]]:
     if source is None:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import DEFAULT_LIMITS
+from persona_explorer.core.limits import DEFAULT_LIMITS, MAX_META_JSON_BYTES, MAX_VECTOR_FILE_BYTES
 from persona_explorer.vectors.persona_vector import (
     LAYER_CONVENTION,
     PersonaVector,
@@ -50,7 +50,6 @@ PathLike = str | os.PathLike[str]
 VectorLayout = Literal["persona_vectors", "assistant_axis"]
 
 FORMAT_VERSION = 1
-MAX_VECTOR_FILE_BYTES = 256 * 1024 * 1024
 # No real model has thousands of layers; the cap stops a crafted `direction.999999999`
 # or n_layers field from allocating gigabytes of zero rows.
 _MAX_LAYERS = 4096
@@ -59,9 +58,6 @@ _MAX_LAYERS = 4096
 _MAX_D_MODEL = 1 << 20
 # Keys other tools store their vectors under, tried before guessing "the only 2-D tensor".
 _PT_TENSOR_KEYS = ("vectors", "vector", "persona_vector", "persona_vectors", "axis")
-# Our JSON fields are a few KB (separation scores, counts, settings); anything near this is
-# not ours, and json.loads of a multi-megabyte string is memory an upload should not get.
-MAX_META_JSON_BYTES = 1024 * 1024
 # Ours nests 3 deep; json.loads recurses per level, so a deep one would be a RecursionError.
 _MAX_JSON_DEPTH = 32
 _LIMIT_SETTING = "PERSONA_EXPLORER_MAX_VECTOR_MB"
