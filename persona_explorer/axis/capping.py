@@ -56,7 +56,9 @@ from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.generation import (
     GenerationResult,
     SamplingConfig,
+    last_result,
     side_by_side_stream,
+    texts_then_result,
 )
 from persona_explorer.steering.ops import (
     Positions,
@@ -385,12 +387,11 @@ def _generate(
 ) -> Iterator[tuple[list[str], CapOutput | None]]:
     ids = model.chat_ids(req.prompt, system=req.system or None)
     plans = list(checked.plans.values())
-    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop=should_stop):
-        if update.result is None:
-            yield update.texts, None
-        else:
-            out = _outputs(model, axis, req, checked, update.result, update.seconds, update.stopped)
-            yield update.texts, out
+    updates = side_by_side_stream(model, ids, plans, req.sampling, should_stop=should_stop)
+    yield from texts_then_result(
+        updates,
+        lambda res, seconds, stopped: _outputs(model, axis, req, checked, res, seconds, stopped),
+    )
 
 
 def cap(
@@ -400,10 +401,7 @@ def cap(
     should_stop: Callable[[], bool] | None = None,
 ) -> CapOutput:
     """:func:`cap_stream` to the end."""
-    for _, out in cap_stream(model, axis, req, should_stop):
-        if out is not None:
-            return out
-    raise RuntimeError("capping ended without a result")
+    return last_result(cap_stream(model, axis, req, should_stop), "capping")
 
 
 def parse_cap_layers(text: str | Sequence[Any] | None, n_layers: int) -> tuple[int, ...] | None:

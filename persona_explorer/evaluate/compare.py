@@ -48,7 +48,9 @@ from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.generation import (
     GenerationResult,
     SamplingConfig,
+    last_result,
     side_by_side_stream,
+    texts_then_result,
 )
 from persona_explorer.steering.ops import (
     Positions,
@@ -359,14 +361,10 @@ def _generate(
     ids = model.chat_ids(req.prompt, system=req.system or None)
     plans: list[RowPlan] = [()]
     plans += [add_plan(r.vector.vectors, r.layers, r.strength, req.positions) for r in rows]
-    for update in side_by_side_stream(model, ids, plans, req.sampling, should_stop=should_stop):
-        if update.result is None:
-            yield update.texts, None
-        else:
-            yield (
-                update.texts,
-                _outputs(model, req, rows, update.result, update.seconds, update.stopped),
-            )
+    updates = side_by_side_stream(model, ids, plans, req.sampling, should_stop=should_stop)
+    yield from texts_then_result(
+        updates, lambda res, seconds, stopped: _outputs(model, req, rows, res, seconds, stopped)
+    )
 
 
 def compare_stream(
@@ -395,7 +393,7 @@ def compare_stream(
 def compare(
     model: LoadedModel, req: CompareRequest, should_stop: Callable[[], bool] | None = None
 ) -> SteerOutput:
-    return _last(compare_stream(model, req, should_stop))
+    return last_result(compare_stream(model, req, should_stop), "steering")
 
 
 def _as_compare(req: SteerRequest) -> CompareRequest:
@@ -423,11 +421,4 @@ def steer_stream(
 def steer(
     model: LoadedModel, req: SteerRequest, should_stop: Callable[[], bool] | None = None
 ) -> SteerOutput:
-    return _last(steer_stream(model, req, should_stop))
-
-
-def _last(stream: Iterator[tuple[list[str], SteerOutput | None]]) -> SteerOutput:
-    for _, out in stream:
-        if out is not None:
-            return out
-    raise RuntimeError("steering ended without a result")
+    return last_result(steer_stream(model, req, should_stop), "steering")

@@ -21,8 +21,9 @@ Imports: torch, ``core`` (errors, limits), the engine (``decoder_for``, the mode
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -37,6 +38,8 @@ from persona_explorer.core.limits import (
 from persona_explorer.engine import EMBED_LAYER, decoder_for
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.ops import LayerEdit, RowPlan, all_position_edits, compile_plan
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -423,3 +426,25 @@ def side_by_side_stream(
         ran_out = all(res.finished) or res.steps >= cfg.max_new_tokens
         stopped = watch is not None and watch.asked and not ran_out
         yield SideBySideUpdate(texts, res, time.perf_counter() - started, stopped)
+
+
+def texts_then_result(
+    updates: Iterable[SideBySideUpdate],
+    finish: Callable[[GenerationResult, float, bool], T],
+) -> Iterator[tuple[list[str], T | None]]:
+    """A side-by-side stream as its readers show it: the texts so far after every step, and
+    with the last update ``finish(result, seconds, stopped)`` (the Steer tab's outputs, or
+    capping's)."""
+    for update in updates:
+        if update.result is None:
+            yield update.texts, None
+        else:
+            yield update.texts, finish(update.result, update.seconds, update.stopped)
+
+
+def last_result(stream: Iterable[tuple[list[str], T | None]], what: str) -> T:
+    """Run a :func:`texts_then_result` stream to its end and return what it finished with."""
+    for _, out in stream:
+        if out is not None:
+            return out
+    raise RuntimeError(f"{what} ended without a result")
