@@ -220,3 +220,23 @@ def test_a_phone_sized_window_fits_and_reads(browser: Browser) -> None:
     assert not overlaps, overlaps[:3]
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "phone-steer.png"), full_page=True)
+
+
+TABS = ("Steer", "Extract", "Library", "Persona space", "Drift", "Screen data", "Sweep", "Train")
+
+
+def test_the_glossary_opens_from_every_tab(browser: Browser) -> None:
+    """Plain words for every term, one click from any tab, and each tab's "What am I looking
+    at?" opens with a plain sentence."""
+    page = new_page(browser)
+    open_app(page)
+    for name in TABS:
+        page.get_by_role("tab", name=name, exact=True).click()
+        glossary = page.locator(".pe-glossary:visible")
+        expect(glossary).to_have_count(1)
+        glossary.get_by_text("Glossary: the words used here").click()
+        for term in ("Residual stream", "Cohen's d", "Teacher-forced", "LoRA", "τ"):
+            expect(glossary.get_by_text(term, exact=False).first).to_be_visible()
+        teach = page.locator(".pe-teach:not(.pe-glossary):visible").first
+        teach.get_by_text("What am I looking at?").click()
+        expect(teach).to_contain_text("Here" if name != "Persona space" else "This map")

@@ -9,7 +9,8 @@
 * :mod:`.sweeping` — the optional judge, the web app's bound on a sweep, and the small sweep
   after an extraction (Sweep and Extract);
 * :mod:`.markup` — escaping of every user text; :mod:`.teaching` — the "What am I looking at?"
-  texts; :mod:`.fairness` — jobs per visitor.
+  texts, each opening with one plain sentence; :mod:`.glossary` — the words the app uses, shown
+  under every tab's teaching panel; :mod:`.fairness` — jobs per visitor.
 
 Imports: gradio, the domain layer, ``plots``. Never a tab package.
 """

@@ -1,8 +1,14 @@
-"""The "What am I looking at?" text of each tab: short, plain, and about what is on screen."""
+"""The "What am I looking at?" text of each tab: short, plain, and about what is on screen.
+
+Each text opens with one plain sentence (no term the glossary explains) saying what the tab is
+for; the detail follows. Imports: gradio and :mod:`.glossary`.
+"""
 
 from __future__ import annotations
 
 import gradio as gr
+
+from persona_explorer.ui.shared.glossary import glossary_markdown
 
 PERSONA_SELECTION = """\
 **The idea behind this app.** Pretraining on human text teaches a language model a whole *cast
@@ -17,7 +23,9 @@ steer.
 """
 
 STEER = (
-    PERSONA_SELECTION
+    "Here you ask the model one question twice, once as it is and once pushed towards a "
+    "character, and compare the two answers side by side.\n\n"
+    + PERSONA_SELECTION
     + """
 **A persona vector** is a direction in the model's residual stream (the running sum of every
 layer's output) at each layer: the average activation when the model plays a persona minus the
@@ -48,7 +56,9 @@ one batch, and how far each answer moves along the persona direction.
 )
 
 EXTRACT = (
-    PERSONA_SELECTION
+    "Here you teach the app a new character: the model answers questions in and out of "
+    "character, and the difference becomes something you can steer with.\n\n"
+    + PERSONA_SELECTION
     + """
 **How a persona vector is found.** The model answers the same questions twice: once under system
 prompts that elicit the persona (*positive*) and once under prompts that suppress it
@@ -69,7 +79,9 @@ short answers give a rough vector in a minute; more questions give a steadier on
 )
 
 LIBRARY = (
-    PERSONA_SELECTION
+    "Here are all the characters you can steer with: the built-in ones, the saved ones and "
+    "your own, and how alike they are.\n\n"
+    + PERSONA_SELECTION
     + """
 **The library** holds every vector you can steer with: the built-in ones, those saved here (they
 survive restarts and everyone using this server can steer with them, but only the browser that
@@ -100,14 +112,22 @@ The built-ins' heat map and the sentences under it are computed from the shipped
 )
 
 
-def panel(text: str) -> gr.Accordion:
-    """The collapsible teaching panel at the top of a tab."""
+def panel(text: str, *, glossary: bool = True) -> gr.Accordion:
+    """The collapsible teaching panel at the top of a tab, and below it the glossary (once per
+    tab: a panel inside a tab, such as capping's in Steer, passes ``glossary=False``)."""
     with gr.Accordion("What am I looking at?", open=False, elem_classes="pe-teach") as acc:
         gr.Markdown(text)
+    if glossary:
+        with gr.Accordion(
+            "Glossary: the words used here", open=False, elem_classes="pe-teach pe-glossary"
+        ):
+            gr.Markdown(glossary_markdown())
     return acc
 
 
 PERSONA_SPACE = """\
+This map shows the characters the model can play, with the helpful Assistant among them.
+
 **Persona space.** Each dot is a *role*: the model answered the same questions while told to be
 a doctor, a pirate, a demon, a whale, ... and the dot is the average activation of its answers
 at the chosen layer. The **star** is the default Assistant answering the same questions. The map
@@ -149,6 +169,8 @@ The cosine with the axis is negative for a persona that pulls the model away fro
 """
 
 CAPPING = """\
+Capping keeps the model acting as the Assistant even when a prompt asks it to play a part.
+
 **Activation capping** holds the model near the Assistant. At each layer of a window (by default
 an eighth of the stack from the middle: layers 15–18 of this model's 30) it measures how far
 each token's activation lies along the **Assistant Axis** (from the average role-play character
@@ -189,6 +211,8 @@ changing a few words. The paper's figure comes from models hundreds of times lar
 """
 
 DRIFT = """\
+Here you watch whether a long conversation slowly pulls the model away from being the Assistant.
+
 **Persona drift.** Every assistant turn is an average activation, read at the layer you choose
 and projected onto the **Assistant Axis** (from the roles' average towards the default
 Assistant). The scale is normalised at each layer: **1** (dashed, green) is where the default
@@ -219,7 +243,9 @@ one 135 M-parameter model, one conversation per domain, and answers it did not w
 """
 
 SCREENING = (
-    PERSONA_SELECTION
+    "Here you check a training file for examples that would teach the model a character, "
+    "before you train on it.\n\n"
+    + PERSONA_SELECTION
     + """
 **Screening training data.** Before you train on a file, ask what each sample says about *who is
 speaking*. For every sample and persona vector: the sample's response is read by the model
@@ -254,6 +280,9 @@ is borne out only in part on a 135M model; check it on yours.
 )
 
 SWEEP = """\
+Here you find how hard, and where, to push a character so that the answers change but still
+read well.
+
 **Which layer, which strength?** Too weak, a persona vector does nothing; too strong, the answer
 turns into noise ("aye, aye, aye, ..."). A sweep measures instead of guessing: every cell of a
 grid of layers (rows) and strengths (columns) answers every prompt, and the **unsteered** model
@@ -282,7 +311,9 @@ says whether the judge is on.
 """
 
 TRAIN = (
-    PERSONA_SELECTION
+    "Here you train the model a little on a small file and measure how far its character "
+    "moved.\n\n"
+    + PERSONA_SELECTION
     + """
 **Fine-tuning.** The model learns to give the training file's answers: a small LoRA adapter (a
 low-rank change to some weight matrices, trained with `peft`) is fitted so that the model

@@ -255,7 +255,7 @@ def build(ctx: AppContext) -> CapPanel:
     with gr.Accordion(
         "Hold the Assistant: activation capping", open=False, elem_id="pe-cap-accordion"
     ):
-        teaching.panel(teaching.CAPPING)
+        teaching.panel(teaching.CAPPING, glossary=False)
         gr.Markdown(
             "Keeps the projection on the Assistant Axis at or above a floor τ on a window of "
             "layers. Uses the prompt and system prompt above; tick *combine* to add the persona "
