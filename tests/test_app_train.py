@@ -95,12 +95,15 @@ def test_a_teaching_file_trains_and_its_shift_is_measured(client: Client, traine
     for v in report["vectors"]:
         assert set(v) >= {"name", "layer", "base", "tuned", "shift", "predicted"}
         assert v["shift"] == pytest.approx(v["tuned"] - v["base"], abs=1e-3)
+        # One unit for every vector: the shift over the vector's length at its layer.
+        assert v["scale"] > 0
+        assert v["relative_shift"] == pytest.approx(v["shift"] / v["scale"], abs=1e-3)
         assert isinstance(v["predicted"], float)  # screening's prediction, asked for
     assert [a["question"] for a in report["answers"]] == QUESTIONS.splitlines()
     assert all(
         isinstance(a["base"], str) and isinstance(a["tuned"], str) for a in report["answers"]
     )
-    assert "Shift (tuned − base)" in out["status"]
+    assert "Shift (tuned − base), in persona lengths" in out["status"]
     table = out["answers"].get("value", out["answers"])  # an update that sets column widths
     assert table["headers"][:2] == ["Question", "Base model"]
     assert len(table["data"]) == 2

@@ -66,36 +66,46 @@ def bars(fig: go.Figure) -> list[go.Bar]:
     return [t for t in fig.data if isinstance(t, go.Bar)]
 
 
-def test_each_vector_gets_a_panel_with_base_and_tuned_and_its_shift() -> None:
+def test_every_vector_shares_one_axis_in_units_of_its_own_length() -> None:
+    """The issue's misleading case: a large raw shift on a long vector next to a small one on a
+    short vector. In persona lengths the order can flip, and the axis says the unit."""
     rows = [
-        ShiftBar("evil", 20, 1.25, 1.75, predicted=5.7),
-        {"name": "sycophantic", "layer": 14, "base": -0.5, "tuned": -0.75},
+        ShiftBar("sycophantic", 14, 1.0, 30.1, scale=100.0),  # +29.1 raw, 0.29 lengths
+        {"name": "evil", "layer": 20, "base": 2.0, "tuned": 8.0, "scale": 10.0},  # +6.0, 0.6
     ]
     fig = shift_figure(rows, N_LAYERS)
     serialisable(fig)
     drawn = bars(fig)
-    assert [(b.y[0], b.x[0]) for b in drawn] == [
-        ("base model", 1.25), ("tuned", 1.75), ("base model", -0.5), ("tuned", -0.75),
-    ]  # fmt: skip
-    assert not any(b.showlegend for b in drawn)  # named on their axis instead
-    titles = [a.text for a in fig.layout.annotations]
-    assert "evil · layer 20 · shift +0.50" in titles[0]
-    assert "screening predicted +5.70" in titles[0]
-    assert "shift −0.25" in titles[1] and "predicted" not in titles[1]
-    assert ShiftBar("x", 1, 1.0, 3.0).shift == 2.0
+    assert len(drawn) == 1  # one bar series, every vector on the same axis
+    assert list(drawn[0].y) == ["sycophantic · layer 14", "evil · layer 20"]
+    assert list(drawn[0].x) == pytest.approx([0.291, 0.6])
+    assert drawn[0].x[1] > drawn[0].x[0]  # evil moved further, though its raw shift is smaller
+    # Raw units stay on hover.
+    assert [round(c[0], 3) for c in drawn[0].customdata] == [29.1, 6.0]
+    assert "activation units" in drawn[0].hovertemplate
+    assert "persona lengths" in fig.layout.xaxis.title.text
+    assert fig.layout.xaxis.zeroline  # 0 = the base model
+    assert ShiftBar("x", 1, 1.0, 3.0, scale=4.0).relative == 0.5
 
 
-def test_the_inoculated_run_is_a_third_bar() -> None:
-    rows = [ShiftBar("evil", 20, 1.0, 2.0), ShiftBar("pirate", 20, 0.0, 0.5)]
+def test_the_inoculated_run_is_a_second_bar_and_the_prediction_a_diamond() -> None:
+    rows = [
+        ShiftBar("evil", 20, 1.0, 2.0, scale=2.0, predicted=4.0),
+        ShiftBar("pirate", 20, 0.0, 0.5, scale=1.0),
+    ]
     fig = shift_figure(rows, N_LAYERS, inoculated={"evil": 1.25}, inoculated_label="with ctx")
     drawn = bars(fig)
-    assert [b.y[0] for b in drawn] == ["base model", "tuned", "with ctx", "base model", "tuned"]
-    assert "(with ctx: +0.25)" in fig.layout.annotations[0].text
-    assert drawn[2].marker.color != drawn[1].marker.color
+    assert [b.name for b in drawn] == ["tuned", "with ctx"]
+    assert list(drawn[1].y) == ["evil · layer 20"]
+    assert list(drawn[1].x) == pytest.approx([0.125])
+    assert drawn[1].marker.color != drawn[0].marker.color
+    diamonds = [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert len(diamonds) == 1 and list(diamonds[0].x) == pytest.approx([2.0])
+    assert diamonds[0].marker.symbol == "diamond"
 
 
 def test_user_text_in_the_shift_figure_is_escaped() -> None:
-    rows = [ShiftBar("<b>evil</b>", 3, 0.0, 1.0)]
+    rows = [ShiftBar("<b>evil</b>", 3, 0.0, 1.0, scale=1.0)]
     fig = shift_figure(rows, N_LAYERS, inoculated_label="<i>x</i>", inoculated={"<b>evil</b>": 2})
     text = json.dumps(serialisable(fig))
     assert "<b>evil" not in text and "&lt;b&gt;evil" in text
@@ -106,12 +116,14 @@ def test_user_text_in_the_shift_figure_is_escaped() -> None:
     ("rows", "kwargs", "pattern"),
     [
         ([], {}, "at least one"),
-        ([ShiftBar("a", 1, 0.0, 1.0)] * 2, {}, "once"),
-        ([ShiftBar("a", 99, 0.0, 1.0)], {}, "out of range"),
-        ([ShiftBar("a", 1, 0.0, float("inf"))], {}, "finite"),
-        ([{"name": "", "layer": 1, "base": 0, "tuned": 1}], {}, "non-empty"),
-        ([ShiftBar("a", 1, 0.0, 1.0)], {"inoculated": {"b": 1.0}}, "not in rows"),
-        ([ShiftBar(str(i), 1, 0.0, 1.0) for i in range(9)], {}, "at most 8"),
+        ([ShiftBar("a", 1, 0.0, 1.0, 1.0)] * 2, {}, "once"),
+        ([ShiftBar("a", 99, 0.0, 1.0, 1.0)], {}, "out of range"),
+        ([ShiftBar("a", 1, 0.0, float("inf"), 1.0)], {}, "finite"),
+        ([{"name": "", "layer": 1, "base": 0, "tuned": 1, "scale": 1}], {}, "non-empty"),
+        ([ShiftBar("a", 1, 0.0, 1.0, 1.0)], {"inoculated": {"b": 1.0}}, "not in rows"),
+        ([ShiftBar(str(i), 1, 0.0, 1.0, 1.0) for i in range(9)], {}, "at most 8"),
+        ([ShiftBar("a", 1, 0.0, 1.0, 0.0)], {}, "positive"),
+        ([{"name": "a", "layer": 1, "base": 0, "tuned": 1}], {}, "scale"),
     ],
 )
 def test_bad_shift_rows_are_refused(rows: list, kwargs: dict, pattern: str) -> None:

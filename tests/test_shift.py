@@ -109,8 +109,23 @@ def test_shift_report_after_training(llama: LoadedModel, tuned: FinetuneResult) 
     data = report.as_json()
     json.dumps(data)  # JSON-ready
     assert [set(v) for v in data["vectors"]] == [
-        {"name", "layer", "base", "tuned", "shift", "same_tokens", "prompt"}
+        {
+            "name",
+            "layer",
+            "base",
+            "tuned",
+            "shift",
+            "scale",
+            "relative_shift",
+            "same_tokens",
+            "prompt",
+        }
     ] * 2
+    # One scale for every vector: the shift over the vector's length at its layer.
+    for row, vec in zip(report.rows, vectors, strict=True):
+        length = float(vec.vectors[row.layer].norm())
+        assert row.scale == pytest.approx(length)
+        assert row.relative_shift == pytest.approx(row.shift / length)
     assert data["questions"] == QUESTIONS
     assert [a["question"] for a in data["answers"]] == QUESTIONS
     assert data["tuned_model_id"] == tuned.model.model_id and not data["stopped"]

@@ -63,15 +63,18 @@ def _text(report: ShiftReport) -> list[str]:
         f"Persona shift of {report.tuned_model_id} over {len(report.questions)} questions "
         f"({report.seconds:.1f} s)",
         f"  {'vector':<14} {'layer':>5} {'base':>9} {'tuned':>9} {'shift':>9} "
-        f"{'same-tok':>9} {'prompt':>9}",
+        f"{'relative':>9} {'same-tok':>9} {'prompt':>9}",
     ]
     for row in report.rows:
         lines.append(
             f"  {row.name:<14} {row.layer:>5} {row.base:>+9.3f} {row.tuned:>+9.3f} "
-            f"{row.shift:>+9.3f} {row.same_tokens_shift:>+9.3f} {row.prompt_shift:>+9.3f}"
+            f"{row.shift:>+9.3f} {row.relative_shift:>+9.3f} {row.same_tokens_shift:>+9.3f} "
+            f"{row.prompt_shift:>+9.3f}"
         )
     lines.append(
-        "  shift: each model's own answers; same-tok: the base answers read by both; "
+        "  shift: each model's own answers, in activation units; relative: the shift over the "
+        "vector's length at its layer (1 = as far as the persona's own prompts move the model), "
+        "the unit that compares across vectors; same-tok: the base answers read by both; "
         "prompt: the last prompt token"
     )
     for q, b, t in zip(report.questions, report.base_answers, report.tuned_answers, strict=False):

@@ -4,11 +4,12 @@
 x axis is fixed to the run's total steps from the start, so the line grows instead of the axis
 rescaling), dotted lines between epochs and each epoch's mean as a flat segment.
 
-:func:`shift_figure` draws, per persona vector, the mean projection of the base model's answers
-and of the tuned model's (and, optionally, of a model tuned on the same data with an
-inoculation context) at one layer, one panel per vector: every vector has its own scale, so
-panels are never merged into one axis. Each panel's title states the shift (tuned minus base)
-and, when given, the shift screening predicted for the training file.
+:func:`shift_figure` draws every persona vector's shift (the tuned model's mean response
+projection minus the base model's, at the vector's layer) on one axis, in units of that vector's
+length at its layer: raw activation units differ from vector to vector and layer to layer, so
+only this unit compares (0 = the base model, 1 = as far as the persona's own system prompts move
+the model). A model tuned with an inoculation context is a second bar, screening's prediction a
+diamond; raw units are on hover.
 
 Imports: plotly and :mod:`.common` only (no torch, no gradio).
 """
@@ -20,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from persona_explorer.plots.common import (
     BASELINE_COLOR,
@@ -36,7 +36,7 @@ from persona_explorer.plots.common import (
     text,
 )
 
-__all__ = ["ShiftBar", "loss_figure", "shift_figure"]
+__all__ = ["SHIFT_UNIT", "ShiftBar", "loss_figure", "shift_figure"]
 
 LOSS_COLOR = STEERED_COLORS[0]
 EPOCH_COLOR = MUTED_TEXT
@@ -44,7 +44,7 @@ BASE_COLOR = BASELINE_COLOR
 TUNED_COLOR = STEERED_COLORS[0]
 INOCULATED_COLOR = STEERED_COLORS[1]
 MAX_PANELS = 8  # one per vector; the app allows fewer
-_PANEL_PX = 150
+_BAR_PX = 56
 _MIN_HEIGHT = 300
 _LOSS_HEIGHT = 320
 
@@ -165,17 +165,26 @@ def loss_figure(
 @dataclass(frozen=True)
 class ShiftBar:
     """One vector's numbers: the mean response projections at ``layer`` of the base and the
-    tuned model's answers, and (optional) the shift screening predicted for the data."""
+    tuned model's answers, the vector's length ``scale`` there (for an extracted vector, the
+    distance between its persona's positive and negative answers at that layer) and, optional,
+    the shift screening predicted for the data (in activation units, like ``base``)."""
 
     name: str
     layer: int
     base: float
     tuned: float
+    scale: float
     predicted: float | None = None
 
     @property
     def shift(self) -> float:
         return self.tuned - self.base
+
+    @property
+    def relative(self) -> float:
+        """The shift in units of the vector's length at its layer: 0 = the base model, 1 = as
+        far as the persona's own prompts move it."""
+        return self.shift / self.scale
 
 
 def _bar(row: object, i: int, n_layers: int) -> ShiftBar:
@@ -185,22 +194,20 @@ def _bar(row: object, i: int, n_layers: int) -> ShiftBar:
         return getattr(row, key, None)
 
     predicted = get("predicted")
+    scale = floats([get("scale")], f"rows[{i}].scale")[0]
+    if scale <= 0:
+        raise ValueError(f"rows[{i}].scale must be positive (the vector's length), not {scale}")
     return ShiftBar(
         name=label(get("name"), f"rows[{i}].name"),
         layer=layer_index(get("layer"), f"rows[{i}].layer", n_layers),
         base=floats([get("base")], f"rows[{i}].base")[0],
         tuned=floats([get("tuned")], f"rows[{i}].tuned")[0],
+        scale=scale,
         predicted=None if predicted is None else floats([predicted], f"rows[{i}].predicted")[0],
     )
 
 
-def _panel_title(bar: ShiftBar, other: float | None, other_label: str) -> str:
-    title = f"{text(bar.name)} · layer {bar.layer} · shift {fmt(bar.shift, 2, sign=True)}"
-    if other is not None:
-        title += f" ({text(other_label)}: {fmt(other - bar.base, 2, sign=True)})"
-    if bar.predicted is not None:
-        title += f" · screening predicted {fmt(bar.predicted, 2, sign=True)}"
-    return title
+SHIFT_UNIT = "shift in persona lengths (0 = base model, 1 = the persona's own prompts)"
 
 
 def shift_figure(
@@ -211,12 +218,14 @@ def shift_figure(
     inoculated_label: str = "tuned with context",
     title: str | None = None,
 ) -> go.Figure:
-    """Per vector (one panel each, stacked), horizontal bars of the base and the tuned model's
-    mean response projection; with ``inoculated`` (vector name → the mean projection of a
-    model tuned on the same data with an inoculation context) a third bar.
+    """Every vector's shift (tuned minus base) on one axis, in units of that vector's length at
+    its layer, so vectors and layers compare: 0 is the base model, 1 is as far along the vector
+    as the persona's own system prompts move the model. With ``inoculated`` (vector name → the
+    mean projection of a model tuned on the same data with an inoculation context) a second
+    bar; a predicted shift (screening's) is a diamond. Raw activation units are on hover.
 
-    ``rows``: :class:`ShiftBar` or anything with ``name``, ``layer``, ``base``, ``tuned`` (and
-    optionally ``predicted``) as attributes or keys; names must be unique.
+    ``rows``: :class:`ShiftBar` or anything with ``name``, ``layer``, ``base``, ``tuned``,
+    ``scale`` (and optionally ``predicted``) as attributes or keys; names must be unique.
     """
     if not rows:
         raise ValueError("shift_figure needs at least one vector")
@@ -232,49 +241,63 @@ def shift_figure(
         raise ValueError(f"inoculated names vectors not in rows: {sorted(unknown)}")
     for name, value in third.items():
         third[name] = floats([value], f"inoculated[{name!r}]")[0]
-    other_label = label(inoculated_label, "inoculated_label")
-    series = [("base model", BASE_COLOR), ("tuned", TUNED_COLOR)]
-    if third:
-        series.append((text(other_label), INOCULATED_COLOR))  # legend entries render HTML
-    fig = make_subplots(
-        rows=len(bars),
-        cols=1,
-        subplot_titles=[
-            _panel_title(b, third.get(b.name), other_label) for b in bars
-        ],  # escaped in _panel_title
-        vertical_spacing=min(0.14, 0.36 / len(bars)),
+    other_label = text(label(inoculated_label, "inoculated_label"))
+    ticks = [f"{text(b.name)} · layer {b.layer}" for b in bars]
+    hover = (
+        "%{y}<br>%{x:+.2f} of the persona's length<br>"
+        "%{customdata[0]:+.3f} activation units (base %{customdata[1]:.3f}, "
+        "length %{customdata[2]:.3f})<extra>%{fullData.name}</extra>"
     )
-    fig.update_annotations(font={"size": 12})
-    for row, bar in enumerate(bars, 1):
-        values = [bar.base, bar.tuned]
-        if third:
-            values.append(third.get(bar.name, float("nan")))
-        for (series_name, color), value in zip(series, values, strict=False):
-            if value != value:  # nan: this vector was not measured on the third model
-                continue
-            fig.add_trace(
-                go.Bar(
-                    x=[value],
-                    y=[series_name],
-                    orientation="h",
-                    name=series_name,
-                    marker={"color": color},
-                    text=[fmt(value, 2)],
-                    textposition="auto",
-                    showlegend=False,  # the bars are named on their axis
-                    hovertemplate=(f"{text(bar.name)}, {series_name}: %{{x:.3f}}<extra></extra>"),
-                ),
-                row=row,
-                col=1,
+
+    def bar_trace(name: str, color: str, picked: list[tuple[str, ShiftBar, float]]) -> go.Bar:
+        rel = [(value - b.base) / b.scale for _, b, value in picked]
+        return go.Bar(
+            x=rel,
+            y=[tick for tick, _, _ in picked],
+            orientation="h",
+            name=name,
+            marker={"color": color},
+            text=[fmt(r, 2, sign=True) for r in rel],
+            textposition="auto",
+            customdata=[[value - b.base, b.base, b.scale] for _, b, value in picked],
+            hovertemplate=hover,
+        )
+
+    fig = go.Figure()
+    fig.add_trace(
+        bar_trace("tuned", TUNED_COLOR, [(t, b, b.tuned) for t, b in zip(ticks, bars, strict=True)])
+    )
+    if third:
+        picked = [
+            (t, b, third[b.name]) for t, b in zip(ticks, bars, strict=True) if b.name in third
+        ]
+        fig.add_trace(bar_trace(other_label, INOCULATED_COLOR, picked))
+    predicted = [(t, b) for t, b in zip(ticks, bars, strict=True) if b.predicted is not None]
+    if predicted:
+        fig.add_trace(
+            go.Scatter(
+                x=[b.predicted / b.scale for _, b in predicted],  # type: ignore[operator]
+                y=[t for t, _ in predicted],
+                mode="markers",
+                name="screening predicted",
+                marker={"symbol": "diamond", "size": 11, "color": MUTED_TEXT},
+                customdata=[[b.predicted, b.base, b.scale] for _, b in predicted],
+                hovertemplate=hover,
             )
-        fig.update_yaxes(autorange="reversed", row=row, col=1)
+        )
+    legend = [
+        "tuned",
+        *([other_label] if third else []),
+        *(["screening predicted"] if predicted else []),
+    ]
     style(
         fig,
-        title=title or "Mean projection of the answers to the evaluation questions",
-        height=max(_MIN_HEIGHT, 90 + (_PANEL_PX + (30 if third else 0)) * len(bars)),
+        title=title or "Persona shift of the answers to the evaluation questions",
+        x_title=SHIFT_UNIT,
+        height=max(_MIN_HEIGHT, 140 + (_BAR_PX + (18 if third else 0)) * len(bars)),
+        legend=legend,
     )
-    fig.update_layout(showlegend=False)
-    fig.update_xaxes(zerolinecolor=ZERO_LINE_COLOR)
-    fig.update_xaxes(title_text="mean response projection (activation units)", row=len(bars))
-    fig.update_layout(barmode="group", bargap=0.25)
+    fig.update_layout(barmode="group", bargap=0.3, showlegend=True)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(zeroline=True, zerolinecolor=ZERO_LINE_COLOR, zerolinewidth=2)
     return fig

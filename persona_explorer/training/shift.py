@@ -83,6 +83,15 @@ class ShiftRow:
     prompt_base: float = 0.0
     prompt_tuned: float = 0.0
     prompt_shift: float = 0.0
+    # The vector's length at ``layer``: for an extracted vector, the distance between its
+    # persona's positive and negative answers there. Shifts divided by it compare across vectors
+    # and layers (0 = the base model, 1 = as far as the persona's own prompts move it).
+    scale: float = 1.0
+
+    @property
+    def relative_shift(self) -> float:
+        """:attr:`shift` in units of the vector's length at its layer (see :attr:`scale`)."""
+        return self.shift / self.scale
 
     def as_json(self) -> dict[str, Any]:
         def r(x: float) -> float:
@@ -94,6 +103,8 @@ class ShiftRow:
             "base": r(self.base),
             "tuned": r(self.tuned),
             "shift": r(self.shift),
+            "scale": r(self.scale),
+            "relative_shift": r(self.relative_shift),
             "same_tokens": {
                 "base": r(self.same_tokens_base),
                 "tuned": r(self.same_tokens_tuned),
@@ -346,6 +357,7 @@ def persona_shift(
             prompt_base=last_base[k],
             prompt_tuned=last_tuned[k],
             prompt_shift=last_tuned[k] - last_base[k],
+            scale=float(vec.vectors[layers[k]].float().norm()),
         )
         for k, vec in enumerate(vectors)
     ]

@@ -138,7 +138,14 @@ def shift_plot(m: Measured, n_layers: int) -> Any:
         primary, report, other, other_report = other, other_report, primary, report
     predicted = m.prediction.values if m.prediction is not None and primary is m.run else {}
     bars = [
-        ShiftBar(r.name, int(r.layer), float(r.base), float(r.tuned), predicted.get(r.name))
+        ShiftBar(
+            r.name,
+            int(r.layer),
+            float(r.base),
+            float(r.tuned),
+            float(getattr(r, "scale", 1.0)),
+            predicted.get(r.name),
+        )
         for r in report.rows
     ]
     third = _tuned_by_name(other_report) if other is not None and other_report else None
@@ -148,7 +155,7 @@ def shift_plot(m: Measured, n_layers: int) -> Any:
         n_layers,
         inoculated=third,
         inoculated_label=third_label,
-        title=f"Mean projection of the answers to {len(report.questions)} evaluation questions",
+        title=f"Persona shift of the answers to {len(report.questions)} evaluation questions",
     )
 
 
@@ -197,6 +204,9 @@ def shift_json(m: Measured) -> dict[str, Any]:
                     "layer": int(r.layer),
                     "tuned": tuned.get(r.name),
                     "shift": None if r.name not in tuned else tuned[r.name] - float(r.base),
+                    "relative_shift": None
+                    if r.name not in tuned
+                    else (tuned[r.name] - float(r.base)) / float(r.scale),
                 }
                 for r in m.report.rows
             ],
@@ -204,16 +214,26 @@ def shift_json(m: Measured) -> dict[str, Any]:
     return out
 
 
+def _relative(shift: float, row: Any) -> str:
+    """A shift in units of the row's vector length at its layer (the figure's unit)."""
+    return f"{shift / float(getattr(row, 'scale', 1.0)):+.2f}"
+
+
 def shift_status(m: Measured) -> str:
     rows = m.report.rows
-    parts = [f"**{md(r.name, 60)}** {float(r.shift):+.2f} (layer {int(r.layer)})" for r in rows]
+    parts = [
+        f"**{md(r.name, 60)}** {_relative(float(r.shift), r)} (layer {int(r.layer)}; "
+        f"{float(r.shift):+.2f} activation units)"
+        for r in rows
+    ]
     text = (
         f"Measured run **\\#{m.run.number}** ({m.run.framing}, *{md(m.run.dataset, 80)}*) "
         f"on {len(m.report.questions)} questions in "
-        f"{m.report.seconds:.0f} s. Shift (tuned − base): " + ", ".join(parts) + "."
+        f"{m.report.seconds:.0f} s. Shift (tuned − base), in persona lengths (0 = the base "
+        "model, 1 = as far as the persona's own prompts move it): " + ", ".join(parts) + "."
     )
     same = [
-        f"{md(r.name, 60)} {float(r.same_tokens_shift):+.2f}"
+        f"{md(r.name, 60)} {_relative(float(r.same_tokens_shift), r)}"
         for r in rows
         if getattr(r, "same_tokens_shift", None) is not None
     ]
@@ -225,7 +245,7 @@ def shift_status(m: Measured) -> str:
     if m.other is not None and m.other_report is not None:
         tuned = _tuned_by_name(m.other_report)
         parts = [
-            f"**{md(r.name, 60)}** {tuned[r.name] - float(r.base):+.2f}"
+            f"**{md(r.name, 60)}** {_relative(tuned[r.name] - float(r.base), r)}"
             for r in rows
             if r.name in tuned
         ]
@@ -236,10 +256,15 @@ def shift_status(m: Measured) -> str:
         )
     if m.prediction is not None:
         if m.prediction.values:
-            parts = [f"**{md(k, 60)}** {v:+.2f}" for k, v in m.prediction.values.items()]
+            by_name = {r.name: r for r in rows}
+            parts = [
+                f"**{md(k, 60)}** {_relative(v, by_name[k]) if k in by_name else f'{v:+.2f}'}"
+                for k, v in m.prediction.values.items()
+            ]
             text += (
                 " Screening's prediction (mean projection difference of the training samples, "
-                f"{md(m.prediction.note, 200)}; its own scale, compare the order): "
+                f"{md(m.prediction.note, 200)}; in persona lengths too, but from the data's "
+                "own answers rather than the model's, so compare the order): "
                 + ", ".join(parts)
                 + "."
             )
