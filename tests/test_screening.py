@@ -453,6 +453,11 @@ def test_own_answers_are_cached_and_reused(
 def test_context_is_read_in_both_passes(llama: LoadedModel, tmp_path: Path) -> None:
     samples = [Sample(1, (ChatMessage("user", "Hi!"),), "Hello there.", "Be brief.")]
     plain = screen(llama, samples, VECTORS[:1], ScreenConfig(layer=2, own=False))
+    # Each vector's length at the layer travels with the scores (the plots' unit).
+    assert plain.scales == {
+        name: pytest.approx(float(v.vectors[2].norm()))
+        for name, v in zip(plain.names, VECTORS[:1], strict=True)
+    }
     framed = screen(
         llama,
         samples,

@@ -410,3 +410,29 @@ def test_the_endpoint_has_named_parameters(ctx: AppContext) -> None:
         "context", "with_context",
     ]  # fmt: skip
     assert len(endpoint["returns"]) == 12  # every output but the kept run
+
+
+def test_with_the_vectors_lengths_every_panel_shares_one_unit() -> None:
+    """Raw projections differ from vector to vector; divided by each vector's length at the
+    layer they compare, and the axis says so (issue 24, item 4)."""
+    scores = {"evil": [2.0, 4.0], "sycophantic": [20.0, 40.0]}
+    scales = {"evil": 2.0, "sycophantic": 20.0}
+    fig = score_histograms_figure(scores, "projection_difference", 3, 8, scales=scales)
+    hists = [t for t in fig.data if isinstance(t, go.Histogram)]
+    assert [list(h.x) for h in hists] == [[1.0, 2.0], [1.0, 2.0]]
+    assert "persona lengths at layer 3" in json.dumps(fig.to_plotly_json()["layout"])
+    raw = score_histograms_figure(scores, "projection_difference", 3, 8)
+    assert "activation units" in json.dumps(raw.to_plotly_json()["layout"])
+    after = {"evil": [1.0], "sycophantic": [10.0]}
+    overlay = inoculation_figure(
+        scores, after, "projection_difference", 3, n_layers=8, scales=scales
+    )
+    assert [list(h.x) for h in overlay.data if isinstance(h, go.Histogram)] == [
+        [1.0, 2.0], [0.5], [1.0, 2.0], [0.5],
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="no length"):
+        score_histograms_figure(scores, "projection_difference", 3, 8, scales={"evil": 1.0})
+    with pytest.raises(ValueError, match="positive"):
+        score_histograms_figure(
+            {"evil": [1.0]}, "projection_difference", 3, 8, scales={"evil": 0.0}
+        )

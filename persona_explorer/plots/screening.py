@@ -74,6 +74,27 @@ def _score_title(score: str) -> str:
     return SCORE_LABELS[score]
 
 
+def in_lengths(
+    data: dict[str, list[float]], scales: Mapping[str, float] | None, score: str, layer: int
+) -> tuple[dict[str, list[float]], str]:
+    """The scores, and the axis title that states their unit. With ``scales`` (vector name →
+    its length at ``layer``), every score divided by its vector's length: raw activation units
+    differ from vector to vector and layer to layer, and only this unit compares (1 = as far
+    as the distance between the persona's own positive and negative answers there)."""
+    what = _score_title(score)
+    if scales is None:
+        return data, f"{what} (activation units)"
+    out = {}
+    for name, values in data.items():
+        if name not in scales:
+            raise ValueError(f"scales has no length for {name!r}")
+        scale = floats([scales[name]], f"scales[{name!r}]")[0]
+        if scale <= 0:
+            raise ValueError(f"scales[{name!r}] must be positive, not {scale}")
+        out[name] = [v / scale for v in values]
+    return out, f"{what}, in persona lengths at layer {layer}"
+
+
 def _mean_line(fig: go.Figure, values: Sequence[float], color: str, row: int, name: str) -> None:
     mean = sum(values) / len(values)
     fig.add_vline(
@@ -122,12 +143,14 @@ def score_histograms_figure(
     n_layers: int,
     *,
     title: str | None = None,
+    scales: Mapping[str, float] | None = None,
 ) -> go.Figure:
     """One histogram per vector of the samples' ``score`` (a key of :data:`SCORE_LABELS`) at
-    ``layer``, the mean dashed. A vector without scores gets a panel that says so."""
+    ``layer``, the mean dashed. A vector without scores gets a panel that says so. With
+    ``scales`` (each vector's length at ``layer``) every score is divided by its vector's
+    length, so the panels share one unit (see :func:`in_lengths`)."""
     at = layer_index(layer, "layer", n_layers)
-    data = _checked(scores, "score_histograms_figure")
-    what = _score_title(score)
+    data, what = in_lengths(_checked(scores, "score_histograms_figure"), scales, score, at)
     fig = _panels(list(data))
     for row, (name, values) in enumerate(data.items(), 1):
         if not values:
@@ -166,16 +189,16 @@ def inoculation_figure(
     layer: int,
     *,
     n_layers: int,
+    scales: Mapping[str, float] | None = None,
 ) -> go.Figure:
     """Per vector, the samples' scores without (blue) and with (vermilion) the context,
     overlaid on shared bins, each with its mean dashed. ``before`` and ``after`` name the same
     vectors in the same order."""
     at = layer_index(layer, "layer", n_layers)
-    base = _checked(before, "inoculation_figure")
-    moved = _checked(after, "inoculation_figure")
+    base, what = in_lengths(_checked(before, "inoculation_figure"), scales, score, at)
+    moved, _ = in_lengths(_checked(after, "inoculation_figure"), scales, score, at)
     if list(base) != list(moved):
         raise ValueError("before and after must name the same vectors in the same order")
-    what = _score_title(score)
     fig = _panels(list(base))
     for row, name in enumerate(base, 1):
         pair = (

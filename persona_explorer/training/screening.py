@@ -336,7 +336,16 @@ def screen(
     units = torch.stack([unit_rows(v.vectors)[layer] for v in vectors]).to(model.device)
     if not cfg.own:
         cache = None
-    result = ScreenResult(names=names, layer=layer, own=cfg.own, context=cfg.context)
+    result = ScreenResult(
+        names=names,
+        layer=layer,
+        own=cfg.own,
+        context=cfg.context,
+        scales={
+            name: float(v.vectors[layer].float().norm())
+            for name, v in zip(names, vectors, strict=True)
+        },
+    )
     started = time.perf_counter()
     done = 0.0  # samples (and skipped lines) handled so far, for progress
 

@@ -106,6 +106,10 @@ class ScreenResult:
     cached: int = 0  # own answers taken from the cache
     stopped: bool = False
     seconds: float = 0.0
+    # Each vector's length at ``layer`` (for an extracted vector, the distance between its
+    # persona's positive and negative answers there): scores divided by it compare across
+    # vectors and layers.
+    scales: dict[str, float] = field(default_factory=dict)
 
     def add_problem(self, problem: RowProblem) -> None:
         self.n_problems += 1

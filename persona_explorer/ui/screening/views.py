@@ -330,6 +330,8 @@ def summary_json(run: ScreenRun) -> dict[str, Any]:
         "own_generated": base.generated,
         "own_cached": base.cached,
         "vectors": base.summary(TOP_N),
+        # Each vector's length at the layer: divide a score by it for the plots' unit.
+        "scales": {name: round(value, 4) for name, value in base.scales.items()},
     }
     if run.inoculated is not None:
         changes = inoculation_changes(base, run.inoculated)
@@ -354,7 +356,9 @@ def summary_json(run: ScreenRun) -> dict[str, Any]:
 
 def histogram(run: ScreenRun, n_layers: int) -> go.Figure:
     base = run.base
-    return score_histograms_figure(scores_by_vector(base), base.score_key, base.layer, n_layers)
+    return score_histograms_figure(
+        scores_by_vector(base), base.score_key, base.layer, n_layers, scales=base.scales or None
+    )
 
 
 def inoculation_plot(run: ScreenRun, n_layers: int) -> go.Figure:
@@ -368,6 +372,7 @@ def inoculation_plot(run: ScreenRun, n_layers: int) -> go.Figure:
         own=run.base.own,
         context=None,
         rows=[r for r in run.base.rows if r.line in lines],
+        scales=run.base.scales,
     )
     return inoculation_figure(
         scores_by_vector(matched),
@@ -375,6 +380,7 @@ def inoculation_plot(run: ScreenRun, n_layers: int) -> go.Figure:
         run.key,
         run.base.layer,
         n_layers=n_layers,
+        scales=run.base.scales or None,
     )
 
 
