@@ -180,11 +180,15 @@ class ShiftBar:
     def shift(self) -> float:
         return self.tuned - self.base
 
+    def in_lengths(self, shift: float) -> float:
+        """A shift (activation units) in units of the vector's length at its layer: 0 = the
+        base model, 1 = as far as the persona's own prompts move it."""
+        return shift / self.scale
+
     @property
     def relative(self) -> float:
-        """The shift in units of the vector's length at its layer: 0 = the base model, 1 = as
-        far as the persona's own prompts move it."""
-        return self.shift / self.scale
+        """The tuned model's shift in persona lengths (:meth:`in_lengths`)."""
+        return self.in_lengths(self.shift)
 
 
 def _bar(row: object, i: int, n_layers: int) -> ShiftBar:
@@ -250,7 +254,7 @@ def shift_figure(
     )
 
     def bar_trace(name: str, color: str, picked: list[tuple[str, ShiftBar, float]]) -> go.Bar:
-        rel = [(value - b.base) / b.scale for _, b, value in picked]
+        rel = [b.in_lengths(value - b.base) for _, b, value in picked]
         return go.Bar(
             x=rel,
             y=[tick for tick, _, _ in picked],
@@ -276,7 +280,7 @@ def shift_figure(
     if predicted:
         fig.add_trace(
             go.Scatter(
-                x=[b.predicted / b.scale for _, b in predicted],  # type: ignore[operator]
+                x=[b.in_lengths(b.predicted) for _, b in predicted],  # type: ignore[arg-type]
                 y=[t for t, _ in predicted],
                 mode="markers",
                 name="screening predicted",

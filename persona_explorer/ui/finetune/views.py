@@ -15,7 +15,7 @@ import gradio as gr
 
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.plots.train import ShiftBar, loss_figure, shift_figure
-from persona_explorer.training.shift import ShiftReport
+from persona_explorer.training.shift import ShiftReport, ShiftRow
 from persona_explorer.ui.finetune.runs import Measured, TrainRun
 from persona_explorer.ui.shared.markup import md
 
@@ -143,7 +143,7 @@ def shift_plot(m: Measured, n_layers: int) -> Any:
             int(r.layer),
             float(r.base),
             float(r.tuned),
-            float(getattr(r, "scale", 1.0)),
+            float(r.scale),
             predicted.get(r.name),
         )
         for r in report.rows
@@ -214,9 +214,9 @@ def shift_json(m: Measured) -> dict[str, Any]:
     return out
 
 
-def _relative(shift: float, row: Any) -> str:
+def _relative(shift: float, row: ShiftRow) -> str:
     """A shift in units of the row's vector length at its layer (the figure's unit)."""
-    return f"{shift / float(getattr(row, 'scale', 1.0)):+.2f}"
+    return f"{shift / float(row.scale):+.2f}"
 
 
 def shift_status(m: Measured) -> str:
