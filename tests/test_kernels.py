@@ -355,7 +355,7 @@ def test_without_cpu_flags_torch_decides() -> None:
 def test_a_refusing_check_keeps_the_kernel_from_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
     epyc = (CPUINFO / "cpuinfo_epyc_avx2.txt").read_text()
     no_avx2 = epyc.replace(" avx2 ", " ")
-    monkeypatch.setattr(kernels, "_read_cpuinfo", lambda: no_avx2)
+    monkeypatch.setattr(kernels, "read_cpuinfo", lambda: no_avx2)
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels, "_module", None)
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from persona_explorer.core.cpu import cpu_flags, read_cpuinfo
+
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 4
@@ -51,22 +53,6 @@ _tried = False
 REQUIRED_EXTENSIONS = ("avx2", "fma", "f16c")
 
 
-def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
-    """The first processor's ``flags`` in a ``/proc/cpuinfo`` text; None where it has none."""
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            return frozenset(value.split())
-    return None
-
-
-def _read_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
 def unsupported_reason(cpuinfo: str | None = None, capability: str | None = None) -> str | None:
     """Why the kernel cannot run on this CPU, or None where it can.
 
@@ -74,7 +60,7 @@ def unsupported_reason(cpuinfo: str | None = None, capability: str | None = None
     extensions, AMX for one, that it does not grant), so the CPU must report all three. Where
     ``/proc/cpuinfo`` has no flags (not Linux, not x86), torch's own runtime check decides:
     its AVX2 and AVX512 levels both imply FMA and F16C."""
-    flags = cpu_flags(_read_cpuinfo() if cpuinfo is None else cpuinfo)
+    flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
     if flags is not None:
         missing = [ext for ext in REQUIRED_EXTENSIONS if ext not in flags]
         if missing:
