@@ -26,6 +26,7 @@ from playwright.sync_api import Page, expect  # noqa: E402
 
 def open_app(page: Page, query: str = "") -> None:
     page.goto(shared_server().url + query)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     # demo.load has run once the share link is filled in.
     expect(page.locator("#pe-share textarea")).to_have_value(re.compile(r"\?prompt="))

@@ -94,6 +94,7 @@ def test_bad_inputs_are_clear_errors_and_the_server_keeps_serving(
 def test_the_capping_panel_shows_both_answers_and_the_plots(page: Page) -> None:
     pg = page
     pg.goto(shared_server().url)
+    pg.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(pg.locator("#pe-generate")).to_be_visible()
     pg.locator("#pe-prompt textarea").fill(PROMPT)
     pg.get_by_text("System prompt").first.click()

@@ -147,7 +147,7 @@ def raw_call(url: str, api_name: str, body: str) -> tuple[str, str]:
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_strength_sent_as_raw_json_is_refused(client: Client, value: str) -> None:
     body = (
-        '{"data": ["Hello", "%s", 12, %s, 4, "", "all", 0, 0, -1]}' % (STRONG, value)  # noqa: UP031
+        '{"data": ["Hello", "%s", 12, %s, 4, "", "all", 0, 0, -1, 1.0]}' % (STRONG, value)  # noqa: UP031
     )
     event, text = raw_call(shared_server().url, "steer", body)
     assert event == "error"

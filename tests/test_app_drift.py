@@ -177,6 +177,7 @@ def test_replay_refuses_unknown_transcripts_and_bad_windows(client: Client) -> N
 
 def open_drift(page: Page) -> None:
     page.goto(shared_server().url)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     page.get_by_role("tab", name="Drift").click()
     expect(page.locator("#pe-drift-message")).to_be_visible()

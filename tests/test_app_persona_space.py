@@ -82,6 +82,7 @@ def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(
 
 def open_space_tab(page: Page) -> None:
     page.goto(shared_server().url)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     page.get_by_role("tab", name="Persona space").click()
     expect(page.locator("#pe-space-map .js-plotly-plot")).to_be_visible()

@@ -165,6 +165,7 @@ def test_bad_input_is_a_clear_error(client: Client, overrides: dict, pattern: st
 
 def test_the_tab_screens_a_teaching_file_and_compares_with_a_context(page: Page) -> None:
     page.goto(shared_server().url)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     page.get_by_role("tab", name="Screen data").click()
     # The page load fills the vector list with the built-in evil vector.

@@ -163,6 +163,7 @@ def test_the_tab_sweeps_shows_a_cell_and_uses_the_recommendation(
     page: Page, tmp_path: Path
 ) -> None:
     page.goto(shared_server().url)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     page.get_by_role("tab", name="Sweep").click()
     expect(page.locator("#pe-sweep-prompts textarea")).not_to_be_empty()  # the shipped prompts
@@ -227,6 +228,7 @@ def test_the_tab_sweeps_shows_a_cell_and_uses_the_recommendation(
 
 def test_stop_keeps_what_finished_and_the_same_sweep_resumes(page: Page) -> None:
     page.goto(shared_server().url)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     page.get_by_role("tab", name="Sweep").click()
     # Prompts no earlier run used: nothing of this sweep is in a checkpoint yet.

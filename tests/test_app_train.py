@@ -219,6 +219,7 @@ def test_tuned_models_are_private_and_bounded_in_memory_and_on_disk(tmp_path: Pa
 
 def test_the_tab_trains_and_shows_the_loss_and_the_shift(page: Page) -> None:
     page.goto(shared_server().url)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     page.get_by_role("tab", name="Train").click()
     expect(page.locator("#pe-train-vectors")).to_contain_text("evil", timeout=TIMEOUT_MS)

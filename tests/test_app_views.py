@@ -112,6 +112,7 @@ def new_page(browser: Browser, width: int = 1440, height: int = 1000) -> Page:
 
 def open_app(page: Page, query: str = "") -> None:
     page.goto(shared_server().url + query)
+    page.get_by_role("tab", name="Steer", exact=True).click()  # the app opens on its Tour
     expect(page.locator("#pe-generate")).to_be_visible()
     expect(page.locator("#pe-share textarea")).to_have_value(re.compile(r"\?prompt="))
 

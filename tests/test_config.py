@@ -24,11 +24,27 @@ def test_defaults_from_an_empty_environment(tmp_path: Path) -> None:
     assert s.builtin_vectors_dir == REPO / "assets" / "vectors"
     assert s.limits.max_prompt_chars == 4000
     assert s.limits.max_new_tokens == 256
-    assert s.limits.max_upload_mb == 64
-    assert s.limits.max_upload_bytes == 64 * 1024 * 1024
+    assert s.limits.max_upload_mb == 20  # a 16 MB vector with its metadata fits
+    assert s.limits.max_upload_bytes == 20 * 1024 * 1024
+    assert s.trusted_proxy_hops == 0  # no X-Forwarded-For is believed
     assert s.steer_concurrency == 2
     assert s.extract_concurrency == 1
     assert (s.server_name, s.server_port) == ("127.0.0.1", 7860)
+
+
+def test_trusted_proxy_hops_default_to_one_on_a_space_and_can_be_set() -> None:
+    assert load_settings({}).trusted_proxy_hops == 0
+    assert load_settings({"SPACE_ID": "me/app"}).trusted_proxy_hops == 1
+    env = {"SPACE_ID": "me/app", "PERSONA_EXPLORER_TRUSTED_PROXY_HOPS": "2"}
+    assert load_settings(env).trusted_proxy_hops == 2
+    s = load_settings({"PERSONA_EXPLORER_MAX_PENDING_PER_ADDRESS": "7"})
+    assert s.limits.max_pending_per_address == 7
+    s = load_settings(
+        {"PERSONA_EXPLORER_UPLOAD_QUOTA_MB": "5", "PERSONA_EXPLORER_UPLOAD_TOTAL_MB": "9"}
+    )
+    assert (s.limits.upload_quota_bytes, s.limits.upload_total_bytes) == (5 * 2**20, 9 * 2**20)
+    with pytest.raises(ConfigError, match="trusted_proxy_hops"):
+        load_settings({"PERSONA_EXPLORER_TRUSTED_PROXY_HOPS": "-1"})
 
 
 def test_default_data_dir_is_a_user_data_dir() -> None:

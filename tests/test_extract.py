@@ -292,10 +292,10 @@ def test_recommend_strength_scales_with_the_residual_and_rounds() -> None:
 
 
 def test_builtin_strengths_lie_on_the_sweep_grid_around_the_rule() -> None:
-    """The rule gives the unit of the built-in check's sweep grid (0.5x to 2x of it); every
-    shipped strength is a point of that grid, and at most the rule's own strength: the sweeps
-    chose the smallest strength that clears the trait margin (README, Built-in personas)."""
-    from persona_explorer.dev.builtin_check import strengths_for
+    """The rule gives the unit of the built-in check's sweep grid (0.5x to 3x of it); every
+    shipped strength is a point of that grid, so at most its top: the check keeps the
+    strongest setting whose every answer holds up (README, Built-in personas)."""
+    from persona_explorer.dev.builtin_check import MULTIPLES, strengths_for
 
     for vec in shipped_builtins():
         assert vec.layer in REFERENCE_RESIDUAL_NORMS and vec.strength, vec.name
@@ -304,7 +304,10 @@ def test_builtin_strengths_lie_on_the_sweep_grid_around_the_rule() -> None:
         got = recommend_strength(norm, REFERENCE_RESIDUAL_NORMS[vec.layer])
         assert got is not None and vec.strength / 3 <= got, (vec.name, got)
         ratio = vec.strength * norm / REFERENCE_RESIDUAL_NORMS[vec.layer]
-        assert 0.25 * REFERENCE_RATIO < ratio <= REFERENCE_RATIO, (vec.name, ratio)
+        assert 0.25 * REFERENCE_RATIO < ratio <= max(MULTIPLES) * REFERENCE_RATIO * 1.01, (
+            vec.name,
+            ratio,
+        )
 
 
 def test_suggested_layer_stays_near_the_builtins_recorded_layers() -> None:

@@ -339,10 +339,26 @@ def test_cosine_heatmap_escapes_names_and_words_cells() -> None:
     heat = fig.data[0]
     assert list(heat.x) == ["&lt;i&gt;a&lt;/i&gt;", "b"]
     assert fig.layout.title.text == "&lt;b&gt;T&lt;/b&gt;"
-    assert heat.customdata[0][1] == "point in opposite directions"
-    assert heat.customdata[0][0] == "the same vector"
-    assert "%{customdata}" in heat.hovertemplate
+    assert list(heat.customdata[0][1]) == [
+        "&lt;i&gt;a&lt;/i&gt;",
+        "b",
+        "point in opposite directions",
+    ]
+    assert heat.customdata[0][0][2] == "the same vector"
+    assert "%{customdata[2]}" in heat.hovertemplate
     assert fig.layout.xaxis.tickangle == 0 and fig.layout.yaxis.automargin is True
+
+
+def test_a_long_name_is_cut_on_the_axes_and_whole_on_hover() -> None:
+    """One visitor's 80-character name must not squash the map for everybody."""
+    long = "x" * 80
+    names = [long, long[:-1] + "y", "b"]
+    fig = cosine_heatmap_figure(names, [[1.0, 0.1, 0.0], [0.1, 1.0, 0.0], [0.0, 0.0, 1.0]], 2)
+    heat = fig.data[0]
+    assert max(len(t) for t in heat.x) <= 30
+    assert len(set(heat.x)) == 3  # still one column each
+    assert list(heat.x) == list(heat.y)
+    assert heat.customdata[0][1][0] == long  # hover names it whole
 
 
 @pytest.mark.parametrize(

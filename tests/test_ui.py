@@ -137,6 +137,8 @@ def test_steer_handler_streams_and_checks_input(ctx: AppContext) -> None:
         (dataclasses.replace(form, strength=float("nan")), "finite"),
         (dataclasses.replace(form, strength=1e6), "too large"),
         (dataclasses.replace(form, temperature=5), "Temperature"),
+        (dataclasses.replace(form, frequency_penalty=-1), "Frequency penalty"),
+        (dataclasses.replace(form, frequency_penalty=float("nan")), "Frequency penalty"),
         (dataclasses.replace(form, max_new_tokens=10_000), "Max new tokens"),
         (dataclasses.replace(form, persona="nobody"), "Unknown persona"),
     ):
@@ -163,7 +165,7 @@ def test_demo_builds_with_named_api_parameters(ctx: AppContext) -> None:
     named = info["named_endpoints"]
     assert [p["parameter_name"] for p in named["/steer"]["parameters"]] == [
         "prompt", "persona", "layer", "strength", "max_new_tokens", "system_prompt",
-        "positions", "temperature", "seed", "readout_layer",
+        "positions", "temperature", "seed", "readout_layer", "frequency_penalty",
     ]  # fmt: skip
     assert [p["parameter_name"] for p in named["/sweep_strengths"]["parameters"]][:4] == [
         "prompt", "persona", "layer", "strength",
@@ -186,27 +188,57 @@ def test_the_wired_endpoints_run_through_the_demo(ctx: AppContext) -> None:
 
 
 def test_user_text_is_never_markup() -> None:
-    from persona_explorer.ui.shared.markup import md, plain
+    from persona_explorer.ui.shared.markup import md
 
     hostile = "<img src=x onerror=alert(1)> [link](javascript:x) **bold** `code` # head"
     out = md(hostile)
     assert "<img" not in out and "](" not in out and " # " not in out
     assert re.search(r"(?<!\\)[`*\[\]]", out) is None  # every markup character escaped
     assert "&lt;img" in out and "onerror=alert" in out  # still readable, as text
-    assert "<" not in plain("<b>x</b>") and len(md("x" * 10_000)) < 300
+    assert len(md("x" * 10_000)) < 300
     assert "\n" not in md("line\n# heading")
 
 
+def test_an_error_message_is_text_in_the_page_and_in_the_api() -> None:
+    """The toast renders HTML, gradio_client reads text: neither may see &lt; or a tag."""
+    from persona_explorer.ui.shared.markup import plain
+
+    out = plain("Unknown persona '<b>x</b>' & <img src=x onerror=alert(1)>")
+    assert re.search(r"<[A-Za-z/!?]", out) is None  # no tag can start
+    assert re.search(r"&[A-Za-z#]", out) is None  # no entity either
+    assert "&lt;" not in out
+    assert out.replace("\u2060", "") == "Unknown persona '<b>x</b>' & <img src=x onerror=alert(1)>"
+
+
+def test_direction_overrides_are_dropped_from_user_text() -> None:
+    """A right-to-left override in a file name would make the status line read backwards."""
+    from persona_explorer.ui.shared.markup import chat_text, md, plain
+
+    name = "evil\u202egnp.safetensors\u2066x\u2069"
+    for shown in (md(name), plain(name), chat_text(name)):
+        assert not any(c in shown for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def test_chat_messages_are_text() -> None:
+    """The Drift chat renders Markdown and HTML: a message is shown as typed, lines kept."""
+    from persona_explorer.ui.shared.markup import chat_text
+
+    out = chat_text("<b>bold</b>\n[x](javascript:alert(1)) **y**\n    code")
+    assert "<b>" not in out and "&lt;b&gt;" in out
+    assert "](" not in out and "**" not in out
+    assert out.count("\n") == 2 and "\n    " not in out
+
+
 def test_one_visitor_may_hold_only_a_few_jobs() -> None:
-    from persona_explorer.ui.shared.fairness import PER_ADDRESS_FACTOR, refusal
+    from persona_explorer.ui.shared.fairness import refusal
 
     pending = [("alice", "1.1.1.1")] * 3 + [("bob", "2.2.2.2")]
-    assert refusal("alice", "1.1.1.1", pending, 3) is not None
-    assert refusal("bob", "2.2.2.2", pending, 3) is None
-    assert refusal("carol", "1.1.1.1", pending, 3) is None  # same address, fresh session
+    assert refusal("alice", "1.1.1.1", pending, 3, 12) is not None
+    assert refusal("bob", "2.2.2.2", pending, 3, 12) is None
+    assert refusal("carol", "1.1.1.1", pending, 3, 12) is None  # same address, fresh session
     # A script inventing sessions is capped per address.
-    many = [(f"s{i}", "3.3.3.3") for i in range(3 * PER_ADDRESS_FACTOR)]
-    assert "address" in (refusal("new", "3.3.3.3", many, 3) or "")
+    many = [(f"s{i}", "3.3.3.3") for i in range(12)]
+    assert "address" in (refusal("new", "3.3.3.3", many, 3, 12) or "")
 
 
 def test_the_queue_limit_is_installed_on_gradios_queue(ctx: AppContext) -> None:
@@ -216,6 +248,8 @@ def test_the_queue_limit_is_installed_on_gradios_queue(ctx: AppContext) -> None:
     demo = configure_queue(build_demo(ctx.settings, ctx.model), ctx.settings)
     assert demo._queue.push.__name__ == "push"
     assert isinstance(demo._queue.event_ids_to_events, dict)
+    for name in ("event_queue_per_concurrency_id", "send_message", "broadcast_estimations"):
+        assert hasattr(demo._queue, name)
     heavy = {f.concurrency_id for f in demo.fns.values() if f.api_name in ("steer", "extract")}
     assert heavy == {"generation", "extraction"}
 
@@ -257,6 +291,21 @@ def test_share_links_are_bounded_like_form_input(ctx: AppContext) -> None:
     assert key == "builtin:tiny-pirate"  # fell back to the default persona
     assert st.prompt not in updates  # too long: left as it was
     assert updates[st.strength]["value"] == 2.0 and updates[st.layer]["value"] == 2
+
+
+def test_share_links_carry_the_frequency_penalty(ctx: AppContext) -> None:
+    from persona_explorer.core.limits import DEFAULT_FREQUENCY_PENALTY
+    from persona_explorer.ui import apply_share_params
+
+    with gr.Blocks():
+        st = steer.build(ctx, gr.State({}))
+    assert "frequency_penalty" in steer.SHARE_KEYS and st.frequency_penalty in st.share_inputs
+    assert st.frequency_penalty.value == DEFAULT_FREQUENCY_PENALTY
+    view = ctx.catalog.view(None)
+    updates, _ = apply_share_params(ctx, st, view, {"frequency_penalty": "0"})
+    assert updates[st.frequency_penalty] == 0.0  # 0 (off) is a value, not "missing"
+    updates, _ = apply_share_params(ctx, st, view, {"frequency_penalty": "7"})
+    assert st.frequency_penalty not in updates  # out of range: the default stays
 
 
 def test_download_files_are_capped(ctx: AppContext) -> None:

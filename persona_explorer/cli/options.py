@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar, get_args
 from persona_explorer.core.config import ENV_PREFIX
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
+    DEFAULT_FREQUENCY_PENALTY,
+    MAX_PENALTY,
     Limits,
     check_max_new_tokens,
+    check_penalty,
     check_seed,
     check_strength,
     check_temperature,
@@ -131,8 +134,9 @@ class Parents:
         )
         return parent
 
-    def sampling(self) -> argparse.ArgumentParser:
-        """Generation options; a command sets its own defaults with ``set_defaults``."""
+    def sampling(self, penalty: bool = False) -> argparse.ArgumentParser:
+        """Generation options; a command sets its own defaults with ``set_defaults``.
+        ``penalty``: also ``--frequency-penalty`` (the app's default unless set)."""
         lim = self.limits
         parent = Parser(add_help=False)
         group = parent.add_argument_group("sampling")
@@ -156,6 +160,14 @@ class Parents:
         group.add_argument(
             "--seed", type=arg_type(check_seed), default=0, help="(default: %(default)s)"
         )
+        if penalty:
+            group.add_argument(
+                "--frequency-penalty",
+                type=arg_type(check_penalty),
+                default=DEFAULT_FREQUENCY_PENALTY,
+                help="lower a token's logit by this much per earlier use in the answer, 0 to "
+                f"{MAX_PENALTY:g} (the app's default: %(default)s)",
+            )
         return parent
 
     def capping(self) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from persona_explorer.cli import render, steer_output, vector_io
 from persona_explorer.cli.models import add_adapter_option, get_model
 from persona_explorer.cli.options import LAYOUTS, Parents, arg_type, strength_type, text_type
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import check_int, check_layer, parse_layers
+from persona_explorer.core.limits import DEFAULT_TEMPERATURE, check_int, check_layer, parse_layers
 
 if TYPE_CHECKING:
     from persona_explorer.cli.options import Subparsers
@@ -27,7 +27,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         "steer",
         parents=[
             parents.model(),
-            parents.sampling(),
+            parents.sampling(penalty=True),
             parents.output("the answers (a list, one per prompt)"),
             parents.capping(),
         ],
@@ -76,7 +76,7 @@ def register(subparsers: Subparsers, parents: Parents) -> None:
         "steered layer)",
     )
     add_adapter_option(p)
-    p.set_defaults(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, func=run)
+    p.set_defaults(max_new_tokens=64, temperature=DEFAULT_TEMPERATURE, top_p=1.0, seed=0, func=run)
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        frequency_penalty=args.frequency_penalty,
         stop_at_eos=not args.ignore_eos,
         max_prompt_tokens=args.settings.limits.max_prompt_tokens,
     )

@@ -23,7 +23,10 @@ PERSONA_EXPLORER_FAST                  0 = generic HF decoder for every model   
 PERSONA_EXPLORER_KERNEL                0 = no compiled CPU decode kernel           1
 PERSONA_EXPLORER_MAX_PROMPT_CHARS      longest prompt / system prompt accepted     4000
 PERSONA_EXPLORER_MAX_NEW_TOKENS        most tokens one generation may ask for      256
-PERSONA_EXPLORER_MAX_UPLOAD_MB         largest vector file accepted                64
+PERSONA_EXPLORER_MAX_UPLOAD_MB         largest file accepted (a vector file, the   20
+                                       largest legitimate upload, fits)
+PERSONA_EXPLORER_UPLOAD_QUOTA_MB       bytes one address may upload in an hour     200
+PERSONA_EXPLORER_UPLOAD_TOTAL_MB       bytes in the upload folder, all together    2048
 PERSONA_EXPLORER_MAX_STRENGTH          largest |strength| accepted                 100
 PERSONA_EXPLORER_MAX_TEMPERATURE       largest sampling temperature accepted       2
 PERSONA_EXPLORER_MAX_PROMPT_TOKENS     longest templated prompt, in tokens         2048
@@ -33,6 +36,11 @@ PERSONA_EXPLORER_LIBRARY_MAX_PER_OWNER vectors one visitor may save             
 PERSONA_EXPLORER_LIBRARY_MAX_TOTAL_MB  bytes of the whole library                  512
 PERSONA_EXPLORER_MAX_SESSION_VECTORS   vectors kept in one browser session         24
 PERSONA_EXPLORER_MAX_PENDING           queued or running jobs per visitor          3
+PERSONA_EXPLORER_MAX_PENDING_PER_ADDRESS  ... per network address (a class behind   48
+                                       one school address: many visitors)
+PERSONA_EXPLORER_TRUSTED_PROXY_HOPS    proxies in front of the app that append to  1 on a HF
+                                       X-Forwarded-For; 0: the connection's peer   Space, else 0
+                                       is the visitor's address
 PERSONA_EXPLORER_JOB_TIMEOUT_S         a job running longer is stopped             600
 PERSONA_EXPLORER_PUBLIC                public mode (on by itself on a HF Space)    0
 PERSONA_EXPLORER_DEFAULT_PERSONA       persona selected when the page opens        pirate
@@ -51,6 +59,14 @@ GRADIO_SERVER_NAME / GRADIO_SERVER_PORT  where ``python app.py`` listens        
 ``python app.py --adapter DIR`` sets the adapter too (:func:`app_arguments`; the flag wins over
 the variable): the web app then runs on the model fine-tuned with that adapter (a folder
 written by ``finetune`` or the Train tab), every tab included.
+
+``TRUSTED_PROXY_HOPS``: each proxy in front of the app appends the address it saw to
+``X-Forwarded-For``, so with N proxies the visitor's address is the N-th entry from the right;
+entries further left were written by the client and are never trusted. On a Hugging Face Space
+the app sits behind one such proxy (the Space's own; the app's peer is an internal 10.x address
+shared by every visitor), hence 1 when ``SPACE_ID`` is set. Elsewhere the default 0 trusts no
+header: set it to the number of your own reverse proxies. (uvicorn itself, Gradio's server,
+already reads the header when the peer is 127.0.0.1: a local proxy counts as one hop.)
 
 Imports: :mod:`.errors` and :mod:`.limits` only (no torch: the CLI parser reads settings too).
 """
@@ -123,6 +139,8 @@ class Settings:
     extract_concurrency: int = 1
     server_name: str = "127.0.0.1"
     server_port: int = 7860
+    # Proxies in front of the app that append to X-Forwarded-For (see the module docstring).
+    trusted_proxy_hops: int = 0
     # llama.cpp's llama-batched-bench for the benchmark; None: the one scripts/llama_build.py
     # builds into the user cache directory (see bench_llama.find_batched_bench).
     llama_batched_bench: Path | None = None
@@ -139,6 +157,7 @@ class Settings:
             ("steer_concurrency", 1, 64),
             ("extract_concurrency", 1, 16),
             ("server_port", 1, 65535),
+            ("trusted_proxy_hops", 0, 8),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -227,6 +246,11 @@ def load_settings(
         library_max_total_mb=_int(env, p + "LIBRARY_MAX_TOTAL_MB", lim.library_max_total_mb),
         max_session_vectors=_int(env, p + "MAX_SESSION_VECTORS", lim.max_session_vectors),
         max_pending_per_visitor=_int(env, p + "MAX_PENDING", lim.max_pending_per_visitor),
+        max_pending_per_address=_int(
+            env, p + "MAX_PENDING_PER_ADDRESS", lim.max_pending_per_address
+        ),
+        upload_quota_mb=_int(env, p + "UPLOAD_QUOTA_MB", lim.upload_quota_mb),
+        upload_total_mb=_int(env, p + "UPLOAD_TOTAL_MB", lim.upload_total_mb),
         job_timeout_s=_int(env, p + "JOB_TIMEOUT_S", lim.job_timeout_s),
     )
     return Settings(
@@ -247,5 +271,9 @@ def load_settings(
         extract_concurrency=_int(env, p + "EXTRACT_CONCURRENCY", base.extract_concurrency),
         server_name=text("GRADIO_SERVER_NAME", base.server_name),
         server_port=_int(env, "GRADIO_SERVER_PORT", base.server_port),
+        # A Space: one proxy (Hugging Face's) appends the visitor's address.
+        trusted_proxy_hops=_int(
+            env, p + "TRUSTED_PROXY_HOPS", 1 if _raw(env, "SPACE_ID") else base.trusted_proxy_hops
+        ),
         llama_batched_bench=Path(batched_bench) if batched_bench else None,
     )

@@ -50,7 +50,9 @@ __all__ = [
     "APP_SWEEP_MAX_PROMPTS",
     "APP_SWEEP_MAX_STRENGTHS",
     "APP_SWEEP_MAX_TOKENS",
+    "DEFAULT_FREQUENCY_PENALTY",
     "DEFAULT_LIMITS",
+    "DEFAULT_TEMPERATURE",
     "MAX_ADAPTER_BYTES",
     "MAX_ADAPTER_JSON_BYTES",
     "MAX_BATCH_SIZE",
@@ -69,6 +71,7 @@ __all__ = [
     "MAX_FINETUNE_TOKENS",
     "MAX_MESSAGE_CHARS",
     "MAX_META_JSON_BYTES",
+    "MAX_PENALTY",
     "MAX_PERSONA_FILE_BYTES",
     "MAX_PERSONA_PAIRS",
     "MAX_PERSONA_QUESTIONS",
@@ -99,6 +102,7 @@ __all__ = [
     "check_learning_rate",
     "check_lines",
     "check_max_new_tokens",
+    "check_penalty",
     "check_prompt_tokens",
     "check_seed",
     "check_strength",
@@ -182,6 +186,9 @@ _CEILINGS: dict[str, tuple[float, float]] = {
     "library_max_total_mb": (1, 1_000_000),
     "max_session_vectors": (1, 1000),
     "max_pending_per_visitor": (1, 1000),
+    "max_pending_per_address": (1, 10_000),
+    "upload_quota_mb": (1, 100_000),
+    "upload_total_mb": (1, 1_000_000),
     "job_timeout_s": (1, 86_400),
     "max_heatmap_vectors": (2, 200),
 }
@@ -243,7 +250,9 @@ class Limits:
 
     max_prompt_chars: int = 4000  # a prompt or system prompt typed by a user
     max_new_tokens: int = 256  # tokens one generation may produce
-    max_upload_mb: int = 64  # a vector file received by the app
+    # The largest file the app receives: a vector of max_vector_mb with its metadata (1 MB at
+    # most) is the largest legitimate one; transcripts and data files are far smaller.
+    max_upload_mb: int = 20
     max_abs_strength: float = 100.0  # |strength| of a steering vector
     max_temperature: float = 2.0
     max_extract_questions: int = 20  # questions one extraction in the app may use
@@ -257,6 +266,9 @@ class Limits:
     library_max_total_mb: int = 512  # bytes of all saved vectors together
     max_session_vectors: int = 24  # vectors kept in one browser session (gr.State)
     max_pending_per_visitor: int = 3  # queued or running jobs of one visitor
+    max_pending_per_address: int = 48  # of everybody behind one network address (a class)
+    upload_quota_mb: int = 200  # bytes one address may upload in an hour
+    upload_total_mb: int = 2048  # the upload folder (uploads are kept an hour at most)
     job_timeout_s: int = 600  # a job running longer is stopped
     max_heatmap_vectors: int = 24  # vectors in one similarity heat map
 
@@ -275,6 +287,14 @@ class Limits:
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def upload_quota_bytes(self) -> int:
+        return self.upload_quota_mb * 1024 * 1024
+
+    @property
+    def upload_total_bytes(self) -> int:
+        return self.upload_total_mb * 1024 * 1024
 
     @property
     def max_vector_bytes(self) -> int:
@@ -375,6 +395,22 @@ def check_temperature(value: Any, limits: Limits | None = None) -> float:
     if not 0.0 <= temp <= high:
         raise InputError(f"Temperature must be between 0 and {high:g}, not {temp:g}.")
     return temp
+
+
+MAX_PENALTY = 2.0  # OpenAI's and llama.cpp's range for frequency/presence penalties
+# What the app, the CLI and sweeps decode with unless told otherwise (SamplingConfig's own
+# defaults stay plain: greedy, no penalty). Chosen by measurement on the built-ins: README,
+# "Decoding defaults".
+DEFAULT_TEMPERATURE = 0.0
+DEFAULT_FREQUENCY_PENALTY = 1.0
+
+
+def check_penalty(value: Any, what: str = "Frequency penalty") -> float:
+    """A repetition penalty in [0, MAX_PENALTY] (negative values would reward loops)."""
+    penalty = check_finite(value, what)
+    if not 0.0 <= penalty <= MAX_PENALTY:
+        raise InputError(f"{what} must be between 0 and {MAX_PENALTY:g}, not {penalty:g}.")
+    return penalty
 
 
 def check_top_p(value: Any) -> float:

@@ -14,19 +14,22 @@ For each built-in persona there are up to two candidate vectors:
 
 Each candidate is swept on the 12 selection prompts (``assets/sweep/select_prompts.txt``) over
 :data:`LAYERS` and strengths that are multiples of a strength scaled to the vector's norm
-(:data:`MULTIPLES`), so both candidates get the same grid relative to their size. The candidate
-whose recommended cell raises the trait most comes first. The choice is then validated on the
-held-out prompts (``assets/sweep/heldout_prompts.txt``): a 135M model loops easily, and a cell
-picked for its low repetition on 12 answers often repeats more on the next 12. If it fails, the
-other candidate's recommendation and then the other cells that qualified are tried, at most
-:data:`MAX_TRIES` in all. What was chosen is finally measured once on the test prompts
-(``assets/sweep/test_prompts.txt``), used for nothing else. All three prompt sets are disjoint
-from each other and from every text used to extract. How the vector was made, the sweep, the
-validation and the test are recorded in its metadata (``metadata["method"]``, ``["sweep"]``,
-``["heldout"]``, ``["test"]``). ``--out assets/vectors`` saves the chosen vectors over the
-shipped ones; the report (JSON) keeps every grid and the outputs for the README.
+(:data:`MULTIPLES`), so both candidates get the same grid relative to their size, decoded with
+the app's defaults (greedy, frequency penalty 1.0: ``core.limits``). A cell qualifies as in the
+Sweep tab, and its *worst* answer must not loop (repeated word 3-grams ≤ 0.3): a class sees
+single answers, not the mean. The qualifying cells are validated on the held-out prompts
+(``assets/sweep/heldout_prompts.txt``), strongest trait first (:func:`choices`), at most
+:data:`MAX_TRIES`; the first that still qualifies there is kept. What was chosen is finally
+measured once on the test prompts (``assets/sweep/test_prompts.txt``), used for nothing else.
+All three prompt sets are disjoint from each other and from every text used to extract. How the
+vector was made, the sweep, the validation and the test are recorded in its metadata
+(``metadata["method"]``, ``["sweep"]``, ``["heldout"]``, ``["test"]``); the Steer tab warns
+where the test failed. ``--out assets/vectors`` saves the chosen vectors over the shipped ones;
+the report (JSON) keeps every grid and the outputs for the README.
 
-Takes about 4 minutes per persona on 2 idle cores.
+About 4 minutes per persona on 2 idle cores; ``--shipped-only --keep-layer`` (sweep only the
+shipped vector at its recorded layer) about 1 minute. Sweeps are checkpointed in the cache, so a
+stopped check resumes.
 
 Imports: :mod:`.sweep`, :mod:`.examples`, :mod:`.builtin`, :mod:`.extract` (the strength rule),
 :mod:`.vector_files`, :mod:`.model`.
@@ -67,7 +70,8 @@ HELDOUT_PROMPTS = SELECT_PROMPTS.with_name("heldout_prompts.txt")
 TEST_PROMPTS = SELECT_PROMPTS.with_name("test_prompts.txt")
 MAX_TRIES = 3  # choices validated per persona
 LAYERS = (10, 14, 18, 22)
-MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0)
+# 3x: with the frequency penalty a stronger push can stay fluent where greedy decoding looped.
+MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 # Every selection prompt and answers as long as the held-out check's: with 5 prompts and 32
 # tokens one looping answer decided the repetition score, and 4 of 8 choices failed held out.
 MAX_NEW_TOKENS = 48
@@ -104,11 +108,27 @@ def strengths_for(vec: PersonaVector) -> tuple[float, ...]:
     return (0.0, *(round(m * unit, 2) for m in MULTIPLES))
 
 
+@dataclass(frozen=True)
+class Options:
+    """How much to search: ``shipped_only`` sweeps only the shipped vector (no rival made the
+    other way), ``keep_layer`` only the layer it records (strengths only: a quarter of the
+    grid); ``checkpoint_dir`` lets a stopped check resume its sweeps."""
+
+    shipped_only: bool = False
+    keep_layer: bool = False
+    checkpoint_dir: Path | None = None
+
+
 def _sweep(
-    model: LoadedModel, vec: PersonaVector, prompts: Sequence[str], label: str
+    model: LoadedModel,
+    vec: PersonaVector,
+    prompts: Sequence[str],
+    label: str,
+    opts: Options,
+    layer: int | None,
 ) -> SweepResult:
     cfg = SweepConfig(
-        layers=LAYERS,
+        layers=(layer,) if opts.keep_layer and layer is not None else LAYERS,
         strengths=strengths_for(vec),
         max_new_tokens=MAX_NEW_TOKENS,
         read_layer=14,
@@ -118,12 +138,16 @@ def _sweep(
     def progress(done: int, total: int, _msg: str) -> None:
         print(f"\r  {label}: {done}/{total} answers", end="", file=sys.stderr, flush=True)
 
-    result = run_sweep(model, vec, prompts, cfg, progress=progress)
+    result = run_sweep(
+        model, vec, prompts, cfg, progress=progress, checkpoint_dir=opts.checkpoint_dir
+    )
     print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return result
 
 
-def candidates(model: LoadedModel, name: str, prompts: Sequence[str]) -> list[Candidate]:
+def candidates(
+    model: LoadedModel, name: str, prompts: Sequence[str], opts: Options = Options()
+) -> list[Candidate]:
     from persona_explorer.personas.examples import (
         builtin_examples,
         extract_from_examples,
@@ -132,13 +156,18 @@ def candidates(model: LoadedModel, name: str, prompts: Sequence[str]) -> list[Ca
 
     shipped = load(builtin_dir() / f"{name}.safetensors")
     method = str(shipped.metadata.get("method", "rollouts"))
-    out = [Candidate(method, shipped, _sweep(model, shipped, prompts, f"{name} {method}"))]
+    layer = shipped.layer
+    out = [
+        Candidate(method, shipped, _sweep(model, shipped, prompts, f"{name} {method}", opts, layer))
+    ]
     path = builtin_examples(name)
-    if path is not None and method != "examples":  # a chosen examples vector is rebuilt alike
+    if path is not None and method != "examples" and not opts.shipped_only:
+        # A chosen examples vector would be rebuilt alike: only a rollouts one gets a rival.
         examples = read_examples(path)
         made = extract_from_examples(model, name, examples.pairs).vector
         vec = made.with_(metadata={**made.metadata, **_keep(shipped)})
-        out.append(Candidate("examples", vec, _sweep(model, vec, prompts, f"{name} examples")))
+        swept = _sweep(model, vec, prompts, f"{name} examples", opts, layer)
+        out.append(Candidate("examples", vec, swept))
     return out
 
 
@@ -165,22 +194,22 @@ def holds(result: SweepResult, crit: Criteria) -> bool:
 
 
 def choices(found: Sequence[Candidate]) -> list[tuple[Candidate, Cell]]:
-    """The settings to validate, in order: each candidate's recommendation, best candidate
-    first, then the other cells that qualified on the selection prompts, highest trait first.
+    """The settings to validate, in order: every cell that qualified on the selection prompts
+    (its worst answer included), of every candidate, highest trait first.
 
-    The validation set decides only between settings that already qualified, and at most
-    :data:`MAX_TRIES` of them, so the final test set stays untouched."""
-    ranked = sorted(found, key=lambda c: c.score, reverse=True)
-    out = [(c, c.sweep.recommended) for c in ranked if c.sweep.recommended is not None]
-    rest = [
+    A built-in is a demonstration: a class should see the trait in every answer, so the
+    strongest setting that still reads as text and loops in no answer is tried first, not the
+    smallest that clears the margin (which, chosen on 12 prompts, often falls under it on the
+    next 12). The validation set decides only between settings that already qualified, and at
+    most :data:`MAX_TRIES` of them, so the final test set stays untouched."""
+    cells = [
         (c, cell)
-        for c in ranked
+        for c in found
         for cell in c.sweep.grid
         if qualifies(cell, c.sweep.config.criteria, c.sweep.baseline.repetition)
-        and cell is not c.sweep.recommended
     ]
-    rest.sort(key=lambda pair: pair[1].trait or 0.0, reverse=True)
-    return (out + rest)[:MAX_TRIES]
+    cells.sort(key=lambda pair: pair[1].trait or 0.0, reverse=True)
+    return cells[:MAX_TRIES]
 
 
 def _summary(result: SweepResult, crit: Criteria) -> dict[str, Any]:
@@ -192,23 +221,30 @@ def _summary(result: SweepResult, crit: Criteria) -> dict[str, Any]:
         "trait": cell.trait,
         "coherence": cell.coherence,
         "repetition": cell.repetition,
+        "worst_repetition": cell.worst_repetition,
         "baseline_repetition": result.baseline.repetition,
+        "baseline_worst_repetition": result.baseline.worst_repetition,
+        "temperature": result.config.temperature,
+        "frequency_penalty": result.config.frequency_penalty,
         "holds": holds(result, crit),
     }
 
 
-def check(model: LoadedModel, name: str) -> tuple[PersonaVector | None, dict[str, Any]]:
+def check(
+    model: LoadedModel, name: str, opts: Options = Options()
+) -> tuple[PersonaVector | None, dict[str, Any]]:
     """Choose ``name``'s vector and settings (selection prompts), validate them (held-out
     prompts, falling back to the next choice), and test the result (test prompts)."""
     select = read_prompts(SELECT_PROMPTS)
     held = read_prompts(HELDOUT_PROMPTS)
-    found = candidates(model, name, select)
+    found = candidates(model, name, select, opts)
     report: dict[str, Any] = {
         "name": name,
         "candidates": {
             c.method: {"score": list(c.score), "sweep": c.sweep.as_json()} for c in found
         },
         "validation": [],
+        "search": {"shipped_only": opts.shipped_only, "keep_layer": opts.keep_layer},
     }
     tried = choices(found)
     if not tried:
@@ -262,13 +298,25 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="save the chosen vectors here (assets/vectors)"
     )
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    parser.add_argument(
+        "--shipped-only",
+        action="store_true",
+        help="sweep only the shipped vector, not a rival made the other way (half the time)",
+    )
+    parser.add_argument(
+        "--keep-layer",
+        action="store_true",
+        help="sweep only the layer each shipped vector records (a quarter of the time)",
+    )
     args = parser.parse_args(argv)
-    model = load_model(settings=load_settings())
+    settings = load_settings()
+    model = load_model(settings=settings)
+    opts = Options(args.shipped_only, args.keep_layer, settings.cache_dir / "sweeps")
     reports = []
     for spec in BUILTIN:
         if args.only and spec.name not in args.only:
             continue
-        vec, report = check(model, spec.name)
+        vec, report = check(model, spec.name, opts)
         reports.append(report)
         print(f"{spec.name}: {report['chosen']} - {report['verdict']}")
         if args.out is not None and vec is not None:

@@ -58,6 +58,7 @@ from persona_explorer.evaluate.sweep_result import (
     recommend,
     repetition,
     with_recommendation,
+    word_repetition,
 )
 from persona_explorer.steering.forced import ForcedRow, forced_pass
 from persona_explorer.steering.generation import SamplingConfig, generate_stream
@@ -159,6 +160,7 @@ def _cell_of(
 ) -> Cell:
     """Aggregate a cell's rows (in prompt order). ``base``: the baseline's mean projection and
     perplexity, None while the baseline itself is being built."""
+    texts = [model.decode(list(r.tokens)) for r in rows]
     projections = [r.projection for r in rows if r.projection is not None]
     logprobs = [r.mean_logprob for r in rows if r.mean_logprob is not None]
     projection = sum(projections) / len(projections) if projections else None
@@ -180,7 +182,8 @@ def _cell_of(
         perplexity=perplexity,
         coherence=coherence,
         repetition=sum(repetition(r.tokens) for r in rows) / len(rows) if rows else 0.0,
-        texts=[model.decode(list(r.tokens)) for r in rows],
+        texts=texts,
+        worst_repetition=max((word_repetition(t) for t in texts), default=0.0),
     )
 
 
@@ -257,7 +260,11 @@ def run_sweep(
         )
     prompt_ids = [model.chat_ids(p, cfg.system) for p in prompts]
     sampling = SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=0.0, max_prompt_tokens=cfg.max_prompt_tokens
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        frequency_penalty=cfg.frequency_penalty,
+        seed=cfg.seed,
+        max_prompt_tokens=cfg.max_prompt_tokens,
     )
     unit = unit_rows(vec.vectors)[read_layer]
     scale = float(vec.vectors[read_layer].norm()) or 1.0

@@ -63,6 +63,9 @@ class SweepCheckpoint:
             "positions": cfg.positions,
             "max_new_tokens": cfg.max_new_tokens,
             "read_layer": cfg.read_layer,
+            "temperature": cfg.temperature,
+            "frequency_penalty": cfg.frequency_penalty,
+            "seed": cfg.seed,
         }
 
     @classmethod

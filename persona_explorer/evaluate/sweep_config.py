@@ -27,12 +27,17 @@ from typing import TYPE_CHECKING
 
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
+    DEFAULT_FREQUENCY_PENALTY,
+    DEFAULT_TEMPERATURE,
     MAX_SWEEP_GRID_AXIS,
     MAX_SWEEP_PROMPT_CHARS,
     MAX_SWEEP_PROMPTS,
     MAX_SWEEP_PROMPTS_FILE_BYTES,
     check_int,
     check_max_new_tokens,
+    check_penalty,
+    check_seed,
+    check_temperature,
 )
 from persona_explorer.steering.ops import Positions, check_positions
 
@@ -150,6 +155,8 @@ class Criteria:
     # the plain model (pirate talk: ~4x); broken text reads 10-50x (measured on SmolLM2-135M).
     min_coherence: float = 0.25
     max_repetition_rise: float = 0.1  # share of repeated 3-grams above the baseline's
+    # No answer may loop: the worst answer's repeated word 3-grams (sweep_result.word_repetition).
+    max_worst_repetition: float = 0.3
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -161,6 +168,8 @@ class Criteria:
             raise InputError("margin must be positive.")
         if self.max_repetition_rise < 0:
             raise InputError("max_repetition_rise must not be negative.")
+        if not 0 <= self.max_worst_repetition <= 1:
+            raise InputError("max_worst_repetition must be in [0, 1].")
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,10 @@ class SweepConfig:
     batch_size: int = 16
     max_prompt_tokens: int | None = None
     criteria: Criteria = field(default_factory=Criteria)
+    # The app's decoding defaults, so a sweep measures what a visitor will see.
+    temperature: float = DEFAULT_TEMPERATURE
+    frequency_penalty: float = DEFAULT_FREQUENCY_PENALTY
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.layers or not self.strengths:
@@ -187,6 +200,9 @@ class SweepConfig:
                 raise InputError(f"Strength {s!r} is not a finite number.")
         check_max_new_tokens(self.max_new_tokens)
         check_int(self.batch_size, "batch_size", 1)
+        check_temperature(self.temperature)
+        check_penalty(self.frequency_penalty)
+        check_seed(self.seed)
         object.__setattr__(self, "positions", check_positions(self.positions))
         object.__setattr__(self, "layers", tuple(int(x) for x in dict.fromkeys(self.layers)))
         object.__setattr__(

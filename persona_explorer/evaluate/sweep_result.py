@@ -17,6 +17,7 @@ Imports: the standard library, :mod:`.sweep_config` and ``vectors`` (types only)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ __all__ = [
     "recommend",
     "repetition",
     "with_recommendation",
+    "word_repetition",
 ]
 
 NGRAM = 3
@@ -43,6 +45,18 @@ NGRAM = 3
 def repetition(tokens: Sequence[int], n: int = NGRAM) -> float:
     """The share of an answer's token n-grams that repeat an earlier one (0 for fewer than n)."""
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+_WORD = re.compile(r"\w+(?:'\w+)*")
+
+
+def word_repetition(text: str, n: int = NGRAM) -> float:
+    """The share of a text's word n-grams (lower-cased, punctuation ignored) that repeat an
+    earlier one: what a reader sees as a loop ("aye, aye, aye" is one word 3-gram repeated),
+    whatever the tokenizer made of it. 0 for fewer than n words."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -106,6 +120,8 @@ class Cell:
     repetition: float
     texts: list[str]
     judge: float | None = None  # mean judge score 0-100 where a judge scored the answers
+    # The worst answer's word_repetition: a class sees single answers, not the mean.
+    worst_repetition: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +185,7 @@ def qualifies(cell: Cell, crit: Criteria, base_rep: float) -> bool:
         and cell.trait >= crit.margin
         and cell.coherence >= crit.min_coherence
         and cell.repetition <= base_rep + crit.max_repetition_rise
+        and cell.worst_repetition <= crit.max_worst_repetition
     )
 
 
@@ -176,8 +193,9 @@ def recommend(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> tuple[Cel
     """The recommended cell and why.
 
     A cell qualifies when its trait rises by ``margin`` with coherence and repetition within
-    tolerance. The layer is the one whose qualifying cells reach the highest trait (the most
-    room to steer before the text breaks); the strength is the smallest qualifying one there.
+    tolerance, and its worst answer does not loop. The layer is the one whose qualifying cells
+    reach the highest trait (the most room to steer before the text breaks); the strength is the
+    smallest qualifying one there.
     """
     ok = [c for c in grid if qualifies(c, crit, baseline.repetition)]
     if not ok:
@@ -189,13 +207,14 @@ def recommend(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> tuple[Cel
         hint = (
             f" The highest trait rise was {best.trait:.2f} at layer {best.layer}, strength "
             f"{best.strength:g} (coherence {best.coherence or 0:.2f}, repetition "
-            f"{best.repetition:.2f})."
+            f"{best.repetition:.2f}, worst answer's {best.worst_repetition:.2f})."
             if best is not None
             else ""
         )
         return None, (
             f"No cell raised the trait by {crit.margin:g} with coherence ≥ "
-            f"{crit.min_coherence:g} and repetition ≤ baseline + {crit.max_repetition_rise:g}."
+            f"{crit.min_coherence:g}, repetition ≤ baseline + {crit.max_repetition_rise:g} "
+            f"and no answer looping (repeated word 3-grams ≤ {crit.max_worst_repetition:g})."
             + hint
             + " Try more strengths between the ones that did nothing and the ones that broke."
         )
@@ -207,7 +226,8 @@ def recommend(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> tuple[Cel
         f"Layer {layer} reaches the highest trait rise while coherent ({reach[layer]:.2f}); "
         f"strength {chosen.strength:g} is the smallest there that raises it by ≥ "
         f"{crit.margin:g} (trait {chosen.trait:.2f}, coherence {chosen.coherence:.2f}, "
-        f"repetition {chosen.repetition:.2f} vs baseline {baseline.repetition:.2f})."
+        f"repetition {chosen.repetition:.2f} vs baseline {baseline.repetition:.2f}, worst "
+        f"answer {chosen.worst_repetition:.2f})."
     )
 
 

@@ -43,14 +43,29 @@ BUILTIN: tuple[BuiltinSpec, ...] = (
     # A 135M model barely follows an "evil" system prompt, so its responses differ little; the
     # last prompt token carries the persona better. Layers and strengths below are the sweep's
     # choices (builtin_check); the README quotes what each one does at them.
-    BuiltinSpec("evil", "trait", "last", 14, 1.32, "Menacing, relishes harm."),
-    BuiltinSpec("sycophantic", "trait", "response", 22, 2.27, "Flatters the user."),
-    BuiltinSpec("optimistic", "trait", "response", 10, 3.1, "Cheerful, sees the bright side."),
-    BuiltinSpec("pessimistic", "trait", "response", 22, 2.36, "Expects the worst."),
-    BuiltinSpec("formal", "trait", "response", 18, 1.5, "Stiff, formal register."),
-    BuiltinSpec("poetic", "trait", "custom", 10, 0.96, "Lyrical, image-rich language.", "examples"),
-    BuiltinSpec("sarcastic", "trait", "custom", 10, 1.44, "Mocking, ironic asides.", "examples"),
-    BuiltinSpec("pirate", "role", "response", 10, 1.9, "Talks like a pirate captain."),
+    BuiltinSpec(
+        "evil",
+        "trait",
+        "last",
+        14,
+        2.64,
+        "Meant as menacing. On this 135M model it comes out brooding and theatrical, not cruel.",
+    ),
+    BuiltinSpec(
+        "sycophantic",
+        "trait",
+        "response",
+        22,
+        4.53,
+        "Meant to flatter the user. On this 135M model it comes out as folksy dialect, "
+        "more than flattery.",
+    ),
+    BuiltinSpec("optimistic", "trait", "response", 10, 12.4, "Cheerful, sees the bright side."),
+    BuiltinSpec("pessimistic", "trait", "response", 22, 4.72, "Expects the worst."),
+    BuiltinSpec("formal", "trait", "response", 18, 4.51, "Stiff, formal register."),
+    BuiltinSpec("poetic", "trait", "custom", 10, 2.87, "Lyrical, image-rich language.", "examples"),
+    BuiltinSpec("sarcastic", "trait", "custom", 10, 1.92, "Mocking, ironic asides.", "examples"),
+    BuiltinSpec("pirate", "role", "response", 10, 5.06, "Talks like a pirate captain."),
 )
 
 

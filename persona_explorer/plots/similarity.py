@@ -37,6 +37,23 @@ NEAR_TOTAL = 0.9
 _MAX_ANNOTATED_CELLS = 10
 # Above this many names horizontal tick labels collide on a phone.
 _FLAT_TICK_LABELS_MAX = 4
+# Longer names are cut on the axes (hover shows them whole): one long name would otherwise
+# take the room of the whole map.
+_MAX_TICK_CHARS = 24
+
+
+def tick_labels(names: Sequence[str], limit: int = _MAX_TICK_CHARS) -> list[str]:
+    """``names`` cut to ``limit`` characters, still unique (a heat map's axes need that)."""
+    out: list[str] = []
+    for name in names:
+        short = name if len(name) <= limit else name[: limit - 1] + "…"
+        candidate, k = short, 2
+        while candidate in out:
+            candidate, k = f"{short} ({k})", k + 1
+        out.append(candidate)
+    return out
+
+
 # Cosines computed in float32 can overshoot 1 a little.
 _COSINE_TOLERANCE = 1e-3
 
@@ -148,17 +165,19 @@ def cosine_heatmap_figure(
     layer = plain_int(layer, "layer")
     labels, z = cosine_table(names, matrix)
     n = len(labels)
-    words = [["the same vector" if i == j else relation(v) for j, v in enumerate(row)]
-             for i, row in enumerate(z)]  # fmt: skip
+    full = [text(name) for name in labels]
+    cells = [[[full[i], full[j], "the same vector" if i == j else relation(v)]
+              for j, v in enumerate(row)] for i, row in enumerate(z)]  # fmt: skip
+    ticks = [text(name) for name in tick_labels(labels)]
 
     annotate = n <= _MAX_ANNOTATED_CELLS
     fig = go.Figure(
         go.Heatmap(
             z=z,
             # Plotly renders a subset of HTML in labels: names are user text, never markup.
-            x=[text(x) for x in labels],
-            y=[text(y) for y in labels],
-            customdata=words,
+            x=ticks,
+            y=ticks,
+            customdata=cells,
             zmin=-1.0,
             zmax=1.0,
             zmid=0.0,
@@ -171,7 +190,10 @@ def cosine_heatmap_figure(
             },
             texttemplate="%{z:.2f}" if annotate else None,
             textfont={"size": 10},
-            hovertemplate="%{y} · %{x}<br>cosine = %{z:.3f}<br>%{customdata}<extra></extra>",
+            hovertemplate=(
+                "%{customdata[0]} · %{customdata[1]}<br>cosine = %{z:.3f}<br>%{customdata[2]}"
+                "<extra></extra>"
+            ),
             xgap=1,
             ygap=1,
         )

@@ -31,6 +31,7 @@ from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
     check_int,
     check_max_new_tokens,
+    check_penalty,
     check_prompt_tokens,
     check_temperature,
     check_top_p,
@@ -48,6 +49,11 @@ class SamplingConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    # OpenAI-style, on each row's own answer so far: a token's logit drops by
+    # frequency_penalty x its count and by presence_penalty once it has appeared. Steered small
+    # models loop ("aye, aye, aye"); 0 leaves the logits untouched, bit for bit.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     stop_at_eos: bool = True
     shared_noise: bool = True
     # The policy cap on a templated prompt, in tokens (``Limits.max_prompt_tokens``, passed by
@@ -60,6 +66,8 @@ class SamplingConfig:
         check_max_new_tokens(self.max_new_tokens)
         check_temperature(self.temperature)
         check_top_p(self.top_p)
+        check_penalty(self.frequency_penalty, "frequency_penalty")
+        check_penalty(self.presence_penalty, "presence_penalty")
         if self.max_prompt_tokens is not None:
             check_int(self.max_prompt_tokens, "max_prompt_tokens", 1)
 
@@ -128,6 +136,18 @@ PREFILL_CHUNK = 256
 
 def _gumbel(u: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+
+
+def _penalize(logits: torch.Tensor, counts: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The logits less each row's frequency and presence penalties (``counts``: [batch, vocab],
+    how often each token already appears in that row's answer). Row by row only, so identical
+    rows stay identical and a row's result does not depend on its neighbours."""
+    out = logits.float()
+    if cfg.frequency_penalty:
+        out = out - cfg.frequency_penalty * counts
+    if cfg.presence_penalty:
+        out = out - cfg.presence_penalty * (counts > 0).float()
+    return out
 
 
 def _sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -311,6 +331,8 @@ def generate_stream(
     decoder = decoder_for(model)
     session = decoder.session(ids, mask, cfg.max_new_tokens, row_invariant)
     tokens: list[list[int]] = [[] for _ in range(batch)]
+    penalized = bool(cfg.frequency_penalty or cfg.presence_penalty)
+    counts: torch.Tensor | None = None  # [batch, vocab], made at the first step
     done = torch.zeros(batch, dtype=torch.bool, device=model.device)
     step = 0
     width = ids.shape[1]
@@ -332,7 +354,15 @@ def generate_stream(
         n_steps = 0 if stopped else cfg.max_new_tokens
         for step in range(1, n_steps + 1):
             with model.compute_lock, torch.inference_mode():
+                if penalized:
+                    if counts is None:
+                        counts = torch.zeros(
+                            logits.shape, dtype=torch.float32, device=logits.device
+                        )
+                    logits = _penalize(logits, counts, cfg)
                 nxt = _sample(logits, cfg, gen)
+                if counts is not None:
+                    counts[torch.arange(batch, device=counts.device), nxt] += 1.0
                 is_eos = torch.isin(nxt, eos) if cfg.stop_at_eos else torch.zeros_like(done)
                 counted = ~done & ~is_eos
                 for row in counted.nonzero().flatten().tolist():

@@ -1,7 +1,8 @@
 """``build_demo(settings)``: the whole web app, one module per tab.
 
 This module wires what crosses tabs: the per-session vectors (``gr.State``), the lists that
-must be refreshed when they change, "Try it in Steer", and share links read on page load.
+must be refreshed when they change, "Try it in Steer", the Tour's "Open this in its tab" (the
+Tour is the first tab; a share link still opens Steer), and share links read on page load.
 
 The pattern every tab follows (a new tab copies it):
 
@@ -42,12 +43,14 @@ import html
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from persona_explorer.core.config import REPO_ROOT, Settings
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
     check_layer,
     check_max_new_tokens,
+    check_penalty,
     check_seed,
     check_strength,
     check_temperature,
@@ -66,13 +69,18 @@ from persona_explorer.ui.shared.context import AppContext, check_owner, new_owne
 from persona_explorer.ui.shared.fairness import limit_jobs_per_visitor
 from persona_explorer.ui.shared.markup import plain
 from persona_explorer.ui.shared.requests import AUTO_READOUT
+from persona_explorer.ui.shared.uploads import UploadQuota
 from persona_explorer.ui.steer import compare as compare_panel
 from persona_explorer.ui.steer import tab as steer
 from persona_explorer.ui.sweep import tab as sweep_tab
+from persona_explorer.ui.tour import handlers as tour_steps
+from persona_explorer.ui.tour import tab as tour_tab
 
 __all__ = ["build_demo", "configure_queue", "launch_kwargs", "theme"]
 
-QUEUE_SIZE = 64
+# Gradio's own bound on everything queued (its refusal reads "currently busy"): well above
+# what the per-visitor and per-address caps let in, so that those, with their messages, refuse.
+QUEUE_SIZE = 256
 
 CSS_PATH = REPO_ROOT / "assets" / "style.css"
 TITLE = "Persona Explorer"
@@ -100,10 +108,15 @@ def theme() -> gr.themes.Base:
 
 
 def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
-    """The queue every event goes through, with a cap on each visitor's heavy jobs."""
+    """The queue every event goes through: heavy jobs capped per visitor and per address, and
+    served in a fair order (``shared.fairness``)."""
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=4)
+    limits = settings.limits
     limit_jobs_per_visitor(
-        demo, settings.limits.max_pending_per_visitor, trust_forwarded=settings.public
+        demo,
+        limits.max_pending_per_visitor,
+        limits.max_pending_per_address,
+        trusted_hops=settings.trusted_proxy_hops,
     )
     return demo
 
@@ -116,19 +129,34 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "theme": theme(),
         "css_paths": [CSS_PATH] if CSS_PATH.is_file() else None,
         "max_file_size": settings.limits.max_upload_bytes,
+        # Upload quotas per address and in total, before Gradio receives a byte.
+        "app_kwargs": {
+            "middleware": [
+                Middleware(
+                    UploadQuota,
+                    per_address=settings.limits.upload_quota_bytes,
+                    total=settings.limits.upload_total_bytes,
+                    trusted_hops=settings.trusted_proxy_hops,
+                )
+            ]
+        },
         "footer_links": ["api", "gradio"],
     }
 
 
 def header_html(ctx: AppContext) -> str:
+    """The title and a badge naming the model. The badge's two parts (the name; the layers,
+    width and device) are separate, so a phone puts them on two lines instead of overflowing."""
     m = ctx.model
     return (
         '<div class="pe-header">'
         '<div class="pe-title"><h1>Persona Explorer</h1>'
         "<p>Find, steer and compare the characters inside a language model.</p></div>"
         f'<div class="pe-model" title="{html.escape(m.model_id)}">'
-        f"<span>Model</span> <b>{html.escape(m.display_name)}</b> · {m.n_layers} layers · "
-        f"d_model {m.d_model} · {html.escape(m.device.type)}</div>"
+        f'<span class="pe-model-name"><span class="pe-model-label">Model</span> '
+        f"<b>{html.escape(m.display_name)}</b></span> "
+        f'<span class="pe-model-facts">{m.n_layers} layers · d_model {m.d_model} · '
+        f"{html.escape(m.device.type)}</span></div>"
         "</div>"
     )
 
@@ -144,7 +172,9 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             None, storage_key="persona-explorer-owner", secret=ctx.browser_secret
         )
         gr.HTML(header_html(ctx))
-        with gr.Tabs(selected="steer", elem_id="pe-tabs") as tabs:
+        with gr.Tabs(selected="tour", elem_id="pe-tabs", overflow_behavior="wrap") as tabs:
+            with gr.Tab("Tour", id="tour", elem_id="pe-tab-tour"):
+                tour = tour_tab.build(ctx, session)
             with gr.Tab("Steer", id="steer", elem_id="pe-tab-steer"):
                 st = steer.build(ctx, session)
             with gr.Tab("Extract", id="extract", elem_id="pe-tab-extract"):
@@ -154,7 +184,7 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             with gr.Tab("Persona space", id="space", elem_id="pe-tab-space"):
                 sp = persona_space.build(ctx, session)
             with gr.Tab("Drift", id="drift", elem_id="pe-tab-drift"):
-                drift.build(ctx, session)
+                dr = drift.build(ctx, session)
             with gr.Tab("Screen data", id="screen", elem_id="pe-tab-screen"):
                 sc = screening_tab.build(ctx, session)
             with gr.Tab("Sweep", id="sweep", elem_id="pe-tab-sweep"):
@@ -235,6 +265,49 @@ def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Block
             show_progress="hidden",
             api_visibility="private",
         ).then(refresh_lists, refresh_inputs, list_outputs, api_visibility="private")
+
+        assert st.capping is not None
+        cap = st.capping
+        tour_outputs = [
+            tabs, st.prompt, st.system, st.persona, st.layer, st.strength, st.multiple, st.unit,
+            st.persona_info, st.max_new_tokens, st.temperature, st.frequency_penalty, st.seed,
+            cap.combine, cap.layers,
+            cap.percentile, cap.max_new_tokens, sp.layer, dr.transcripts, dr.plot_layer,
+            sc.dataset, sc.vectors, sc.layer, sc.own, tr.dataset, tr.with_context, tr.context,
+        ]  # fmt: skip
+
+        def open_tour_step(step: str | None, session: dict | None) -> dict:
+            """The Tour step's tab, with the settings the step used."""
+            with user_errors():
+                c = tour_steps.carry(ctx, step, session)
+                out: dict[Any, Any] = {tabs: gr.Tabs(selected=c.tab)}
+                if c.tab == "steer":
+                    out |= {st.prompt: c.prompt, st.system: "", st.seed: 0}
+                    out |= {st.temperature: c.temperature, st.max_new_tokens: c.max_new_tokens}
+                    out[st.frequency_penalty] = c.frequency_penalty
+                    if c.persona is not None:
+                        out |= follow_in_steer(c.persona, session)
+                        out[st.strength] = c.strength
+                    if c.cap_layers:
+                        span = f"{c.cap_layers[0]}-{c.cap_layers[-1]}"
+                        out |= {cap.combine: False, cap.layers: span}
+                        out |= {cap.percentile: c.cap_percentile}
+                        out[cap.max_new_tokens] = c.max_new_tokens
+                elif c.tab == "space":
+                    out[sp.layer] = c.layer
+                elif c.tab == "drift":
+                    out |= {dr.transcripts: list(c.transcripts), dr.plot_layer: c.layer}
+                elif c.tab == "screen":
+                    out |= {sc.dataset: c.dataset, sc.vectors: list(c.vectors), sc.own: True}
+                    if c.layer is not None:
+                        out[sc.layer] = c.layer
+                elif c.tab == "train":
+                    out |= {tr.dataset: c.dataset, tr.with_context: False, tr.context: c.context}
+                return out
+
+        tour.open.click(
+            open_tour_step, [tour.steps, session], tour_outputs, api_visibility="private"
+        )
 
         def on_load(session: dict | None, token: object, request: gr.Request) -> dict:
             """Fresh lists (the library may have changed), any share-link parameters, and an
@@ -347,7 +420,8 @@ def apply_share_params(
         ("system", st.system, text("system prompt"), "no system prompt"),
         ("positions", st.positions, check_positions, "every token"),
         ("max_new_tokens", st.max_new_tokens, lambda v: check_max_new_tokens(v, limits), "48"),
-        ("temperature", st.temperature, lambda v: check_temperature(v, limits), "0 (greedy)"),
+        ("temperature", st.temperature, lambda v: check_temperature(v, limits), "the default"),
+        ("frequency_penalty", st.frequency_penalty, check_penalty, "the default"),
         ("seed", st.seed, check_seed, "0"),
         ("readout", st.readout, readout, "the layer after the injection"),
     )

@@ -31,6 +31,7 @@ class DriftTab:
     max_new_tokens: gr.Slider
     temperature: gr.Slider
     seed: gr.Number
+    frequency_penalty: gr.Slider
     chat_plot: gr.Plot
     chat_status: gr.Markdown
     history: gr.JSON

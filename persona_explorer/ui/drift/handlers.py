@@ -47,6 +47,8 @@ from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import (
     APP_DRIFT_MAX_PROJECTED,
     APP_DRIFT_MAX_REPLAYS,
+    DEFAULT_FREQUENCY_PENALTY,
+    DEFAULT_TEMPERATURE,
     MAX_CONVERSATION_MESSAGES,
     MAX_WINDOW_TOKENS,
     MIN_WINDOW_TOKENS,
@@ -68,6 +70,7 @@ from persona_explorer.ui.drift.views import (
     turn_status,
 )
 from persona_explorer.ui.shared.context import AppContext, user_errors
+from persona_explorer.ui.shared.markup import chat_text
 from persona_explorer.ui.shared.requests import sampling
 
 MAX_KEPT_REPLAYS = 8  # replays kept in a session for re-plotting; the oldest go first
@@ -93,8 +96,9 @@ class ChatForm:
     projections: list[str] | None = None  # persona vectors to project each answer onto
     plot_layer: float = -1  # the layer plotted; -1: the default axis layer
     max_new_tokens: float = DEFAULT_CHAT_TOKENS
-    temperature: float = 0.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: float = 0
+    frequency_penalty: float = DEFAULT_FREQUENCY_PENALTY
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,11 @@ def _chat_plan(ctx: AppContext, form: ChatForm, session: Mapping | None) -> tupl
 
 
 def _chat_view(messages: Sequence[ChatMessage]) -> list[dict]:
-    return [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
+    """The chat as the chatbot shows it: every message as text (it renders Markdown and HTML;
+    the raw text is in the history)."""
+    return [
+        {"role": m.role, "content": chat_text(m.content)} for m in messages if m.role != "system"
+    ]
 
 
 def _history_value(messages: Sequence[ChatMessage], records: Sequence[dict]) -> dict:
@@ -252,9 +260,11 @@ def run_chat(
         records = [_check_record(r, n) for r in raw_records]
         personas = projected_vectors(ctx, session, form.projections)
         plan, settings = _chat_plan(ctx, form, session)
-        cfg = sampling(limits, form.max_new_tokens, form.temperature, form.seed)
+        cfg = sampling(
+            limits, form.max_new_tokens, form.temperature, form.seed, form.frequency_penalty
+        )
         axis = ctx.axis()
-        shown = [*_chat_view(messages), {"role": "user", "content": message}]
+        shown = [*_chat_view(messages), {"role": "user", "content": chat_text(message)}]
         yield {tab.chatbot: shown, tab.message: "", tab.chat_status: "Generating…"}
         turn = None
         with ctx.job(request) as job:
@@ -274,7 +284,7 @@ def run_chat(
                 should_stop=job,
             ):
                 if out is None:
-                    yield {tab.chatbot: [*shown, {"role": "assistant", "content": text}]}
+                    yield {tab.chatbot: [*shown, {"role": "assistant", "content": chat_text(text)}]}
                 else:
                     turn = out
             timed_out = job.timed_out()

@@ -34,7 +34,13 @@ import gradio as gr
 from persona_explorer.axis.assistant_axis import default_axis_layer, default_cap_layers
 from persona_explorer.axis.conversation import shipped_transcripts
 from persona_explorer.axis.windows import DEFAULT_WINDOW_TOKENS
-from persona_explorer.core.limits import APP_DRIFT_MAX_PROJECTED, APP_DRIFT_MAX_REPLAYS
+from persona_explorer.core.limits import (
+    APP_DRIFT_MAX_PROJECTED,
+    APP_DRIFT_MAX_REPLAYS,
+    DEFAULT_FREQUENCY_PENALTY,
+    DEFAULT_TEMPERATURE,
+    MAX_PENALTY,
+)
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.ui.drift.components import DriftTab
 from persona_explorer.ui.drift.handlers import (
@@ -141,10 +147,16 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
                         label="Max new tokens", elem_id="pe-drift-tokens",
                     )  # fmt: skip
                     temperature = gr.Slider(
-                        0, limits.max_temperature, value=0.0, step=0.05,
+                        0, limits.max_temperature, value=DEFAULT_TEMPERATURE, step=0.05,
                         label="Temperature (0 = greedy)", elem_id="pe-drift-temperature",
                     )  # fmt: skip
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="pe-drift-seed")
+                    frequency_penalty = gr.Slider(
+                        0, MAX_PENALTY, value=DEFAULT_FREQUENCY_PENALTY, step=0.1,
+                        label="Frequency penalty (0 = off)",
+                        info="Lowers a word's chance each time the answer repeats it.",
+                        elem_id="pe-drift-frequency-penalty",
+                    )  # fmt: skip
             with gr.Column(scale=6, min_width=320):
                 chat_status = gr.Markdown(
                     md(NO_CHAT),
@@ -220,6 +232,7 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
         send=send, stop_chat=stop_chat, clear=clear, persona=persona, layer=layer,
         strength=strength, cap=cap, cap_percentile=cap_percentile, cap_layers=cap_layers,
         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat_plot=chat_plot,
+        frequency_penalty=frequency_penalty,
         chat_status=chat_status, history=history, transcripts=transcripts, upload=upload,
         window=window, replay_cap=replay_cap, run_replay=run_btn, stop_replay=stop_replay,
         replay_plot=replay_plot, replay_status=replay_status, replay_json=replay_json,
@@ -249,7 +262,7 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
     chat_inputs = [
         tab.message, tab.history, tab.persona, tab.layer, tab.strength, tab.cap,
         tab.cap_percentile, tab.cap_layers, tab.projections, tab.plot_layer, tab.max_new_tokens,
-        tab.temperature, tab.seed,
+        tab.temperature, tab.seed, tab.frequency_penalty,
     ]  # fmt: skip
     chat = form_endpoint(
         ChatForm,

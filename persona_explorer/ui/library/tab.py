@@ -32,6 +32,7 @@ from persona_explorer.ui.shared.catalog import (
 )
 from persona_explorer.ui.shared.context import AppContext, check_owner, user_errors
 from persona_explorer.ui.shared.markup import md, plain
+from persona_explorer.ui.shared.uploads import discard
 from persona_explorer.vectors.files import FORMATS, load
 from persona_explorer.vectors.persona_vector import PersonaVector
 
@@ -333,6 +334,15 @@ def add_upload(
 ) -> dict:
     if not file:
         return {tab.status: ""}
+    try:
+        return _add_upload(ctx, tab, file, layout, session)
+    finally:
+        discard(file)  # read into the session (or refused): the file is not needed again
+
+
+def _add_upload(
+    ctx: AppContext, tab: LibraryTab, file: str, layout: str, session: Mapping | None
+) -> dict:
     with user_errors():
         path = ctx.check_upload(file)
         if layout not in ("auto", "persona_vectors", "assistant_axis"):

@@ -12,8 +12,10 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.limits import (
+    DEFAULT_FREQUENCY_PENALTY,
     Limits,
     check_max_new_tokens,
+    check_penalty,
     check_seed,
     check_temperature,
     check_text,
@@ -32,12 +34,19 @@ def prompt_and_system(limits: Limits, prompt: Any, system: Any) -> tuple[str, st
     return text, system_text or None
 
 
-def sampling(limits: Limits, max_new_tokens: Any, temperature: Any, seed: Any) -> SamplingConfig:
+def sampling(
+    limits: Limits,
+    max_new_tokens: Any,
+    temperature: Any,
+    seed: Any,
+    frequency_penalty: Any = DEFAULT_FREQUENCY_PENALTY,
+) -> SamplingConfig:
     """The sampling settings of a form, checked against the limits in force."""
     return SamplingConfig(
         max_new_tokens=check_max_new_tokens(max_new_tokens, limits),
         temperature=check_temperature(temperature, limits),
         seed=check_seed(seed),
+        frequency_penalty=check_penalty(frequency_penalty),
         max_prompt_tokens=limits.max_prompt_tokens,
     )
 

@@ -25,7 +25,12 @@ from persona_explorer.axis.assistant_axis import (
 )
 from persona_explorer.axis.capping import CapOutput, CapRequest, cap_stream, parse_cap_layers
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import check_layer, check_strength
+from persona_explorer.core.limits import (
+    DEFAULT_FREQUENCY_PENALTY,
+    DEFAULT_TEMPERATURE,
+    check_layer,
+    check_strength,
+)
 from persona_explorer.plots import empty_figure
 from persona_explorer.plots.capping import TokenSeries, cap_layer_figure, cap_token_figure
 from persona_explorer.steering.ops import check_positions
@@ -77,8 +82,9 @@ class CapForm:
     max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS
     system_prompt: str = ""
     positions: str = "all"
-    temperature: float = 0.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: float = 0
+    frequency_penalty: float = DEFAULT_FREQUENCY_PENALTY
 
     def request(self, ctx: AppContext, session: Mapping | None) -> CapRequest:
         limits = ctx.settings.limits
@@ -102,7 +108,9 @@ class CapForm:
             cap_layers=parse_cap_layers(self.cap_layers, n_layers),
             percentile=check_percentile(self.cap_percentile),
             positions=check_positions(self.positions),
-            sampling=sampling(limits, self.max_new_tokens, self.temperature, self.seed),
+            sampling=sampling(
+                limits, self.max_new_tokens, self.temperature, self.seed, self.frequency_penalty
+            ),
         )
 
 
@@ -345,6 +353,7 @@ def wire(ctx: AppContext, panel: CapPanel, tab: Any, state: gr.State) -> None:
             tab.positions,
             tab.temperature,
             tab.seed,
+            tab.frequency_penalty,
             state,
         ],
         outputs=[

@@ -17,7 +17,13 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import MAX_COMPARE_ROWS, check_layer, check_strength
+from persona_explorer.core.limits import (
+    DEFAULT_FREQUENCY_PENALTY,
+    DEFAULT_TEMPERATURE,
+    MAX_COMPARE_ROWS,
+    check_layer,
+    check_strength,
+)
 from persona_explorer.evaluate.compare import CompareRequest, SteerRow, compare_stream
 from persona_explorer.plots import empty_figure, layer_projection_figure
 from persona_explorer.steering.ops import check_positions
@@ -58,8 +64,9 @@ class CompareForm:
     max_new_tokens: float = 48
     system_prompt: str = ""
     positions: str = "all"
-    temperature: float = 0.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: float = 0
+    frequency_penalty: float = DEFAULT_FREQUENCY_PENALTY
 
     def slots(self) -> list[tuple[Any, Any, Any]]:
         return [
@@ -88,7 +95,9 @@ class CompareForm:
             rows=tuple(rows),
             system=system,
             positions=check_positions(self.positions),
-            sampling=sampling(limits, self.max_new_tokens, self.temperature, self.seed),
+            sampling=sampling(
+                limits, self.max_new_tokens, self.temperature, self.seed, self.frequency_penalty
+            ),
         )
 
 
@@ -235,6 +244,7 @@ def wire(ctx: AppContext, panel: ComparePanel, tab: Any, state: gr.State) -> Non
             tab.positions,
             tab.temperature,
             tab.seed,
+            tab.frequency_penalty,
             state,
         ],
         outputs=[panel.table, panel.plot, panel.status],

@@ -19,6 +19,8 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.limits import (
+    DEFAULT_FREQUENCY_PENALTY,
+    DEFAULT_TEMPERATURE,
     check_layer,
     check_strength,
 )
@@ -55,9 +57,10 @@ class SteerForm:
     max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS
     system_prompt: str = ""
     positions: str = "all"
-    temperature: float = 0.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: float = 0
     readout_layer: float = AUTO_READOUT  # -1: the layer right after the injected one
+    frequency_penalty: float = DEFAULT_FREQUENCY_PENALTY
 
     def request(
         self,
@@ -81,7 +84,9 @@ class SteerForm:
             strengths=tuple(check_strength(s, limits) for s in rows),
             system=system,
             positions=check_positions(self.positions),
-            sampling=sampling(limits, self.max_new_tokens, self.temperature, self.seed),
+            sampling=sampling(
+                limits, self.max_new_tokens, self.temperature, self.seed, self.frequency_penalty
+            ),
             projection_layer=readout,
         )
 
@@ -96,6 +101,7 @@ class SteerForm:
             "system_prompt": req.system or "",
             "max_new_tokens": req.sampling.max_new_tokens,
             "temperature": req.sampling.temperature,
+            "frequency_penalty": req.sampling.frequency_penalty,
             "seed": req.sampling.seed,
         }
 

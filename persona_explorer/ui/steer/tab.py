@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.core.limits import DEFAULT_FREQUENCY_PENALTY, DEFAULT_TEMPERATURE, MAX_PENALTY
 from persona_explorer.plots import empty_figure
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.catalog import CatalogView, VectorItem, source_label
@@ -43,7 +44,7 @@ MULTIPLE_RANGE = 4.0  # the relative slider spans ±4× the recorded strength
 # Every setting of the run travels in the link; "readout" is the read-out layer.
 SHARE_KEYS = (
     "prompt", "system", "persona", "layer", "strength", "positions", "max_new_tokens",
-    "temperature", "seed", "readout",
+    "temperature", "seed", "readout", "frequency_penalty",
 )  # fmt: skip
 SHARE_LINK_JS = (
     "(" + ", ".join(f"v{i}" for i in range(len(SHARE_KEYS))) + ") => {\n"
@@ -78,6 +79,7 @@ class SteerTab:
     temperature: gr.Slider
     seed: gr.Number
     readout: gr.Slider
+    frequency_penalty: gr.Slider
     generate: gr.Button
     stop: gr.Button
     share: gr.Textbox
@@ -100,6 +102,7 @@ class SteerTab:
         return [
             self.prompt, self.system, self.persona, self.layer, self.strength, self.positions,
             self.max_new_tokens, self.temperature, self.seed, self.readout,
+            self.frequency_penalty,
         ]  # fmt: skip
 
     def controls_for(
@@ -156,6 +159,25 @@ def persona_info(ctx: AppContext, item: VectorItem, view: CatalogView) -> str:
         f"**{md(vec.name)}** · {item.where} · {md(source_label(vec))} · recommended layer "
         f"{ctx.default_layer(vec)}, {strength}{_swept(vec.metadata)}"
         + (f"  \n{md(about, 500)}" if about else "")
+        + _tested(vec.metadata)
+    )
+
+
+def _tested(meta: dict) -> str:
+    """What the built-in check found on prompts used for nothing else (builtin_check): said
+    plainly where the persona does not hold up, so a class is not shown it as if it worked."""
+    test = meta.get("test")
+    if not isinstance(test, dict) or not isinstance(test.get("holds"), bool):
+        return ""
+    trait, worst = test.get("trait"), test.get("worst_repetition")
+    if not isinstance(trait, (int, float)) or not isinstance(worst, (int, float)):
+        return ""
+    numbers = f"trait +{trait:.2f}, the most repetitive answer {worst:.0%} repeated word triples"
+    if test["holds"]:
+        return f"  \nOn {test.get('prompts', 'the')} unseen test prompts: {numbers}."
+    return (
+        f"  \n⚠️ On this model it does not hold up on unseen prompts ({numbers}): expect "
+        "answers that barely show the trait or that repeat themselves."
     )
 
 
@@ -189,7 +211,7 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
     unit = ctx.default_strength(vec) if vec else 2.0
 
     teaching.panel(teaching.STEER)
-    with gr.Row(equal_height=False):
+    with gr.Row(equal_height=False, elem_classes="pe-steer"):
         with gr.Column(scale=4, min_width=300, elem_classes="pe-controls"):
             prompt = gr.Textbox(
                 label="Prompt", value=DEFAULT_PROMPT, lines=3, max_lines=12,
@@ -234,32 +256,13 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
             positions = gr.Radio(
                 POSITION_CHOICES, value="all", label="Steer at", elem_id="pe-positions"
             )
-            with gr.Accordion("Generation settings", open=False, elem_id="pe-generation-settings"):
-                max_new_tokens = gr.Slider(
-                    1, limits.max_new_tokens,
-                    value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1,
-                    label="Max new tokens", elem_id="pe-max-new-tokens",
-                )  # fmt: skip
-                temperature = gr.Slider(
-                    0.0, limits.max_temperature, value=0.0, step=0.05, label="Temperature",
-                    info="0 = greedy", elem_id="pe-temperature",
-                )  # fmt: skip
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="pe-seed")
-                readout = gr.Slider(
-                    AUTO_READOUT, n_layers - 1, value=AUTO_READOUT, step=1,
-                    label="Read-out layer of the per-token view",
-                    info="−1 = the layer right after the injected one.", elem_id="pe-readout",
-                )  # fmt: skip
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="pe-generate")
                 stop = gr.Button("Stop", variant="secondary", elem_id="pe-stop")
-            share = gr.Textbox(
-                label="Share link",
-                info="Opens this tab with every setting above (vectors from this session only "
-                "once saved to the library).",
-                buttons=["copy"], interactive=False, elem_id="pe-share",
-            )  # fmt: skip
-        with gr.Column(scale=8, min_width=320):
+        # The answers right after Generate: on a phone the columns stack in this order
+        # (controls, answers, then settings and the share link); on a wide screen the
+        # stylesheet puts the third column under the first (assets/style.css, .pe-steer).
+        with gr.Column(scale=8, min_width=320, elem_classes="pe-results"):
             with gr.Row(equal_height=True):
                 baseline = gr.Textbox(
                     label="Baseline · no steering", lines=9, max_lines=18, interactive=False,
@@ -306,11 +309,42 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
                 )  # fmt: skip
             compare = compare_panel.build(ctx, state, persona, layer, strength)
             capping = cap_panel.build(ctx)
+        with gr.Column(scale=4, min_width=300, elem_classes="pe-secondary"):
+            with gr.Accordion("Generation settings", open=False, elem_id="pe-generation-settings"):
+                max_new_tokens = gr.Slider(
+                    1, limits.max_new_tokens,
+                    value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1,
+                    label="Max new tokens", elem_id="pe-max-new-tokens",
+                )  # fmt: skip
+                temperature = gr.Slider(
+                    0.0, limits.max_temperature, value=DEFAULT_TEMPERATURE, step=0.05,
+                    label="Temperature", info="0 = greedy", elem_id="pe-temperature",
+                )  # fmt: skip
+                frequency_penalty = gr.Slider(
+                    0.0, MAX_PENALTY, value=DEFAULT_FREQUENCY_PENALTY, step=0.1,
+                    label="Frequency penalty",
+                    info="Lowers a word's chance each time the answer repeats it; steered "
+                    "small models loop without it. 0 = off.",
+                    elem_id="pe-frequency-penalty",
+                )  # fmt: skip
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="pe-seed")
+                readout = gr.Slider(
+                    AUTO_READOUT, n_layers - 1, value=AUTO_READOUT, step=1,
+                    label="Read-out layer of the per-token view",
+                    info="−1 = the layer right after the injected one.", elem_id="pe-readout",
+                )  # fmt: skip
+            share = gr.Textbox(
+                label="Share link",
+                info="Opens this tab with every setting above (vectors from this session only "
+                "once saved to the library).",
+                buttons=["copy"], interactive=False, elem_id="pe-share",
+            )  # fmt: skip
 
     tab = SteerTab(
         prompt=prompt, system=system, persona=persona, persona_info=info, layer=layer,
         strength=strength, multiple=multiple, unit=unit_box, positions=positions,
         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, readout=readout,
+        frequency_penalty=frequency_penalty,
         generate=generate, stop=stop, share=share, baseline=baseline, steered=steered,
         status=status, plot=plot, tokens_baseline=tokens_baseline, tokens_steered=tokens_steered,
         run_json=run_json, run_csv=run_csv, sweep=sweep, sweep_plot=sweep_plot,
@@ -327,7 +361,7 @@ def build(ctx: AppContext, state: gr.State) -> SteerTab:
 def _wire(ctx: AppContext, tab: SteerTab, state: gr.State) -> None:
     inputs = [
         tab.prompt, tab.persona, tab.layer, tab.strength, tab.max_new_tokens, tab.system,
-        tab.positions, tab.temperature, tab.seed, tab.readout, state,
+        tab.positions, tab.temperature, tab.seed, tab.readout, tab.frequency_penalty, state,
     ]  # fmt: skip
     outputs = [
         tab.baseline, tab.steered, tab.plot, tab.tokens_baseline, tab.tokens_steered,
