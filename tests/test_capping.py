@@ -212,7 +212,7 @@ def test_parse_cap_layers() -> None:
 def test_the_layer_figure_draws_pairs_the_window_and_the_floors() -> None:
     n = 6
     fig = cap_layer_figure(
-        {"baseline": [0.0] * n, "steered": [1.0] * n},
+        {"uncapped": [0.0] * n, "steered": [1.0] * n},
         {"capped": [0.5] * n, "steered + capped": [1.5] * n},
         cap_layers=(2, 3),
         floors=(0.4, 0.6),
@@ -220,29 +220,34 @@ def test_the_layer_figure_draws_pairs_the_window_and_the_floors() -> None:
         landmarks={"the Assistant": 1.0},
     )
     names = [t.name for t in fig.data]
-    for name in ("baseline", "capped", "steered", "steered + capped"):
+    for name in ("uncapped", "capped", "steered", "steered + capped"):
         assert name in names
-    dashes = {t.name: t.line.dash for t in fig.data if t.name in ("baseline", "capped")}
-    assert dashes["baseline"] == "dot" and dashes["capped"] in (None, "solid")
+    dashes = {t.name: t.line.dash for t in fig.data if t.name in ("uncapped", "capped")}
+    assert dashes["uncapped"] == "dot" and dashes["capped"] in (None, "solid")
     floor_trace = next(t for t in fig.data if t.name == "floor τ")
     assert list(floor_trace.x) == [2, 3] and list(floor_trace.y) == [0.4, 0.6]
     notes = [a.text or "" for a in fig.layout.annotations]
     assert any("capped at 2–3" in t for t in notes) and "the Assistant" in notes
     with pytest.raises(ValueError, match="floors"):
-        cap_layer_figure({"baseline": [0.0] * n}, {"capped": [0.0] * n}, (2, 3), (0.4,))
+        cap_layer_figure({"uncapped": [0.0] * n}, {"capped": [0.0] * n}, (2, 3), (0.4,))
     with pytest.raises(ValueError, match="match"):
-        cap_layer_figure({"baseline": [0.0] * n}, {"capped": [0.0] * 5}, (2,), (0.4,))
+        cap_layer_figure({"uncapped": [0.0] * n}, {"capped": [0.0] * 5}, (2,), (0.4,))
 
 
 def test_the_token_figure_escapes_tokens_and_marks_the_floor() -> None:
     fig = cap_token_figure(
-        [("baseline", ["<b>hi", " there"], [0.1, -0.2], False), ("capped", ["a"], [0.5], True)],
+        [("uncapped", ["<b>hi", " there"], [0.1, -0.2], False), ("capped", ["a"], [0.5], True)],
         layer=3,
         floor=0.4,
     )
-    assert [t.name for t in fig.data][:2] == ["baseline", "capped"]
+    assert [t.name for t in fig.data][:2] == ["uncapped", "capped"]
     assert "&lt;b&gt;hi" in fig.data[0].customdata[0]
     assert any("τ" in (a.text or "") for a in fig.layout.annotations)
+    marked = cap_token_figure(
+        [("capped", ["a"], [0.5], True)], 3, 0.05, y_title="Position", landmarks={"A": 1.0}
+    )
+    assert "A" in [a.text for a in marked.layout.annotations]
+    assert marked.layout.yaxis.title.text == "Position"
     with pytest.raises(ValueError, match="tokens"):
         cap_token_figure([("x", ["a", "b"], [1.0], False)], layer=0, floor=None)
 
@@ -286,6 +291,42 @@ def test_the_steer_capped_endpoint_through_the_demo(app_ctx: Any) -> None:
 
 def _no_progress(*args: object, **kwargs: object) -> None:
     return None
+
+
+ROW_WORDS = ["uncapped", "capped", "steered", "steered + capped"]
+
+
+def test_every_row_has_one_word_and_tau_is_in_the_plots_units(app_ctx: Any) -> None:
+    """Issue 26: the legend said "baseline" where the box says "Uncapped", and the status
+    listed τ in raw units while the plot drew it on the scale 0 = roles' mean, 1 = Assistant."""
+    from persona_explorer.plots.capping import FLOOR_NAME
+    from persona_explorer.ui import build_demo
+
+    demo = build_demo(app_ctx.settings, app_ctx.model)
+    ids = ("pe-cap-baseline", "pe-cap-capped", "pe-cap-steered", "pe-cap-steered-capped")
+    boxes = {b.elem_id: b.label for b in demo.blocks.values() if getattr(b, "elem_id", "") in ids}
+    assert [boxes[i].lower() for i in ids] == ROW_WORDS
+    fn = next(f.fn for f in demo.fns.values() if f.api_name == "steer_capped")
+    updates = list(fn("Hi!", True, "tiny-pirate", 1, 2.0, 25, "2-3", 4, progress=_no_progress))
+    final = {getattr(k, "elem_id", None): v for k, v in updates[-1].items()}
+    numbers = final["pe-cap-json"]
+    assert [r["label"] for r in numbers["rows"]] == ROW_WORDS
+    layer_fig, token_fig = final["pe-cap-plot"], final["pe-cap-token-plot"]
+    named = [t.name for t in layer_fig.data if t.showlegend is not False]
+    assert named == [*ROW_WORDS, FLOOR_NAME]
+    assert [t.name for t in token_fig.data] == ROW_WORDS
+    status = final["pe-cap-status"]
+    assert "baseline" not in status.lower() and "baseline" not in layer_fig.to_json().lower()
+    # τ as drawn: on the plot's scale, the same number on both plots and in the status.
+    roles, default = numbers["roles_projection"], numbers["default_projection"]
+    layers, raw = numbers["cap"]["layers"], numbers["cap"]["floors"]
+    scaled = [(f - roles[x]) / (default[x] - roles[x]) for x, f in zip(layers, raw, strict=True)]
+    floor = next(t for t in layer_fig.data if t.name == FLOOR_NAME)
+    assert list(floor.y) == pytest.approx(scaled, abs=1e-6)
+    (tau_line,) = [s for s in token_fig.layout.shapes if s.line.dash == "dash"]
+    assert tau_line.y0 == pytest.approx(scaled[-1], abs=1e-6)  # the read-out is the last layer
+    assert ", ".join(f"{v:.2f}" for v in scaled) in status.replace("−", "-")
+    assert "0 = the roles' mean" in status
 
 
 # --------------------------------------------------------------------------- embedded model
@@ -372,3 +413,38 @@ def test_cli_needs_a_vector_unless_capping(tmp_path: Path, capsys) -> None:
     # The capping options mean nothing without --cap-axis: say so instead of ignoring them.
     assert cli.main(["steer", "--prompt", "Hi", "--cap-percentile", "30"]) == 2
     assert "--cap-axis" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_the_teaching_text_quotes_the_shipped_axis_floors() -> None:
+    """The numbers "What am I looking at?" gives for why τ sits near the roles' mean (issue 26),
+    measured on the shipped axis: τ on the plot's scale and raw, the median and 75th percentile
+    tokens, and the Assistant's tokens' middle half against the roles-to-Assistant distance."""
+    from persona_explorer.axis.assistant_axis import (
+        default_cap_layers,
+        normalised_projection,
+        project,
+    )
+    from persona_explorer.axis.build import shipped_axis_path
+    from persona_explorer.engine.model import EMBEDDED_MODEL_ID
+    from persona_explorer.ui.shared.teaching import CAPPING
+
+    data = AxisData.load(shipped_axis_path(EMBEDDED_MODEL_ID))
+    layers = list(default_cap_layers(data.n_layers))
+    roles = project(data.role_vectors, data.axis).mean(0)[layers]
+    default = project(data.default_vector, data.axis)[layers]
+
+    def scaled(percentile: float) -> list[float]:
+        return normalised_projection(data.floors(percentile)[layers], roles, default).tolist()
+
+    words = " ".join(CAPPING.split())
+    assert f"layers {layers[0]}–{layers[-1]}" in words
+    tau = ", ".join(f"{v:.2f}" for v in data.floors(25)[layers].tolist())
+    assert f"(raw: {tau})" in words
+    quoted = ", ".join(f"{v:.2f}".replace("-", "−") for v in scaled(25)[:-1])
+    assert f"at {quoted} and {scaled(25)[-1]:.2f}" in words
+    assert all(abs(v) < 0.35 for v in scaled(25))  # "at the roles' mean"
+    assert all(0.75 <= v <= 1.0 for v in scaled(50))  # "the median token sits at 0.8–1"
+    assert all(1.8 <= v <= 2.35 for v in scaled(75))  # "the 75th percentile near 2"
+    spread = [b - a for a, b in zip(scaled(25), scaled(75), strict=True)]
+    assert all(1.8 <= v <= 2.7 for v in spread)  # "about twice the distance"

@@ -66,7 +66,7 @@ def test_three_personas_each_projected_onto_its_own_vector(llama: LoadedModel) -
     out = compare(model, CompareRequest(PROMPT, rows, sampling=GREEDY))
     assert len(out.rows) == 4 and out.stopped is False
     # Default labels name what tells the rows apart: here the persona and the layers.
-    labels = ["baseline", "pirate ×3 at layer 1", "poet ×2 at layer 2", "grumpy"]
+    labels = ["baseline", "pirate, strength 3 at layer 1", "poet, strength 2 at layer 2", "grumpy"]
     assert [r.label for r in out.rows] == labels
     assert [r.vector_name for r in out.rows] == ["pirate", "pirate", "poet", "grump"]
     assert [r.layers for r in out.rows] == [(), (1,), (2,), (0, 1)]
@@ -111,7 +111,7 @@ def test_a_zero_strength_row_is_the_baseline(llama: LoadedModel) -> None:
     same_as_baseline(out.rows[1], out.baseline)
     same_as_baseline(out.rows[3], out.baseline)
     assert out.rows[2].tokens != out.baseline.tokens
-    assert out.rows[1].label == "pirate ×0 at layer 1"
+    assert out.rows[1].label == "pirate, strength 0 at layer 1"
 
 
 def test_one_persona_at_three_strengths_is_steer(llama: LoadedModel) -> None:
@@ -120,7 +120,11 @@ def test_one_persona_at_three_strengths_is_steer(llama: LoadedModel) -> None:
     strengths = (1.0, 2.0, 4.0)
     rows = tuple(SteerRow(vec, (1,), s) for s in strengths)
     out = compare(model, CompareRequest(PROMPT, rows, sampling=GREEDY, readout_layer=3))
-    assert [r.label for r in out.steered] == ["steered ×1", "steered ×2", "steered ×4"]
+    assert [r.label for r in out.steered] == [
+        "steered, strength 1",
+        "steered, strength 2",
+        "steered, strength 4",
+    ]
     assert {r.readout_layer for r in out.rows} == {3}
     # The same as the one-persona request: one code path.
     old = steer(
@@ -144,7 +148,11 @@ def test_one_persona_at_three_layers(llama: LoadedModel) -> None:
     rows = tuple(SteerRow(vec, (layer,), 2.0) for layer in (0, 1, 3))
     out = compare(model, CompareRequest(PROMPT, rows, sampling=GREEDY))
     labels = [r.label for r in out.steered]
-    assert labels == ["steered ×2 at layer 0", "steered ×2 at layer 1", "steered ×2 at layer 3"]
+    assert labels == [
+        "steered, strength 2 at layer 0",
+        "steered, strength 2 at layer 1",
+        "steered, strength 2 at layer 3",
+    ]
     assert [r.readout_layer for r in out.steered] == [1, 2, 3]
     # One vector: every row's baseline is the same baseline, at its own read-out layer.
     assert {tuple(r.baseline_layer_projection) for r in out.rows} == {

@@ -437,10 +437,43 @@ def test_a_far_point_is_drawn_at_the_edge_in_its_direction() -> None:
     from persona_explorer.plots.persona_map import pull_in
 
     core = [[-1.0, -1.0], [1.0, 1.0]]
-    assert pull_in([2.0, -1.5], core) == ([2.0, -1.5], False)
-    drawn, moved = pull_in([30.0, 15.0], core)
+    assert pull_in([2.0, -1.5], core, factor=3.0) == ([2.0, -1.5], False)
+    drawn, moved = pull_in([30.0, 15.0], core, factor=3.0)
     assert moved and drawn[0] == pytest.approx(3.0) and drawn[1] == pytest.approx(1.5)
+    assert pull_in([1.1, -0.5], core) == ([1.1, -0.5], False)  # just outside: drawn where it is
     fig = _figure(False, points=[MapPoint("your prompt", [500.0, -300.0, 0.0], "prompt")])
     prompt = next(t for t in fig.data if "your prompt" in t.name)
     assert "off the map" in prompt.name and abs(prompt.x[0]) < 500
     assert "500" in prompt.hovertemplate  # the real coordinates stay in the hover text
+
+
+def test_an_answer_far_from_the_roles_keeps_the_roles_scale() -> None:
+    """Issue 26: the embedded model at layer 15, "What is your favourite season?". The roles
+    span PC1 -9.2…7.4 and PC2 -5.0…5.4; the answer lies at PC1 -19.8 (5.1x the roles' spread
+    from the nearest role) and the prompt at (141, -99). Both are drawn on the border, marked
+    "(off the map)", and the map stays about the size of the roles' box."""
+    roles = [[-9.2, -1.0], [7.4, 0.5], [0.0, -5.0], [1.0, 5.4], [-3.0, 2.0], [4.0, -2.0]]
+    on_axis = [-0.9, 0.8, 0.0, 0.1, -0.4, 0.5]
+    fig = persona_map_figure(
+        [f"role-{i}" for i in range(len(roles))],
+        roles,
+        on_axis,
+        [6.1, 1.05],
+        layer=15,
+        variance=[0.4, 0.2],
+        points=[
+            MapPoint("your prompt", [141.4, -99.3], "prompt"),
+            MapPoint("its answer", [-19.8, 0.05], "answer"),
+        ],
+    )
+    points = {t.name: t for t in fig.data if t.name.startswith(("your prompt", "its answer"))}
+    assert set(points) == {"your prompt (off the map)", "its answer (off the map)"}
+    width, height = 7.4 - -9.2, 5.4 - -5.0
+    for t in points.values():
+        # Drawn within a quarter of the roles' box of its edge: the roles fill most of the map.
+        assert -9.2 - width / 4 <= t.x[0] <= 7.4 + width / 4, (t.name, t.x)
+        assert -5.0 - height / 4 <= t.y[0] <= 5.4 + height / 4, (t.name, t.y)
+        assert t.marker.symbol.endswith("-open")
+    answer = points["its answer (off the map)"]
+    assert answer.x[0] < -9.2 and abs(answer.y[0]) < 1  # still on its side, in its direction
+    assert "19.80" in answer.hovertemplate  # its real place, on hover

@@ -111,9 +111,10 @@ def parse_csv(text: str) -> list[dict[str, str]]:
 
 def test_json_holds_the_whole_run(real_run: SteerOutput) -> None:
     out = real_run
-    text = run_json(out, {"persona": "pirate", "layers": [99], "note": ("a", 1)})
+    extra = {"persona": "pirate", "layers": [99], "note": ("a", 1), "who": "capitán ×2"}
+    text = run_json(out, extra)
     record = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
-    assert record == run_record(out, {"persona": "pirate", "layers": [99], "note": ("a", 1)})
+    assert record == run_record(out, extra)
     assert record["format"] == FORMAT and record["version"] == 1
     assert record["prompt"] == "Hi, there!" and record["system"] == "Be brief."
     assert record["stopped"] is False
@@ -142,7 +143,7 @@ def test_json_holds_the_whole_run(real_run: SteerOutput) -> None:
         assert got["token_injected"] == row.token_injected
         assert got["layers"] == list(row.layers) and got["readout_layer"] == row.readout_layer
         assert got["finished"] is False and got["stopped"] is False
-    assert "×" in text  # ensure_ascii=False: labels stay readable
+    assert "capitán ×2" in text  # ensure_ascii=False: labels stay readable
 
 
 def test_json_of_a_stopped_run_and_of_bad_numbers() -> None:

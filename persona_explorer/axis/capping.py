@@ -7,7 +7,7 @@ percentile (25th by default) of the default Assistant's *per-token* projections 
 
 One request runs ONE batched generation (:func:`cap_stream`) with these rows:
 
-* ``baseline``: no edit;
+* ``baseline`` (shown as *uncapped*): no edit;
 * ``capped``: the cap at every cap layer;
 * with a persona vector, also ``steered`` (the vector added, as in the Steer tab) and
   ``steered_capped`` (the vector added and the cap on top, in one row plan: at a layer with both,
@@ -28,7 +28,7 @@ Every row is read from the same passes that generated it. The capture records th
   to land there on its own would be counted too, which the tolerance makes vanishingly rare.
 
 Generation is row-invariant, and an edit that lifts nothing adds exact zeros: a cap whose floor
-no token reaches gives a row bit-identical to the baseline (tokens and projections).
+no token reaches gives a row bit-identical to the uncapped one (tokens and projections).
 
 Imports: torch, ``core``, ``engine.model``, ``steering`` (generation side by side, operations),
 ``vectors`` and :mod:`.assistant_axis`.
@@ -82,9 +82,10 @@ __all__ = [
     "parse_cap_layers",
 ]
 
-# Row keys in batch order, and how they are shown.
+# Row keys in batch order, and how they are shown: one word per row, the same in the answer
+# boxes, the plots' legends, the status and the JSON (the key ``baseline`` stays, for the API).
 ROW_LABELS: dict[str, str] = {
-    "baseline": "baseline",
+    "baseline": "uncapped",
     "capped": "capped",
     "steered": "steered",
     "steered_capped": "steered + capped",

@@ -168,7 +168,7 @@ class SteerOutput:
 
 
 def row_label(strength: float) -> str:
-    return f"steered ×{strength:g}"
+    return f"steered, strength {strength:g}"
 
 
 def default_readout_layer(layers: Sequence[int], n_layers: int) -> int:
@@ -225,7 +225,7 @@ def _labels(rows: Sequence[SteerRow]) -> list[str]:
             out.append(row.label)
             continue
         head = row.vector.name if len(names) > 1 else "steered"
-        label = f"{head} ×{row.strength:g}"
+        label = f"{head}, strength {row.strength:g}"
         if len(layer_sets) > 1:
             s = "s" if len(row.layers) > 1 else ""
             label += f" at layer{s} {','.join(str(x) for x in row.layers)}"

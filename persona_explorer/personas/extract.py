@@ -336,9 +336,15 @@ def extract_persona(
         ):
             res = update.result
             if progress:
+                # The label moves with the bar: which rollouts, and how far their answers got.
                 done = b * cfg.batch_size
-                frac = (b + update.step / cfg.max_new_tokens) / n_batches
-                progress(min(frac, 1.0), f"Rollouts {done}-{done + len(idx)} of {n}")
+                step = min(update.step, cfg.max_new_tokens)
+                frac = (b + step / cfg.max_new_tokens) / n_batches
+                progress(
+                    min(frac, 1.0),
+                    f"Rollouts {done + 1}–{done + len(idx)} of {n}: "
+                    f"token {step} of {cfg.max_new_tokens}",
+                )
         if res is None or (should_stop is not None and should_stop()):
             raise InterruptedError("Extraction stopped.")
         cap = res.capture

@@ -1,9 +1,10 @@
 """Activation capping's figures: the projection on the Assistant Axis by layer for uncapped and
 capped answers, and per token at one layer.
 
-Pairs share a colour (baseline and capped in blue; steered and steered + capped in the first
+Pairs share a colour (uncapped and capped in blue; steered and steered + capped in the first
 steered colour): the uncapped answer is dotted, the capped one solid. The layers the cap acts on
-are shaded, and the floor τ is marked at each of them.
+are shaded, and the floor τ is marked at each of them, in the plot's units: the caller passes
+τ on the same scale as the curves (the app uses 0 = the roles' mean, 1 = the Assistant).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def cap_layer_figure(
     """Response-mean projection on the axis at every layer.
 
     ``uncapped`` and ``capped`` map labels to one value per layer, in matching order: the k-th
-    capped row is the k-th uncapped row with the cap added (baseline -> capped, steered ->
+    capped row is the k-th uncapped row with the cap added (uncapped -> capped, steered ->
     steered + capped). ``floors[k]`` is τ at ``cap_layers[k]``. With ``delta``, a bottom panel
     shows capped minus uncapped for each pair. ``readout_layer`` (where a per-token view reads)
     gets a dashed line; each of ``landmarks`` (label -> value, e.g. where the Assistant sits
@@ -85,9 +86,7 @@ def cap_layer_figure(
     if len(taus) != len(layers) or not layers:
         raise ValueError(f"{len(taus)} floors for {len(layers)} cap layers: one floor per layer")
     readout = None if readout_layer is None else layer_index(readout_layer, "readout_layer", n)
-    marks = [
-        (label(k, "landmark"), number(v, f"landmarks[{k!r}]")) for k, v in (landmarks or {}).items()
-    ]
+    marks = _landmarks(landmarks)
 
     panels = 2 if delta else 1
     if panels == 2:
@@ -151,15 +150,7 @@ def cap_layer_figure(
         **top,
     )
     shade_layer_bands(fig, layers, n, panels, "capped", label_every_panel=False)
-    for name, value in marks:
-        fig.add_hline(
-            y=value,
-            line={"color": MUTED_TEXT, "width": 1, "dash": "dot"},
-            annotation_text=text(name),
-            annotation_position="bottom left",
-            annotation_font={"size": 11, "color": MUTED_TEXT},
-            **top,
-        )
+    _landmark_lines(fig, marks, top)
     if readout is not None:
         for row in range(1, panels + 1):
             fig.add_vline(
@@ -181,6 +172,24 @@ def cap_layer_figure(
     return fig
 
 
+def _landmarks(landmarks: Mapping[str, float] | None) -> list[tuple[str, float]]:
+    return [
+        (label(k, "landmark"), number(v, f"landmarks[{k!r}]")) for k, v in (landmarks or {}).items()
+    ]
+
+
+def _landmark_lines(fig: go.Figure, marks: Sequence[tuple[str, float]], at: dict) -> None:
+    for name, value in marks:
+        fig.add_hline(
+            y=value,
+            line={"color": MUTED_TEXT, "width": 1, "dash": "dot"},
+            annotation_text=text(name),
+            annotation_position="bottom left",
+            annotation_font={"size": 11, "color": MUTED_TEXT},
+            **at,
+        )
+
+
 class TokenSeries(NamedTuple):
     """One answer's per-token projections: dotted when uncapped, solid when capped; answers
     of one ``pair`` (an uncapped answer and its capped twin) share a colour."""
@@ -197,15 +206,20 @@ def cap_token_figure(
     layer: int,
     floor: float | None,
     title: str | None = None,
+    *,
+    y_title: str | None = None,
+    landmarks: Mapping[str, float] | None = None,
 ) -> go.Figure:
     """Per-token projection on the axis at ``layer`` for each answer, against the token's
-    position in the answer (hover shows the token). ``floor``: τ at ``layer`` (a dashed line),
-    or None when the cap does not act there."""
+    position in the answer (hover shows the token). ``floor``: τ at ``layer`` in the values'
+    units (a dashed line), or None when the cap does not act there; ``landmarks`` as in
+    :func:`cap_layer_figure`."""
     rows = [TokenSeries(*s) for s in series]
     if not rows:
         raise ValueError("series is empty")
     layer = plain_int(layer, "layer")
     tau = None if floor is None else number(floor, "floor")
+    marks = _landmarks(landmarks)
     fig = go.Figure()
     legend = []
     for s in rows:
@@ -239,11 +253,12 @@ def cap_token_figure(
             annotation_position="bottom right",
             annotation_font={"size": 11, "color": FLOOR_COLOR},
         )
+    _landmark_lines(fig, marks, {})
     style(
         fig,
         title=title or f"Each token's projection on the axis at layer {layer}",
         x_title="Token of the answer",
-        y_title=f"Projection at layer {layer}",
+        y_title=y_title or f"Projection at layer {layer}",
         legend=legend,
     )
     fig.update_layout(hovermode="closest")

@@ -45,9 +45,10 @@ POINT_STYLE: dict[str, tuple[str, str, str]] = {
 _ARROW_COLORS = (BASELINE_COLOR, *STEERED_COLORS)
 _HOVER_TEXT_CHARS = 120
 # A user point farther out than this many times the half-width of the roles' box (about their
-# centre) is drawn on that boundary, in its direction: a prompt's mean (chat template included)
-# can lie ten times farther out than any role and would shrink the map to a dot.
-FAR_FACTOR = 3.0
+# centre) is drawn on that boundary, in its direction, marked "(off the map)": a prompt's mean
+# (chat template included) can lie ten times farther out than any role, and one greedy answer
+# two to three times (issue 26). Any more room than a margin shrinks the roles to one cluster.
+FAR_FACTOR = 1.25
 
 
 @dataclass(frozen=True)

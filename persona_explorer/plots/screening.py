@@ -64,8 +64,11 @@ def _bins(values: Sequence[float]) -> dict[str, float] | None:
     low, high = min(values), max(values)
     if math.isclose(low, high):
         low, high = low - 0.5, high + 0.5
-    size = (high - low) / _BINS
-    return {"start": low, "end": high + size * 1e-6, "size": size}
+    # plotly.js puts a value in bin ``floor((v - start) / size)`` and drops it when that bin
+    # is past the last one: with ``size = span / 20`` the top score lands in bin 20 of 0..19
+    # and vanishes. Bins a hundredth wider keep it in the last bin, a little short of its end.
+    size = (high - low) / (_BINS - 0.01)
+    return {"start": low, "end": low + size * _BINS, "size": size}
 
 
 def _score_title(score: str) -> str:

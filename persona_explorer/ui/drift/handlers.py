@@ -216,7 +216,7 @@ def _chat_plan(ctx: AppContext, form: ChatForm, session: Mapping | None) -> tupl
         item, vec = ctx.catalog.view(session).resolve_fitting(persona)  # type: ignore[arg-type]
         layer = check_layer(form.layer, n)
         plan += add_plan(vec.vectors, (layer,), strength)
-        words.append(f"steered: {item.name} ×{strength:g} at layer {layer}")
+        words.append(f"steered: {item.name}, strength {strength:g} at layer {layer}")
     if form.cap:
         percentile = check_percentile(form.cap_percentile)
         text = form.cap_layers.strip() if isinstance(form.cap_layers, str) else ""

@@ -16,7 +16,10 @@ compared. When the session also trained on the same data with another framing (w
 a context, or with preventive steering), that model is measured too and drawn as a third bar.
 Optionally, screening predicts the shift from the data (:func:`predict_shift`: the model's own
 answers, at most :data:`PREDICT_MAX_SAMPLES` samples; answers cached with the Screen data
-tab's).
+tab's), its progress reported from inside screening.
+
+The times the statuses report are the wall time the visitor waited: from the click to the
+result, reading the data, loading models and screening included.
 
 The adapters and tuned models are kept by :class:`.tuned_models.TunedModels`; the session's
 recent runs live in the tab's ``gr.State`` (:class:`.runs.TrainRun`: numbers and names, never a
@@ -32,6 +35,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +176,7 @@ def run_train(
     progress: Any,
 ) -> Iterator[dict]:
     """Fine-tune the loaded model on the form's data, the loss plotted live (see module doc)."""
+    started = time.perf_counter()  # the status reports what the visitor waited for
     store: TunedModels = tab.store
     with user_errors():
         settings = form.settings(ctx, session)
@@ -187,6 +192,8 @@ def run_train(
                 tab.problems: problems_markdown(problems),
                 tab.summary: None,
             }
+            if progress is not None:
+                progress(0.0, desc="Preparing the model")
             adapter, folder = store.new_folder()
             worker = _start_training(ctx, samples, problems, cfg, folder, job)
             losses: list[float] = []
@@ -233,7 +240,7 @@ def run_train(
             steps=max(result.steps, len(result.losses)),
             losses=tuple(float(x) for x in result.losses),
             epoch_losses=tuple(float(x) for x in result.epoch_losses),
-            seconds=float(result.seconds),
+            seconds=time.perf_counter() - started,
             stopped=bool(result.stopped),
             timed_out=result.stopped and timed_out,
             more=data.more,
@@ -313,10 +320,12 @@ def predict_shift(
     layers: Mapping[str, int],
     *,
     should_stop: Callable[[], bool],
+    progress: Callable[[float, str], None] | None = None,
 ) -> Prediction:
     """Screening's prediction for ``run``'s data: per vector, the mean projection difference
     (sample minus the model's own answer) of its first samples at the vector's layer, with the
-    run's context before each sample."""
+    run's context before each sample. ``progress(fraction, message)`` comes from inside
+    screening (one share of the bar per layer screened)."""
     if not run.path.is_file():
         return Prediction({}, "The training file is no longer on the server: upload it again.")
     by_layer: dict[int, list[PersonaVector]] = {}
@@ -325,7 +334,13 @@ def predict_shift(
     values: dict[str, float] = {}
     n = min(run.n_samples, PREDICT_MAX_SAMPLES)
     samples = first_samples(run.path, n).samples
-    for layer, group in by_layer.items():
+    for k, (layer, group) in enumerate(by_layer.items()):
+
+        def report(fraction: float, message: str, k: int = k) -> None:
+            if progress is not None:
+                share = (k + min(max(fraction, 0.0), 1.0)) / len(by_layer)
+                progress(share, f"Screening the training data: {message}")
+
         cfg = ScreenConfig(
             layer=layer,
             own=True,
@@ -338,7 +353,9 @@ def predict_shift(
             samples,
             group,
             cfg,
+            progress=report,
             should_stop=should_stop,
+            total=len(samples),
             cache=OwnResponseCache.in_cache_dir(ctx.settings.cache_dir),
         )
         if result.stopped:
@@ -363,6 +380,7 @@ def run_shift(
     progress: Any,
 ) -> Iterator[dict]:
     """Measure the persona shift of one of this session's adapters (see the module doc)."""
+    started = time.perf_counter()  # the status reports what the visitor waited for
     store: TunedModels = tab.store
     with user_errors():
         limits = ctx.settings.limits
@@ -423,11 +441,18 @@ def run_shift(
                 if progress is not None:
                     progress((parts - 1) / parts, desc="Screening the training data")
                 layers = {r.name: int(r.layer) for r in report.rows}
-                prediction = predict_shift(ctx, run, vectors, layers, should_stop=job)
+                prediction = predict_shift(
+                    ctx,
+                    run,
+                    vectors,
+                    layers,
+                    should_stop=job,
+                    progress=_fraction(progress, (parts - 1) / parts, 1 / parts),
+                )
         if other_report is not None and (other_report.stopped or not other_report.rows):
             other_report = None
         compared = other if other_report is not None else None
-        m = Measured(run, report, compared, other_report, prediction)
+        m = Measured(run, report, compared, other_report, prediction, time.perf_counter() - started)
         yield {
             tab.shift_summary: shift_json(m),
             tab.shift_status: shift_status(m),

@@ -112,3 +112,6 @@ class Measured:
     other: TrainRun | None = None
     other_report: ShiftReport | None = None
     prediction: Prediction | None = None
+    # The wall time the visitor waited for all of it (models loaded, companion measured,
+    # screening's prediction); None: the report's own time.
+    seconds: float | None = None

@@ -226,10 +226,11 @@ def shift_status(m: Measured) -> str:
         f"{float(r.shift):+.2f} activation units)"
         for r in rows
     ]
+    seconds = m.report.seconds if m.seconds is None else m.seconds  # the wall time waited
     text = (
         f"Measured run **\\#{m.run.number}** ({m.run.framing}, *{md(m.run.dataset, 80)}*) "
         f"on {len(m.report.questions)} questions in "
-        f"{m.report.seconds:.0f} s. Shift (tuned − base), in persona lengths (0 = the base "
+        f"{seconds:.0f} s. Shift (tuned − base), in persona lengths (0 = the base "
         "model, 1 = as far as the persona's own prompts move it): " + ", ".join(parts) + "."
     )
     same = [

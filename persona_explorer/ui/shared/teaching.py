@@ -159,6 +159,8 @@ the map. In a check at layer 15 (32 tokens), answers to four plain questions sat
 and 1.1 on the axis and four role-play answers (a pirate, a vampire, a dragon, a poet) between
 −2.2 and −1.5: lower, though a plain answer that turned poetic was as low. The prompt's point
 includes the chat template and is not an answer, so it often lies apart from everything else.
+A point that lies well outside the roles' box is drawn on the map's border in its direction,
+hollow and marked *(off the map)* (its real coordinates on hover), so the roles keep their scale.
 
 **Persona vectors** are directions, not places: each is an arrow from the Assistant. *As
 extracted*, the arrow is the vector itself, the shift from plain answers to the persona's
@@ -187,16 +189,26 @@ persona-based jailbreaks by about 60 % without hurting capabilities. The cap onl
 window: a persona added after it (at layer 22, say) comes in after the cap has done its work, so
 cap later layers to hold it back.
 
-**The plot.** Each answer's average position on the axis at every layer: dotted uncapped,
+**The plots.** Each answer's average position on the axis at every layer: dotted uncapped,
 solid capped, one colour per pair; the shaded band is the cap window and the black dashes are τ
-at each capped layer. Raw projections grow about 25-fold from the first layer to the last, so the
-plot uses a scale on which 0 is the roles' average and 1 the default Assistant at each layer.
-Inside the window a capped answer's tokens all sit at or above τ, so its average does too; after
-the window the model is on its own again. Before the window the curves differ only because the
-answers' words differ (the first layers, where roles and Assistant lie close together, magnify
-small differences on this scale). The bottom panel is capped minus uncapped. The second
-plot shows every token's raw projection at the last capped layer, with τ dashed. *Cap lifted* in
-the status is the share of the answer's tokens the cap had to raise; the JSON has every number.
+at each capped layer. Raw projections differ from layer to layer in size and in offset, so both
+plots, τ and the status use one scale: at each layer 0 is the roles' mean and 1 the default
+Assistant. Inside the window a capped answer's tokens all sit at or above τ, so its average does
+too; after the window the model is on its own again. Before the window the curves differ only
+because the answers' words differ (the first layers, where roles and Assistant lie close
+together, magnify small differences on this scale). The bottom panel is capped minus uncapped.
+The second plot shows every token's position at the last capped layer, with τ dashed. *Cap
+lifted* in the status is the share of the answer's tokens the cap had to raise; the JSON has
+every number, raw.
+
+**Why τ sits near 0, not near the Assistant.** The Assistant's 1 is the average of whole
+answers; τ is a percentile of single tokens, and single tokens scatter far more. On this model,
+at layers 15–18, the middle half of the Assistant's own tokens (25th to 75th percentile) spans
+about twice the distance from the roles' mean to the Assistant: the median token sits at 0.8–1,
+the 75th percentile near 2, and the 25th percentile about one such distance below the median,
+at −0.31, 0.01, 0.06 and 0.05, i.e. at the roles' mean (raw: 10.43, 2.00, 0.87, 1.14). So the
+default floor lifts only tokens that fall below the average role; percentile 50 puts τ near the
+Assistant and 75 about twice as far out.
 
 **What this small model shows.** On SmolLM2-135M-Instruct capping clearly changes role-play
 answers: told to be a pirate captain, the uncapped answer talks like a pirate ("she be a vessel

@@ -123,15 +123,30 @@ def _layers_text(layers: tuple[int, ...]) -> str:
     return ", ".join(str(x) for x in layers)
 
 
+SCALE = "0 = the roles' mean, 1 = the Assistant"
+# τ this close to 0 on the plot's scale is worded as "at the roles' mean".
+NEAR_ROLES = 0.35
+
+
 def status_text(out: CapOutput, timed_out: bool) -> str:
-    """What the cap did, in numbers: where, τ, how often it lifted, before and after."""
+    """What the cap did, in numbers: where, τ (on the plot's scale, raw in brackets), how often
+    it lifted, and each answer's position at the read-out layer before and after."""
     info = out.cap
     at = out.readout_layer
-    floors = ", ".join(f"{f:.2f}" for f in info.floors)
+    taus = out.normalised(info.floors, info.layers)
+    floors = ", ".join(f"{t:.2f}" for t in taus)
+    raw = ", ".join(f"{f:.2f}" for f in info.floors)
     lines = [
         f"Cap at layer{'s' if len(info.layers) > 1 else ''} {_layers_text(info.layers)}, "
-        f"τ = percentile {info.percentile:g} of the Assistant's own tokens ({floors})."
+        f"τ = percentile {info.percentile:g} of the Assistant's own tokens: {floors} on the "
+        f"plot's scale ({SCALE}; raw projections {raw}, which do not compare across layers)."
     ]
+    if all(abs(t) < NEAR_ROLES for t in taus):
+        lines.append(
+            "τ lies near the roles' mean, not near the Assistant: the Assistant's own tokens "
+            f"spread widely along the axis, and {info.percentile:g} % of them fall that low "
+            "(see *What am I looking at?*). Such a floor lifts only tokens below the average role."
+        )
     for before, after in out.pairs():
         shares = [
             f"{share:.0%} at {layer}"
@@ -142,12 +157,14 @@ def status_text(out: CapOutput, timed_out: bool) -> str:
             lifted += f" ({', '.join(shares[1:])})"
         if not after.tokens:
             change = "no tokens"
+        elif after.text == before.text:
+            change = f"same text as {before.label}"
         else:
-            change = "same text as uncapped" if after.text == before.text else "the text changed"
+            change = "the text changed"
+        b, a = out.normalised([before.axis_projection[at], after.axis_projection[at]], [at, at])
         lines.append(
-            f"**{md(after.label)}**: the cap lifted {lifted}; the answer's mean projection on "
-            f"the axis at layer {at}: {before.axis_projection[at]:.2f} uncapped → "
-            f"{after.axis_projection[at]:.2f} capped ({change})."
+            f"**{md(after.label)}**: the cap lifted {lifted}; the answer's mean position on "
+            f"the axis at layer {at}: {b:.2f} {before.label} → {a:.2f} {after.label} ({change})."
         )
     if out.combined and min(out.steer_layers) > info.layers[-1]:
         lines.append(
@@ -165,30 +182,45 @@ def status_text(out: CapOutput, timed_out: bool) -> str:
 
 
 def figures(out: CapOutput) -> tuple[Any, Any]:
-    """The per-layer figure and the per-token one at the read-out (the last cap) layer."""
-    steered = f"{out.vector_name} ×{out.strength:g}" if out.combined else ""
-    names = {"baseline": "baseline", "capped": "capped", "steered": steered}
-    names["steered_capped"] = f"{steered} + capped"
+    """The per-layer figure and the per-token one at the read-out (the last cap) layer, both
+    on one scale (0 = the roles' mean, 1 = the Assistant, at each layer), τ included: raw
+    projections differ from layer to layer in size and offset, so only this scale compares
+    layers, and τ reads the same on both plots and in the status."""
+    steered = f"; steered = {out.vector_name} at strength {out.strength:g}" if out.combined else ""
     pairs = out.pairs()
-    norm = out.normalised  # raw projections grow ~25x with depth: only this scale compares layers
+    norm = out.normalised
+    at = out.readout_layer
+    landmarks = {"the Assistant": 1.0, "the roles' mean": 0.0}
     layer_fig = cap_layer_figure(
-        {names[b.key]: norm(b.axis_projection) for b, _ in pairs},
-        {names[a.key]: norm(a.axis_projection) for _, a in pairs},
+        {b.label: norm(b.axis_projection) for b, _ in pairs},
+        {a.label: norm(a.axis_projection) for _, a in pairs},
         out.cap.layers,
         norm(out.cap.floors, out.cap.layers),
-        readout_layer=out.readout_layer,
-        title="Position on the Assistant Axis, layer by layer (0 = the roles' average, "
-        "1 = the Assistant)",
+        readout_layer=at,
+        title=f"Position on the Assistant Axis, layer by layer ({SCALE}){steered}",
         y_title="Position on the axis",
-        landmarks={"the Assistant": 1.0},
+        landmarks=landmarks,
     )
     series = [
-        TokenSeries(names[r.key], r.token_strings, r.token_projection, r.capped, k)
+        TokenSeries(
+            r.label,
+            r.token_strings,
+            norm(r.token_projection, [at] * len(r.token_projection)),
+            r.capped,
+            k,
+        )
         for k, pair in enumerate(pairs)
         for r in pair
     ]
-    floor = dict(zip(out.cap.layers, out.cap.floors, strict=True)).get(out.readout_layer)
-    token_fig = cap_token_figure(series, out.readout_layer, floor)
+    floor = dict(zip(out.cap.layers, out.cap.floors, strict=True)).get(at)
+    token_fig = cap_token_figure(
+        series,
+        at,
+        None if floor is None else norm([floor], [at])[0],
+        f"Each token's position on the axis at layer {at} ({SCALE}){steered}",
+        y_title=f"Position on the axis, layer {at}",
+        landmarks=landmarks,
+    )
     return layer_fig, token_fig
 
 
@@ -247,7 +279,7 @@ def run_capped(
 CAP_DOC = """Uncapped and capped answers to one prompt (activation capping on the Assistant Axis),
 and with combine=True also the persona-steered answer alone and with the cap, in one batch.
 
-Outputs: the baseline, capped, steered and steered + capped texts (the last two empty without
+Outputs: the uncapped, capped, steered and steered + capped texts (the last two empty without
 combine), the per-layer and per-token projection plots, a status line and the numbers as JSON
 (cap layers, floors and percentile; each row's projection at every layer and per token; the
 share of tokens the cap lifted at each cap layer)."""
@@ -303,7 +335,7 @@ def build(ctx: AppContext) -> CapPanel:
             )  # fmt: skip
         with gr.Row(equal_height=True, visible=False) as steered_row:
             steered = gr.Textbox(
-                label="Steered with the persona", lines=7, max_lines=14, interactive=False,
+                label="Steered", lines=7, max_lines=14, interactive=False,
                 buttons=["copy"], elem_id="pe-cap-steered", elem_classes="pe-out pe-out-steered",
             )  # fmt: skip
             steered_capped = gr.Textbox(

@@ -1,9 +1,12 @@
 """Compare, inside the Steer tab: the baseline and up to three steered rows in one batch.
 
 Each row is a persona with its own layer and strength: three personas, or one persona at three
-layers or strengths. Every answer comes from the same batched pass with the same random numbers,
-so the rows differ only by their steering; the plot shows each row's projection onto its own
-vector beside the baseline's projection onto that vector. Also the public ``/compare`` API.
+layers or strengths. Choosing a row's persona fills in that vector's recommended layer and
+strength (:func:`pick_row`); the strength is absolute ("strength 1.9"), as × is kept for the
+Steer slider's multiples of the recommended strength. Every answer comes from the same batched
+pass with the same random numbers, so the rows differ only by their steering; the plot shows
+each row's projection onto its own vector beside the baseline's projection onto that vector.
+Also the public ``/compare`` API.
 
 Imports: ``..compare``, ``..plots``, ``..limits``, and this package's context, forms, markup.
 """
@@ -86,7 +89,9 @@ class CompareForm:
             item, vec = view.resolve_fitting(persona)
             lay = check_layer(layer, n_layers, f"Layer of row {i}")
             st = check_strength(strength, limits)
-            rows.append(SteerRow(vec, (lay,), st, label=f"{item.name} · L{lay} ×{st:g}"))
+            # An absolute strength: "×" is kept for multiples of the recommended one (Steer).
+            label = f"{item.name} · L{lay}, strength {st:g}"
+            rows.append(SteerRow(vec, (lay,), st, label=label))
         if not rows:
             raise InputError("Pick at least one persona to compare with the baseline.")
         prompt, system = prompt_and_system(limits, self.prompt, self.system_prompt)
@@ -153,6 +158,27 @@ def row_choices(view: CatalogView) -> list[tuple[str, str]]:
     return [("(none)", ""), *view.persona_choices()]
 
 
+def pick_row(
+    ctx: AppContext, panel: ComparePanel, index: int, persona: object, session: Mapping | None
+) -> dict:
+    """A row's persona was chosen: its layer and strength become that vector's recommended
+    ones (as the Steer tab's controls do). (none) or an unknown name leaves them as they are:
+    Compare names the unknown one when it runs."""
+    if not isinstance(persona, str) or not persona.strip():
+        return {}
+    view = ctx.catalog.view(session)
+    try:
+        item = view.resolve(persona)
+    except InputError:
+        return {}
+    if item.info is None:
+        return {}
+    return {
+        panel.layers[index]: gr.update(value=ctx.default_layer(item.info)),
+        panel.strengths[index]: gr.update(value=ctx.default_strength(item.info)),
+    }
+
+
 def list_updates(panel: ComparePanel, view: CatalogView, current: list[str | None]) -> dict:
     """New choices after the vectors changed; a row keeps its persona while it still exists."""
     choices = row_choices(view)
@@ -172,7 +198,9 @@ def build(
     with gr.Accordion("Compare: up to three personas, layers or strengths", open=False):
         gr.Markdown(
             "Each row is steered its own way; all rows and the baseline come from one batch "
-            "with the same random numbers, so they differ only by their steering."
+            "with the same random numbers, so they differ only by their steering. Choosing a "
+            "persona fills in its recommended layer and strength (an absolute strength, not a "
+            "multiple)."
         )
         for i in range(1, MAX_COMPARE_ROWS + 1):
             with gr.Row(equal_height=True):
@@ -214,9 +242,9 @@ def build(
             interactive=False, wrap=True, column_widths=["9%", "17%", "9%", "10%", "55%"],
             label="Answers side by side", elem_id="pe-compare-table", elem_classes="pe-table",
         )  # fmt: skip
-        plot = gr.Plot(
+        plot = gr.Plot(  # the figure's title is its label: gradio's would cover it
             empty_figure("Compare to see each row's projection"),
-            label="Projection by layer, per row", elem_id="pe-compare-plot",
+            label="Projection by layer, per row", show_label=False, elem_id="pe-compare-plot",
         )  # fmt: skip
     return ComparePanel(personas, layers, strengths, run, status, table, plot)
 
@@ -234,6 +262,16 @@ def wire(ctx: AppContext, panel: ComparePanel, tab: Any, state: gr.State) -> Non
         for i in range(MAX_COMPARE_ROWS)
         for c in (panel.personas[i], panel.layers[i], panel.strengths[i])
     ]
+    for i, dropdown in enumerate(panel.personas):
+        # .input: a person's choice only (a refreshed list keeps the row's own numbers).
+        dropdown.input(
+            lambda persona, session, i=i: pick_row(ctx, panel, i, persona, session),
+            inputs=[dropdown, state],
+            outputs=[panel.layers[i], panel.strengths[i]],
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
     panel.run.click(
         compare,
         inputs=[

@@ -4,16 +4,19 @@
 :func:`run_steer` streams both answers, then the plots, the per-token views, the status line and
 the run's download files; :func:`run_strength_sweep` runs one batch at several strengths. Stop
 ends a run between decoding steps through the session's stop flag, so the run still reports what
-it made ("Stopped after N tokens") instead of being killed mid-way.
+it made ("Stopped after N tokens") instead of being killed mid-way. The texts stream at most
+once every ~75 ms (``shared.streaming``): Gradio's cost per update, paid on the cores the model
+decodes on, would otherwise halve the visitor's speed.
 
 Imports: the domain (``evaluate.compare``, ``evaluate.run_export``, ``steering``), ``plots``,
-``core.limits``, and ``ui.shared`` (context, markup, requests).
+``core.limits``, and ``ui.shared`` (context, markup, requests, streaming).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import gradio as gr
@@ -41,6 +44,7 @@ from persona_explorer.ui.shared.requests import (
     prompt_and_system,
     sampling,
 )
+from persona_explorer.ui.shared.streaming import coalesce
 from persona_explorer.vectors.persona_vector import PersonaVector
 
 SWEEP_MULTIPLIERS = (-2.0, 1.0, 2.0, 4.0)  # x the chosen strength; the baseline row adds 0
@@ -149,11 +153,18 @@ def token_views(out: SteerOutput) -> tuple[str, str]:
 def layer_figure(out: SteerOutput, req: SteerRequest) -> Any:
     return layer_projection_figure(
         out.baseline.layer_projection,
-        {f"steered ×{req.strengths[0]:g}": out.steered[0].layer_projection},
+        {f"steered, strength {req.strengths[0]:g}": out.steered[0].layer_projection},
         steered_layers=req.layers,
         title=f"Projection onto “{req.vector.name}” at every layer",
         readout_layer=out.readout_layer,
     )
+
+
+@cache
+def generating_figure() -> Any:
+    """The plot's placeholder while a run streams: built once (plotly takes 20-80 ms to build
+    even an empty figure, which the first token would wait for); Gradio only reads it."""
+    return empty_figure("Generating…")
 
 
 # --------------------------------------------------------------------------- handlers
@@ -166,18 +177,19 @@ def run_steer(
     session: Mapping | None,
     request: gr.Request | None,
 ) -> Iterator[dict]:
-    """Stream both texts token by token; the last update adds the plots, views and status."""
+    """Stream both texts as they grow (the first token at once, then at most one update per
+    ~75 ms); the last update adds the plots, views and status."""
     yield {tab.status: ""}  # the last run's message must not stand beside a new error
     with user_errors():
         req = form.request(ctx, session)
         first = True
         with ctx.job(request) as job:
-            for texts, out in steer_stream(ctx.model, req, should_stop=job):
+            for texts, out in coalesce(steer_stream(ctx.model, req, should_stop=job)):
                 if out is None:
                     update = {tab.baseline: texts[0], tab.steered: texts[1]}
                     if first:  # clear the previous answer's figures and files once
                         update |= {
-                            tab.plot: empty_figure("Generating…"),
+                            tab.plot: generating_figure(),
                             tab.tokens_baseline: "",
                             tab.tokens_steered: "",
                             tab.status: "Generating…",
@@ -250,8 +262,9 @@ def run_strength_sweep(
 
 STEER_DOC = """Generate the baseline and the steered answer to one prompt, side by side.
 
-Streams both texts token by token; the last update adds the per-layer projection plot, the
-per-token views, the status line and the run's JSON and CSV files."""
+Streams both texts as they grow (at most one update per ~75 ms); the last update adds the
+per-layer projection plot, the per-token views, the status line and the run's JSON and CSV
+files."""
 
 SWEEP_DOC = """The same prompt at -2, 1, 2 and 4 x the strength (plus the baseline), in one
 batch: the projection at the steered layer and each answer."""

@@ -278,7 +278,7 @@ def _live(
         req = SteerRequest(
             prompt=STEER_PROMPT, vector=vec, layers=(layer,), strengths=(strength,), sampling=cfg
         )
-        yield _boxes(tab, step, f"Steered: {vec.name} ×{strength:g} at layer {layer}")
+        yield _boxes(tab, step, f"Steered: {vec.name}, strength {strength:g} at layer {layer}")
         with ctx.job(request) as job:
             for texts, out in steer_stream(ctx.model, req, should_stop=job):
                 if out is None:

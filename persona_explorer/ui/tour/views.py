@@ -102,7 +102,7 @@ def steer_view(out: SteerOutput, persona: str, layer: int, strength: float) -> V
         text += " The two answers are the same here: try a larger strength in the Steer tab."
     fig = layer_projection_figure(
         base.layer_projection,
-        {f"steered ×{strength:g}": steered.layer_projection},
+        {f"steered, strength {strength:g}": steered.layer_projection},
         steered_layers=(layer,),
         title=f"Each answer's projection onto “{persona}”, layer by layer",
         readout_layer=out.readout_layer,
@@ -189,7 +189,7 @@ def cap_view(out: CapOutput) -> View:
         readout_layer=at,
         title="Position on the Assistant Axis, layer by layer (1 = the Assistant)",
         y_title="Position on the axis",
-        landmarks={"the Assistant": 1.0},
+        landmarks={"the Assistant": 1.0, "the roles' mean": 0.0},
     )
     return text, fig
 
