@@ -101,11 +101,11 @@ def test_repetition_counts_repeated_trigrams() -> None:
 
 def test_default_grid_stays_inside_the_model() -> None:
     vec = PersonaVector(name="v", vectors=torch.ones(30, 4), layer=14, strength=3.0)
-    assert default_grid(vec, 30) == ((8, 11, 14, 17), (0.0, 1.5, 3.0, 6.0, 12.0))
+    assert default_grid(vec, 30) == ((8, 11, 14, 17), (0.0, 0.75, 1.5, 3.0, 6.0))
     edge = vec.with_(layer=29, strength=None)
     layers, strengths = default_grid(edge, 30)
     assert max(layers) == 29 and len(layers) == 3  # 32 clipped onto 29
-    assert strengths == (0.0, 2.0, 4.0, 8.0, 16.0)
+    assert strengths == (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 # --------------------------------------------------------------------------- recommendation
@@ -136,7 +136,11 @@ def test_recommendation_takes_the_smallest_clear_strength_at_the_layer_with_most
 
     strict = Criteria(margin=0.25, min_coherence=0.95)
     none, why = recommend(grid, base, strict)
-    assert none is None and "No cell" in why and "layer 8, strength 4" in why
+    assert none is None and "No cell" in why
+    # One line per layer saying what failed there, and what to try next.
+    assert "Layer 8: the trait rose by 0.25 only at strengths 1, 2, 4" in why
+    assert "the text lost coherence (0.80 < 0.95)" in why
+    assert why.splitlines()[-1] == "Next: sweep layer 8 at strengths 0.25, 0.5."
 
 
 def test_criteria_and_configs_refuse_nonsense() -> None:

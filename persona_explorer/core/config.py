@@ -74,9 +74,12 @@ Imports: :mod:`.errors` and :mod:`.limits` only (no torch: the CLI parser reads 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from persona_explorer.core.errors import ConfigError
@@ -277,3 +280,16 @@ def load_settings(
         ),
         llama_batched_bench=Path(batched_bench) if batched_bench else None,
     )
+
+
+def app_version() -> str:
+    """The installed package's version, else the one in the checkout's ``pyproject.toml``."""
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        return metadata.version("persona-explorer")
+    with contextlib.suppress(OSError):
+        found = re.search(
+            r'(?m)^version\s*=\s*"([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text()
+        )
+        if found:
+            return found[1]
+    return "unknown"

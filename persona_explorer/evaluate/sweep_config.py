@@ -210,7 +210,13 @@ class SweepConfig:
         )
 
 
-DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
+# The default grid's strengths, in units of the vector's recorded strength. An extraction's
+# strength is set on the strong side (personas.extract.recommend_strength: the built-ins' sweeps
+# kept 0.4x-0.9x of it), and text loops past about 2x; with 0.5x-4x, 6 of the 8 built-ins got
+# the grid's weakest strength and a freshly extracted knight rose only where it looped. So the
+# grid reaches down to 0.25x and stops at 2x: still four steered strengths (strength 0 is the
+# baseline, generated once), so the quick sweep costs what it did.
+DEFAULT_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0)
 SELECT_PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "sweep" / "select_prompts.txt"
 
 
@@ -218,8 +224,8 @@ def default_grid(
     vec: PersonaVector, n_layers: int, fallback_strength: float = 4.0, n_layer_steps: int = 4
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """A first grid around what the vector records: ``n_layer_steps`` layers a tenth of the
-    model apart around its layer (14 of 30: 8, 11, 14, 17), and 0, 0.5x, 1x, 2x and 4x its
-    strength (``fallback_strength`` when it records none)."""
+    model apart around its layer (14 of 30: 8, 11, 14, 17), and :data:`DEFAULT_MULTIPLES` of its
+    strength (0, 0.25x, 0.5x, 1x, 2x; ``fallback_strength`` when it records none)."""
     centre = vec.layer if vec.layer is not None else vec.best_layer
     if centre is None or not 0 <= centre < n_layers:
         centre = (2 * n_layers) // 3

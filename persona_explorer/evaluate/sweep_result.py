@@ -9,6 +9,7 @@ the recommended cell.
   API's JSON;
 * :func:`recommend` — for the layer where the trait rises most while staying coherent, the
   smallest strength that raises it by the margin (:class:`.sweep_config.Criteria`), and why;
+  without one, what failed in each layer and the next sweep to try;
   :func:`with_recommendation` records it in the vector.
 
 Imports: the standard library, :mod:`.sweep_config` and ``vectors`` (types only).
@@ -189,6 +190,130 @@ def qualifies(cell: Cell, crit: Criteria, base_rep: float) -> bool:
     )
 
 
+def _problems(cell: Cell, crit: Criteria, base_rep: float) -> list[str]:
+    """What keeps a steered cell that has answers from qualifying, in plain words (the trait
+    shortfall not included: see :func:`_layer_reason`)."""
+    out = []
+    if cell.coherence is None:
+        out.append("its coherence could not be measured")
+    elif cell.coherence < crit.min_coherence:
+        out.append(f"the text lost coherence ({cell.coherence:.2f} < {crit.min_coherence:g})")
+    limit = base_rep + crit.max_repetition_rise
+    if cell.repetition > limit:
+        out.append(
+            f"the answers repeated themselves ({cell.repetition:.2f} > {limit:.2f}, the "
+            f"baseline's {base_rep:.2f} + {crit.max_repetition_rise:g})"
+        )
+    if cell.worst_repetition > crit.max_worst_repetition:
+        out.append(
+            f"the worst answer looped ({cell.worst_repetition:.2f} > {crit.max_worst_repetition:g})"
+        )
+    return out
+
+
+def _s(x: float) -> str:
+    return f"{x:g}"
+
+
+def _between(lo: float, hi: float) -> str:
+    """Three strengths evenly between ``lo`` and ``hi`` (exclusive), as a Strengths field."""
+    return ", ".join(_s(round(lo + (hi - lo) * k / 4, 2)) for k in (1, 2, 3))
+
+
+# What to try next at a layer, best first: (rank, text).
+_Next = tuple[int, str]
+
+
+def _layer_reason(
+    layer: int, cells: Sequence[Cell], crit: Criteria, base_rep: float
+) -> tuple[str, _Next | None]:
+    """Why no cell of ``layer`` qualified, and what to try there next (None: nothing there)."""
+    steered = sorted(
+        (c for c in cells if c.strength > 0 and c.trait is not None), key=lambda c: c.strength
+    )
+    if not steered:
+        return f"Layer {layer}: no steered answers to judge yet.", None
+    margin = crit.margin
+    rising = [c for c in steered if (c.trait or 0.0) >= margin]
+    broken = {id(c): _problems(c, crit, base_rep) for c in steered}
+    clean = [c for c in steered if not broken[id(c)]]
+    if not rising:
+        top = max(steered, key=lambda c: c.trait or 0.0)
+        said = (
+            f"Layer {layer}: the trait never rose by {margin:g} (at most {top.trait:+.2f}, at "
+            f"strength {_s(top.strength)})"
+        )
+        first_broken = next((c for c in steered if broken[id(c)]), None)
+        if first_broken is None:
+            hi = steered[-1].strength
+            return (
+                f"{said}, and nothing broke: try stronger, {_s(round(hi * 1.5, 2))} or "
+                f"{_s(round(hi * 2, 2))}.",
+                (2, f"layer {layer} at strengths {_s(round(hi * 1.5, 2))}, {_s(round(hi * 2, 2))}"),
+            )
+        return (
+            f"{said}; from strength {_s(first_broken.strength)} "
+            f"{' and '.join(broken[id(first_broken)])}: the text breaks before the trait shows "
+            "here, so try another layer.",
+            None,
+        )
+    lo = rising[0]
+    where = ", ".join(_s(c.strength) for c in rising)
+    failed = " and ".join(broken[id(lo)])
+    said = (
+        f"Layer {layer}: the trait rose by {margin:g} only at strength {where}, where {failed}"
+        if len(rising) == 1
+        else f"Layer {layer}: the trait rose by {margin:g} only at strengths {where}; at "
+        f"{_s(lo.strength)} {failed}"
+    )
+    below = [c for c in clean if c.strength < lo.strength]
+    if below:
+        b = below[-1]
+        return (
+            f"{said}; at {_s(b.strength)} the trait rose {b.trait:+.2f} < {margin:g}. Try "
+            f"strengths between {_s(b.strength)} and {_s(lo.strength)}.",
+            (0, f"layer {layer} at strengths {_between(b.strength, lo.strength)}"),
+        )
+    if lo is steered[0]:
+        return (
+            f"{said}. {_s(lo.strength)} is the weakest strength swept: try weaker, "
+            f"{_s(round(lo.strength / 2, 2))} or {_s(round(lo.strength / 4, 2))}.",
+            (
+                1,
+                f"layer {layer} at strengths {_s(round(lo.strength / 4, 2))}, "
+                f"{_s(round(lo.strength / 2, 2))}",
+            ),
+        )
+    return f"{said}, and the weaker strengths broke too: try another layer.", None
+
+
+def _no_recommendation(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> str:
+    """Why no cell qualified, one line per layer, and what to try next (lines separated by
+    newlines; a page shows them as lines)."""
+    base_rep = baseline.repetition
+    head = (
+        f"No cell raised the trait by {crit.margin:g} with coherence ≥ {crit.min_coherence:g}, "
+        f"repetition ≤ the baseline's + {crit.max_repetition_rise:g} ({base_rep:.2f} + "
+        f"{crit.max_repetition_rise:g}) and no answer looping (repeated word 3-grams ≤ "
+        f"{crit.max_worst_repetition:g})."
+    )
+    lines = [head]
+    options: list[_Next] = []
+    for layer in dict.fromkeys(c.layer for c in grid):
+        text, nxt = _layer_reason(layer, [c for c in grid if c.layer == layer], crit, base_rep)
+        lines.append(text)
+        if nxt is not None:
+            options.append(nxt)
+    if options:
+        lines.append(f"Next: sweep {min(options, key=lambda o: o[0])[1]}.")
+    elif any(c.strength > 0 and c.trait is not None for c in grid):
+        lines.append(
+            "Next: sweep other layers, or extract the vector again with clearer examples "
+            "(every layer here broke before the trait rose)."
+        )
+    return "\n".join(lines)
+
+
 def recommend(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> tuple[Cell | None, str]:
     """The recommended cell and why.
 
@@ -196,28 +321,15 @@ def recommend(grid: Sequence[Cell], baseline: Cell, crit: Criteria) -> tuple[Cel
     tolerance, and its worst answer does not loop. The layer is the one whose qualifying cells
     reach the highest trait (the most room to steer before the text breaks); the strength is the
     smallest qualifying one there.
+
+    Without one, the reason says for each layer which condition failed (the trait fell short,
+    or where it rose the text broke, and how) and what to try there, then the most promising
+    next sweep: strengths between the strongest clean one and the weakest that raised the trait,
+    else weaker ones, else stronger ones. Its lines are separated by newlines.
     """
     ok = [c for c in grid if qualifies(c, crit, baseline.repetition)]
     if not ok:
-        best = max(
-            (c for c in grid if c.trait is not None and c.strength > 0),
-            key=lambda c: c.trait or 0.0,
-            default=None,
-        )
-        hint = (
-            f" The highest trait rise was {best.trait:.2f} at layer {best.layer}, strength "
-            f"{best.strength:g} (coherence {best.coherence or 0:.2f}, repetition "
-            f"{best.repetition:.2f}, worst answer's {best.worst_repetition:.2f})."
-            if best is not None
-            else ""
-        )
-        return None, (
-            f"No cell raised the trait by {crit.margin:g} with coherence ≥ "
-            f"{crit.min_coherence:g}, repetition ≤ baseline + {crit.max_repetition_rise:g} "
-            f"and no answer looping (repeated word 3-grams ≤ {crit.max_worst_repetition:g})."
-            + hint
-            + " Try more strengths between the ones that did nothing and the ones that broke."
-        )
+        return None, _no_recommendation(grid, baseline, crit)
     layers = {c.layer for c in ok}
     reach = {layer: max(c.trait or 0.0 for c in ok if c.layer == layer) for layer in layers}
     layer = max(layers, key=lambda la: (reach[la], -la))

@@ -5,6 +5,15 @@ after the layer where a vector was added, the raw projection also contains the a
 own component, which paints the steered text red by construction. So the panels here take the
 raw projections and that component (``injected``) and show the difference, and every panel says
 where it was read, what was removed and which colour scale it uses.
+
+Zero is not a neutral point at a read-out layer. The persona direction is a difference of means,
+and the residual stream of *any* text has a large component along it that depends on the layer
+(with SmolLM2-135M and the built-in pirate: about −21 at layers 11 and 14 for plain Assistant
+answers, about +130 at the last layer). Coloured around 0, every token of both answers came out
+blue in the middle layers, including a steered answer whose own part sat 5–10 units above the
+baseline's. So :func:`token_panels_html` can centre the colours on the baseline answer's mean
+(``centre_on_baseline``): red then means "further towards the persona than the plain Assistant's
+average token here", which is what the text is compared against.
 """
 
 from __future__ import annotations
@@ -46,15 +55,25 @@ def _scale(value: object) -> float:
     return scale
 
 
-def token_view_caption(readout_layer: int, injected: float, scale: float, shared: bool) -> str:
+def token_view_caption(
+    readout_layer: int,
+    injected: float,
+    scale: float,
+    shared: bool,
+    centre: float | None = None,
+) -> str:
     """The plain-text line above a per-token panel: where it was read, what was removed, the
-    colour scale (``shared``: one scale for all panels) and what the numbers mean."""
+    colour scale (``shared``: one scale for all panels) and what the numbers mean. ``centre``:
+    the baseline answer's mean projection the colours are relative to (None: coloured around 0).
+    """
     if isinstance(readout_layer, bool) or not isinstance(readout_layer, int) or readout_layer < 0:
         raise ValueError(f"readout_layer must be a layer index (int >= 0), got {readout_layer!r}")
     injected = number(injected, "injected")
     scale = _scale(scale)
     if not isinstance(shared, bool):
         raise ValueError(f"shared must be True or False, got {shared!r}")
+    if centre is not None:
+        centre = number(centre, "centre")
     where = f"Read at layer {readout_layer}"
     # Rounded to what is printed: "(+0.000) removed" would read as a contradiction.
     if float(_num(abs(injected))) == 0.0:
@@ -64,9 +83,17 @@ def token_view_caption(readout_layer: int, injected: float, scale: float, shared
             f"{where}; the added vector's own component ({_num(injected, sign=True)}) removed."
         )
     whose = "one scale for every panel" if shared else "this panel's own scale"
+    if centre is None:
+        return (
+            f"{removed} Colour: ±{_num(scale)} ({whose}). Values are projections onto the unit "
+            "persona vector, in activation units: 0 = no lean either way."
+        )
     return (
-        f"{removed} Colour: ±{_num(scale)} ({whose}). Values are projections onto the unit "
-        "persona vector, in activation units: 0 = no lean either way."
+        f"{removed} Colour: ±{_num(scale)} ({whose}) around the baseline answer's mean here "
+        f"({_num(centre, sign=True)}): red leans further towards the persona than the plain "
+        "Assistant's average token, blue less. Values (hover) are relative to that mean, in "
+        "activation units along the unit persona vector; raw values sit far from 0 for any "
+        "text, so 0 itself means nothing."
     )
 
 
@@ -76,6 +103,7 @@ def token_projection_html(
     scale: float | None = None,
     *,
     caption: str | None = None,
+    centre_label: str = "0: no lean",
 ) -> str:
     """An HTML snippet colouring each token by its projection (for ``gr.HTML``).
 
@@ -83,7 +111,8 @@ def token_projection_html(
     ``|value| / scale`` (``scale`` defaults to the largest ``|value|``). Hovering a token shows
     its value. ``caption`` (plain text, escaped) is a line above the tokens saying what the
     colours mean; see :func:`token_view_caption`. Tokens are HTML-escaped; whitespace is
-    preserved and newlines break lines.
+    preserved and newlines break lines. ``centre_label`` is the legend's word for an uncoloured
+    token (the values' 0).
     """
     if isinstance(tokens, str) or not isinstance(tokens, Sequence):
         raise ValueError("tokens must be a sequence of strings (one per token), not one string")
@@ -100,6 +129,8 @@ def token_projection_html(
         scale = _scale(scale)
     if caption is not None and not isinstance(caption, str):
         raise ValueError(f"caption must be a string, got {type(caption).__name__}")
+    if not isinstance(centre_label, str):
+        raise ValueError(f"centre_label must be a string, got {type(centre_label).__name__}")
 
     head = (
         f'<div class="pe-token-caption" style="font-size:12px;color:{_MUTED};'
@@ -138,7 +169,7 @@ def token_projection_html(
         f'<span><span style="{swatch}background:{neg_bg}"></span> '
         f"blue: away from the persona (−{eff_scale:.3f})</span>"
         f'<span><span style="{swatch}background:transparent;border:1px solid #D1D5DB">'
-        "</span> 0: no lean</span>"
+        f"</span> {html.escape(centre_label, quote=False)}</span>"
         f'<span><span style="{swatch}background:{pos_bg}"></span> '
         f"red: towards it (+{eff_scale:.3f})</span>"
         "<span>hover a token for its value</span>"
@@ -157,12 +188,16 @@ def token_panels_html(
     readout_layer: int,
     *,
     shared_scale: bool = False,
+    centre_on_baseline: bool = False,
 ) -> list[str]:
     """One captioned per-token panel per row of ``(tokens, raw projections, injected)``.
 
     Each panel colours ``raw − injected`` (the model's own part at ``readout_layer``; the
-    baseline's ``injected`` is 0). Each panel gets its own colour scale (its largest
-    ``|value|``), or with ``shared_scale`` one scale for all, and the caption says which.
+    baseline's ``injected`` is 0). With ``centre_on_baseline`` the first row is the baseline and
+    every panel is coloured relative to its mean (module docstring: 0 is no neutral point at a
+    read-out layer); a baseline with no tokens leaves the centre at 0. Each panel gets its own
+    colour scale (its largest ``|value|``), or with ``shared_scale`` one scale for all, and the
+    caption says which.
     """
     own: list[tuple[Sequence[str], list[float], float]] = []
     for i, row in enumerate(rows):
@@ -174,14 +209,23 @@ def token_panels_html(
             (tokens, [v - inj for v in floats(raw, f"rows[{i}] values", allow_empty=True)], inj)
         )
 
+    centre: float | None = None
+    if centre_on_baseline and own:
+        base_values = own[0][1]
+        centre = sum(base_values) / len(base_values) if base_values else 0.0
+        own = [(tokens, [v - centre for v in values], inj) for tokens, values, inj in own]
+
     def peak(values: Sequence[float]) -> float:
         top = max((abs(v) for v in values), default=0.0)
         return top if top > 0 else 1.0  # nothing to colour: any positive scale will do
 
     everything = [v for _, values, _ in own for v in values]
+    label = "0: no lean" if centre is None else "centre: the baseline's mean"
     panels = []
     for tokens, values, inj in own:
         scale = peak(everything) if shared_scale else peak(values)
-        caption = token_view_caption(readout_layer, inj, scale, shared_scale)
-        panels.append(token_projection_html(tokens, values, scale, caption=caption))
+        caption = token_view_caption(readout_layer, inj, scale, shared_scale, centre)
+        panels.append(
+            token_projection_html(tokens, values, scale, caption=caption, centre_label=label)
+        )
     return panels

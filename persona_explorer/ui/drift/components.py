@@ -45,3 +45,8 @@ class DriftTab:
     replay_status: gr.Markdown
     replay_json: gr.JSON
     replays: gr.State
+    # The series as files (issue 26): the chat's and the replays', JSON and CSV.
+    chat_file_json: gr.DownloadButton
+    chat_file_csv: gr.DownloadButton
+    replay_file_json: gr.DownloadButton
+    replay_file_csv: gr.DownloadButton

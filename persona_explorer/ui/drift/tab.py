@@ -17,6 +17,9 @@ Two parts share one layer slider and one list of persona vectors to project onto
 Moving the layer re-draws both plots from what the tab keeps (the chat's turns, the replays in
 a ``gr.State``): nothing is computed again.
 
+Both series download as JSON and CSV (:mod:`.downloads`), written after each answer, replay or
+move of the layer from what the tab keeps.
+
 ``build`` lays the tab out and wires its events; the widgets are :class:`.components.DriftTab`,
 the actions :mod:`.handlers` (the forms and the handlers) and what they show :mod:`.views`.
 
@@ -43,6 +46,7 @@ from persona_explorer.core.limits import (
 )
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.ui.drift.components import DriftTab
+from persona_explorer.ui.drift.downloads import chat_downloads, replay_downloads
 from persona_explorer.ui.drift.handlers import (
     DEFAULT_CHAT_TOKENS,
     WINDOW_CHOICES,
@@ -172,6 +176,13 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
                 )
                 with gr.Accordion("Conversation so far (JSON: replayable)", open=False):
                     history = gr.JSON({}, label="Conversation", elem_id="pe-drift-history")
+                with gr.Row():
+                    chat_file_json = gr.DownloadButton(
+                        "Download the chat's series (JSON)", elem_id="pe-drift-chat-json"
+                    )
+                    chat_file_csv = gr.DownloadButton(
+                        "Download the chat's series (CSV)", elem_id="pe-drift-chat-csv"
+                    )
         with gr.Tab("Replay", id="drift-replay"), gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
                 transcripts = gr.Dropdown(
@@ -226,6 +237,13 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
                     replay_json = gr.JSON(
                         None, label="Per-turn numbers", elem_id="pe-drift-replay-json"
                     )
+                with gr.Row():
+                    replay_file_json = gr.DownloadButton(
+                        "Download the replays' series (JSON)", elem_id="pe-drift-replay-file-json"
+                    )
+                    replay_file_csv = gr.DownloadButton(
+                        "Download the replays' series (CSV)", elem_id="pe-drift-replay-file-csv"
+                    )
     replays = gr.State([])
     tab = DriftTab(
         plot_layer=plot_layer_slider, projections=projections, chatbot=chatbot, message=message,
@@ -236,7 +254,8 @@ def build(ctx: AppContext, state: gr.State) -> DriftTab:
         chat_status=chat_status, history=history, transcripts=transcripts, upload=upload,
         window=window, replay_cap=replay_cap, run_replay=run_btn, stop_replay=stop_replay,
         replay_plot=replay_plot, replay_status=replay_status, replay_json=replay_json,
-        replays=replays,
+        replays=replays, chat_file_json=chat_file_json, chat_file_csv=chat_file_csv,
+        replay_file_json=replay_file_json, replay_file_csv=replay_file_csv,
     )  # fmt: skip
     _wire(ctx, tab, state)
     return tab
@@ -271,7 +290,7 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
         doc=CHAT_DOC,
         request=True,
     )
-    gr.on(
+    chatted = gr.on(
         [tab.send.click, tab.message.submit],
         chat,
         inputs=[*chat_inputs, state],
@@ -293,7 +312,7 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
         request=True,
         progress=True,
     )
-    tab.run_replay.click(
+    replayed = tab.run_replay.click(
         replay,
         inputs=[
             tab.transcripts,
@@ -323,7 +342,7 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
             queue=False,
             api_visibility="private",
         )
-    tab.plot_layer.change(
+    replotted = tab.plot_layer.change(
         lambda layer, history, kept: replot(ctx, tab, layer, history, kept=kept),
         inputs=[tab.plot_layer, tab.history, tab.replays],
         outputs=[tab.chat_plot, tab.replay_plot, tab.replay_status, tab.replay_json],
@@ -332,12 +351,39 @@ def _wire(ctx: AppContext, tab: DriftTab, state: gr.State) -> None:
         api_visibility="private",
     )
     tab.clear.click(
-        lambda: ({}, [], empty_figure(NO_CHAT), md(NO_CHAT)),
+        lambda: ({}, [], empty_figure(NO_CHAT), md(NO_CHAT), None, None),
         None,
-        [tab.history, tab.chatbot, tab.chat_plot, tab.chat_status],
+        [
+            tab.history,
+            tab.chatbot,
+            tab.chat_plot,
+            tab.chat_status,
+            tab.chat_file_json,
+            tab.chat_file_csv,
+        ],
         queue=False,
         api_visibility="private",
     )
+
+    # The series as files, written from what the tab keeps once an event has drawn it.
+    chat_files = [tab.chat_file_json, tab.chat_file_csv]
+    replay_files = [tab.replay_file_json, tab.replay_file_csv]
+    for event in (chatted, replotted):
+        event.success(
+            lambda history, layer: chat_downloads(ctx, history, layer),
+            [tab.history, tab.plot_layer],
+            chat_files,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+    for event in (replayed, replotted):
+        event.success(
+            lambda kept, layer: replay_downloads(ctx, kept, layer),
+            [tab.replays, tab.plot_layer],
+            replay_files,
+            show_progress="hidden",
+            api_visibility="private",
+        )
 
     def refresh(session: dict | None, persona: Any, current: Any) -> dict:
         updates = refresh_vectors(ctx, session, persona, current)

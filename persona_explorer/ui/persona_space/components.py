@@ -33,3 +33,6 @@ class PersonaSpaceTab:
     layers: gr.Plot
     coords: gr.JSON
     placed: gr.State
+    # The coordinates as files (issue 26), JSON and CSV.
+    file_json: gr.DownloadButton
+    file_csv: gr.DownloadButton

@@ -4,6 +4,8 @@ user's own prompt and answer, and persona vectors placed in it (issue 10, item 2
 ``build`` lays the tab out and wires its events; the widgets are
 :class:`.components.PersonaSpaceTab`, the actions :mod:`.handlers` (the public
 ``/persona_map`` endpoint is "Place my prompt") and the figures and words :mod:`.views`.
+The coordinates on screen download as JSON and CSV (:mod:`.downloads`), written after each
+draw.
 
 Imports: gradio, ``core.limits`` (the tab's bounds), ``axis`` (the default layer),
 ``ui.shared`` (context, forms, teaching) and this tab's components and handlers.
@@ -16,6 +18,7 @@ import gradio as gr
 from persona_explorer.axis.assistant_axis import default_axis_layer
 from persona_explorer.core.limits import APP_MAP_MAX_PERSONAS, APP_MAP_MAX_TOKENS
 from persona_explorer.ui.persona_space.components import PersonaSpaceTab
+from persona_explorer.ui.persona_space.downloads import map_downloads
 from persona_explorer.ui.persona_space.handlers import (
     ARROW_CHOICES,
     DEFAULT_PLACE_TOKENS,
@@ -128,12 +131,20 @@ def build(ctx: AppContext, state: gr.State) -> PersonaSpaceTab:
                 )
             with gr.Accordion("Coordinates (JSON)", open=False):
                 coords_json = gr.JSON(coords, label="Coordinates", elem_id="pe-space-json")
+            with gr.Row():
+                file_json = gr.DownloadButton(
+                    "Download the coordinates (JSON)", elem_id="pe-space-download-json"
+                )
+                file_csv = gr.DownloadButton(
+                    "Download the coordinates (CSV)", elem_id="pe-space-download-csv"
+                )
     placed = gr.State(None)
     tab = PersonaSpaceTab(
         layer=layer, view=view, personas=personas, refresh=refresh, arrow_length=arrow_length,
         prompt=prompt, system=system, max_new_tokens=max_new_tokens, place=place, clear=clear,
         draw=draw, answer=answer, summary=summary_md, plot=plot, variance=variance,
-        layers=layers, coords=coords_json, placed=placed,
+        layers=layers, coords=coords_json, placed=placed, file_json=file_json,
+        file_csv=file_csv,
     )  # fmt: skip
     _wire(ctx, tab, state)
     return tab
@@ -164,7 +175,7 @@ def _wire(ctx: AppContext, tab: PersonaSpaceTab, state: gr.State) -> None:
         request=True,
         progress=True,
     )
-    gr.on(
+    mapped = gr.on(
         [tab.place.click, tab.prompt.submit],
         persona_map,
         inputs=[*form_inputs, state],
@@ -188,7 +199,7 @@ def _wire(ctx: AppContext, tab: PersonaSpaceTab, state: gr.State) -> None:
         return replot(ctx, tab, form, session, placed=placed, progress=progress)
 
     redraw_inputs = [tab.layer, tab.view, tab.personas, tab.arrow_length, state, tab.placed]
-    gr.on(
+    redrawn = gr.on(
         [
             tab.layer.change,
             tab.view.change,
@@ -215,13 +226,39 @@ def _wire(ctx: AppContext, tab: PersonaSpaceTab, state: gr.State) -> None:
         form = PersonaMapForm(layer, view, personas, arrow_length)
         return clear_points(ctx, tab, form, session, progress=progress)
 
-    tab.clear.click(
+    cleared = tab.clear.click(
         clear,
         inputs=redraw_inputs[:-1],
         outputs=[*figures, tab.answer, tab.placed],
         show_progress_on=[tab.plot],
         api_visibility="private",
     )
+
+    def files(
+        layer: float,
+        view: str,
+        personas: list[str] | None,
+        arrow_length: str,
+        system: str,
+        max_new_tokens: float,
+        session: dict | None,
+        placed: object,
+    ) -> tuple[str, str]:
+        form = PersonaMapForm(
+            layer, view, personas, arrow_length, system_prompt=system,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        return map_downloads(ctx, form, session, placed)
+
+    # The coordinates as files, written from the same inputs once the map is drawn.
+    for event in (mapped, redrawn, cleared):
+        event.success(
+            files,
+            [*redraw_inputs[:4], tab.system, tab.max_new_tokens, state, tab.placed],
+            [tab.file_json, tab.file_csv],
+            show_progress="hidden",
+            api_visibility="private",
+        )
     tab.refresh.click(
         lambda session, current: refresh_personas(ctx, session, current),
         inputs=[state, tab.personas],

@@ -34,7 +34,8 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     (
         "Projection",
         "How far an activation lies along a direction: one number, higher meaning 'more like "
-        "the persona', 0 meaning no lean either way.",
+        "the persona'. Any text sits some way from 0, so compare it with the plain "
+        "Assistant's (the baseline), not with 0.",
     ),
     (
         "Steering",

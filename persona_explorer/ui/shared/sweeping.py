@@ -89,7 +89,7 @@ def sweep_after_extraction(
     if rec is None:
         return vec, (
             f"**Sweep** ({grid}): no recommendation, so the extraction's layer and strength "
-            f"stay. {md(result.reason, 600)}"
+            "stay.  \n" + "  \n".join(md(line, 400) for line in result.reason.splitlines()[:40])
         )
     return tuned, (
         f"**Sweep** ({grid}): recommended **layer {rec.layer}, strength "

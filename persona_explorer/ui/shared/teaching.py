@@ -36,7 +36,9 @@ between the two columns comes from the vector.
 
 **Projection by layer.** For each layer, the answer's average activation projected onto the
 persona direction: its length along the unit vector, in activation units (the residual stream's
-own scale). Higher means "more like the persona"; 0 means no lean either way. Top panel: the
+own scale). Higher means "more like the persona". Any text lies some way from 0 along it, by
+an amount that differs from layer to layer, so compare the lines with each other (the baseline
+is the plain Assistant), not with 0. Top panel: the
 dotted blue line is the baseline, each solid line a steered answer (one colour and marker per
 row when you compare several); the shaded band marks where the vector was added ("injected at
 L"). Bottom panel: steered minus baseline, the change at each layer. Before the band the two
@@ -46,9 +48,14 @@ added vector itself, and what the model's later layers made of it.
 **Per-token view.** Each generated token coloured by its projection at the *read-out layer* (the
 dashed line in the plot). On the steered side the added vector's own component, the same for
 every token, is taken out first: left in, it would paint every token red by construction. What
-remains is the model's own lean: red towards the persona, blue away from it. Each panel has its
-own colour scale, written above it, so compare colours within a panel and hover a token for its
-value to compare across panels.
+remains is the model's own lean. Raw values at a read-out layer sit far from 0 for any text (for
+the pirate, about −21 at layer 11 for plain answers), so colours are relative to the **baseline
+answer's mean** there: red leans further towards the persona than the plain Assistant's average
+token, blue less, uncoloured about as much. So the baseline panel is always a mix of both, and a
+steered answer that leans towards the persona is mostly red. Both panels share one colour scale,
+written above them with the centre's value; hover a token for its value relative to that centre.
+Single tokens scatter widely (function words and content words differ by ±15 on their own):
+read the panel's overall tint, not one token.
 
 **Strength sweep.** The same prompt at several strengths (multiples of the strength you set) in
 one batch, and how far each answer moves along the persona direction.

@@ -138,7 +138,10 @@ def status_line(out: SteerOutput, strength: float, recorded: float | None, timed
 
 def token_views(out: SteerOutput) -> tuple[str, str]:
     """Both per-token views: the model's own part (the added vector's direct component taken
-    out of the steered side), each panel on its own colour scale, said in its caption."""
+    out of the steered side), coloured relative to the baseline answer's mean at the read-out
+    layer on one scale for both panels, as their captions say. Raw projections of any text sit
+    far from 0 there (about −21 at layer 11 for the pirate), so colours around 0 painted both
+    answers blue (issue 26); relative to the plain Assistant, red means "more like the persona"."""
     base, steered = out.baseline, out.steered[0]
     views = token_panels_html(
         [
@@ -146,6 +149,8 @@ def token_views(out: SteerOutput) -> tuple[str, str]:
             (steered.token_strings, steered.token_projection, steered.token_injected),
         ],
         out.readout_layer,
+        shared_scale=True,
+        centre_on_baseline=True,
     )
     return views[0], views[1]
 

@@ -36,6 +36,7 @@ from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.forms import form_endpoint
 from persona_explorer.ui.sweep.components import SweepTab
+from persona_explorer.ui.sweep.downloads import sweep_downloads
 from persona_explorer.ui.sweep.handlers import (
     DEFAULT_TOKENS,
     FAILED,
@@ -127,7 +128,10 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
             strengths = gr.Textbox(
                 strengths0,
                 label=f"Strengths (at most {APP_SWEEP_MAX_STRENGTHS}; 0 is the baseline)",
-                info="The default is 0, ½, 1, 2 and 4 times the vector's recorded strength.",
+                info=(
+                    "The default is 0, ¼, ½, 1 and 2 times the vector's recorded strength; "
+                    "without a recommendation, the status says what to try next."
+                ),
                 max_lines=1,
                 elem_id="pe-sweep-strengths",
             )
@@ -215,6 +219,13 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
             )
             with gr.Accordion("Result (JSON)", open=False):
                 summary = gr.JSON(None, label="Result", elem_id="pe-sweep-json")
+            with gr.Row():
+                grid_json = gr.DownloadButton(
+                    "Download the grid (JSON)", elem_id="pe-sweep-download-json"
+                )
+                grid_csv = gr.DownloadButton(
+                    "Download the grid (CSV)", elem_id="pe-sweep-download-csv"
+                )
     tab = SweepTab(
         state=state, persona=persona, info=info, prompts=prompts, layers=layers,
         strengths=strengths, max_new_tokens=max_new_tokens, positions=positions, margin=margin,
@@ -224,6 +235,7 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> SweepTab:
         summary=summary, run_state=gr.State(None), used_key=gr.State(None),
     )  # fmt: skip
     _wire(ctx, tab, owner)
+    _wire_downloads(ctx, tab, grid_json, grid_csv)
     return tab
 
 
@@ -313,6 +325,21 @@ def _wire(ctx: AppContext, tab: SweepTab, owner: gr.BrowserState) -> None:
         lambda kept, session, token: use_settings(ctx, tab, kept, session, owner=token),
         [tab.run_state, tab.state, owner],
         [tab.state, tab.persona, tab.used_key, tab.use_note, tab.run_state, tab.info],
+        show_progress="hidden",
+        **private,
+    )
+
+
+def _wire_downloads(
+    ctx: AppContext, tab: SweepTab, grid_json: gr.DownloadButton, grid_csv: gr.DownloadButton
+) -> None:
+    """The grid as files (issue 26), written after each sweep from what the tab keeps."""
+    private: dict[str, Any] = {"api_visibility": "private"}
+    tab.run.click(lambda: (None, None), None, [grid_json, grid_csv], queue=False, **private)
+    tab.swept.success(
+        lambda kept: sweep_downloads(ctx, kept),
+        [tab.run_state],
+        [grid_json, grid_csv],
         show_progress="hidden",
         **private,
     )

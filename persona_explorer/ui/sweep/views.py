@@ -28,9 +28,14 @@ __all__ = [
     "columns_frame",
     "grid_frame",
     "grid_of",
+    "reason_markdown",
     "status_text",
     "table",
 ]
+
+
+# A reason has a head line, one per layer (at most APP_SWEEP_MAX_LAYERS) and a "Next" line.
+MAX_REASON_LINES = 40
 
 
 @dataclass(frozen=True)
@@ -160,13 +165,20 @@ def status_text(run: SweepRun) -> str:
         )
     rec = result.recommended
     if rec is None:
-        return done + f"**No recommendation.** {md(result.reason, 800)}"
+        return done + f"**No recommendation.** {reason_markdown(result.reason)}"
     return (
         done
         + f"**Recommended: layer {rec.layer}, strength {strength_label(rec.strength)}** (★). "
-        + md(result.reason, 800)
+        + reason_markdown(result.reason)
         + " Press **Use these settings** to make them the vector's defaults in Steer."
     )
+
+
+def reason_markdown(reason: str) -> str:
+    """A sweep's reason as Markdown, its lines kept (without a recommendation it has one line
+    per layer and a last one saying what to try next), each escaped."""
+    lines = [md(line, 400) for line in reason.splitlines() if line.strip()][:MAX_REASON_LINES]
+    return "  \n".join(lines)
 
 
 def _missing(result: SweepResult) -> int:

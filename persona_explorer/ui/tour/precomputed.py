@@ -20,19 +20,16 @@ fine-tuning, shift), ``vectors`` and ``engine.model`` (types); no gradio.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
-import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persona_explorer.core.config import REPO_ROOT
+from persona_explorer.core.config import REPO_ROOT, app_version
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.fileio import atomic_write
 
@@ -85,19 +82,6 @@ TRAIN_ARMS = (
 TRAIN_SAMPLES = 32
 
 ProgressFn = Callable[[float, str], None]
-
-
-def app_version() -> str:
-    """The installed package's version, else the one in the checkout's ``pyproject.toml``."""
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        return metadata.version("persona-explorer")
-    with contextlib.suppress(OSError):
-        found = re.search(
-            r'(?m)^version\s*=\s*"([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text()
-        )
-        if found:
-            return found[1]
-    return "unknown"
 
 
 def result_path(step: str, folder: Path = TOUR_DIR) -> Path:
