@@ -4,10 +4,12 @@ editing). ``--adapter`` runs the whole app on a model fine-tuned with that LoRA 
 import sys
 
 from persona_explorer.core.config import load_settings
-from persona_explorer.ui import build_demo, configure_queue, launch_kwargs
+from persona_explorer.ui import build_app, launch_kwargs
 
 settings = load_settings(argv=sys.argv[1:])
-demo = configure_queue(build_demo(settings), settings)
+# Built on a thread that ends, so that the server's main thread owns no OpenMP pool (see
+# build_app): generation then runs at the engine's own speed in Gradio's worker threads.
+demo = build_app(settings)
 
 if __name__ == "__main__":
     demo.launch(**launch_kwargs(settings))

@@ -40,6 +40,7 @@ nowhere outside ``ui``.
 from __future__ import annotations
 
 import html
+import threading
 from typing import Any
 
 import gradio as gr
@@ -76,7 +77,7 @@ from persona_explorer.ui.sweep import tab as sweep_tab
 from persona_explorer.ui.tour import handlers as tour_steps
 from persona_explorer.ui.tour import tab as tour_tab
 
-__all__ = ["build_demo", "configure_queue", "launch_kwargs", "theme"]
+__all__ = ["build_app", "build_demo", "configure_queue", "launch_kwargs", "theme"]
 
 # Gradio's own bound on everything queued (its refusal reads "currently busy"): well above
 # what the per-visitor and per-address caps let in, so that those, with their messages, refuse.
@@ -119,6 +120,32 @@ def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
         trusted_hops=settings.trusted_proxy_hops,
     )
     return demo
+
+
+def build_app(settings: Settings) -> gr.Blocks:
+    """The queued app, built (model loaded, first views drawn) on a thread that then ends.
+
+    Why a thread: libgomp, which runs torch's CPU kernels, gives every thread that starts an
+    OpenMP region its own pool of workers, and once it manages more threads than there are CPUs
+    its workers sleep between regions instead of spinning. Built on the main thread, whose pool
+    lives as long as the server, every generation run by Gradio's worker threads was 1.7x
+    slower (16.4 vs 27.6 ms a step on 2 cores, README "Where one visitor's time goes"); the
+    pool of a thread that has ended is freed.
+    """
+    built: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            built["demo"] = configure_queue(build_demo(settings), settings)
+        except BaseException as exc:  # re-raised on the caller's thread
+            built["error"] = exc
+
+    thread = threading.Thread(target=build, name="persona-explorer-build")
+    thread.start()
+    thread.join()
+    if "error" in built:
+        raise built["error"]
+    return built["demo"]
 
 
 def launch_kwargs(settings: Settings) -> dict[str, Any]:
