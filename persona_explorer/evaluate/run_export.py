@@ -60,7 +60,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from persona_explorer.evaluate.compare import RowOutput, SteerOutput
 
-__all__ = ["CSV_COLUMNS", "FORMAT", "VERSION", "projections_csv", "run_json", "run_record"]
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMAT",
+    "VERSION",
+    "plain",
+    "projections_csv",
+    "run_json",
+    "run_record",
+    "text_cell",
+]
 
 FORMAT = "persona-explorer-run"
 VERSION = 1
@@ -78,7 +87,7 @@ CSV_COLUMNS = (
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """``value`` as JSON-ready data: containers as dicts and lists, non-finite floats as None,
     anything else JSON cannot hold as its ``str()``."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -86,9 +95,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return str(value)
 
 
@@ -155,8 +164,8 @@ def run_record(out: SteerOutput, settings: Mapping[str, Any] | None = None) -> d
         },
         "rows": [_row_record(i, row, out.stopped) for i, row in enumerate(out.rows)],
     }
-    plain: dict[str, Any] = _plain(record)
-    return plain
+    ready: dict[str, Any] = plain(record)
+    return ready
 
 
 def run_json(out: SteerOutput, settings: Mapping[str, Any] | None = None) -> str:
@@ -164,7 +173,8 @@ def run_json(out: SteerOutput, settings: Mapping[str, Any] | None = None) -> str
     return json.dumps(run_record(out, settings), ensure_ascii=False, allow_nan=False, indent=2)
 
 
-def _text_cell(text: str) -> str:
+def text_cell(text: str) -> str:
+    """A CSV text cell a spreadsheet will not read as a formula."""
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
@@ -179,7 +189,7 @@ def projections_csv(out: SteerOutput) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for index, row in enumerate(out.rows):
-        label = _text_cell(row.label)
+        label = text_cell(row.label)
         for layer, (value, base, injected) in enumerate(
             zip(
                 row.layer_projection,
@@ -212,7 +222,7 @@ def projections_csv(out: SteerOutput) -> str:
                     label,
                     row.readout_layer,
                     i,
-                    _text_cell(token),
+                    text_cell(token),
                     _number_cell(value),
                     base_mean,
                     _number_cell(row.token_injected),

@@ -31,7 +31,8 @@ Files are written by :func:`write_pair` into a fresh folder of the app's capped 
 (:class:`.context.Exports`: pruned by age and count); their names are fixed by the code (the
 ``stem``), never taken from the visitor.
 
-Imports: the standard library, ``core`` (config, fileio) and :mod:`.context` for types only.
+Imports: the standard library, ``core`` (config, fileio), ``evaluate.run_export`` (JSON-ready
+values and safe CSV text cells, written once) and :mod:`.context` for types only.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from persona_explorer.core.config import app_version
 from persona_explorer.core.fileio import atomic_write
+from persona_explorer.evaluate.run_export import plain, text_cell
 
 if TYPE_CHECKING:
     from persona_explorer.ui.shared.context import Exports
@@ -68,22 +70,7 @@ __all__ = [
 FORMAT = "persona-explorer-download"
 VERSION = 1
 PROVENANCE_COLUMNS = ("model_id", "app_version", "layers", "vectors", "settings", "created")
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _STEM = re.compile(r"^[a-z0-9][a-z0-9-]{0,60}$")
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready data: containers as dicts and lists, non-finite floats as None,
-    anything else JSON cannot hold as its ``str()``."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return str(value)
 
 
 def provenance(
@@ -120,11 +107,6 @@ def record(
         out.setdefault(key, value)
     done: dict[str, Any] = plain(out)
     return done
-
-
-def text_cell(text: str) -> str:
-    """``text`` safe to open in a spreadsheet (a formula start gets a leading ``'``)."""
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _cell(value: Any) -> Any:
