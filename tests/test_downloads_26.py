@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from persona_explorer.core.config import app_version
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.evaluate.sweep_config import SweepConfig
 from persona_explorer.evaluate.sweep_result import Cell, SweepResult
@@ -47,7 +48,7 @@ def read_pair(ctx: AppContext, paths: tuple) -> tuple[dict, list[dict]]:
     data = json.loads(json_path.read_text(encoding="utf-8"))
     assert data["format"] == downloads.FORMAT and data["version"] == downloads.VERSION
     assert data["model_id"] == ctx.model.model_id
-    assert data["app_version"] == downloads.app_version() != ""
+    assert data["app_version"] == app_version() != ""
     assert isinstance(data["layers"], list) and data["layers"]
     assert isinstance(data["vectors"], list) and isinstance(data["settings"], dict)
     assert data["created"].endswith("Z")

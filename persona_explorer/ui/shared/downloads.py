@@ -58,12 +58,9 @@ __all__ = [
     "FORMAT",
     "PROVENANCE_COLUMNS",
     "VERSION",
-    "app_version",
-    "plain",
     "provenance",
     "record",
     "table_csv",
-    "text_cell",
     "write_pair",
 ]
 
