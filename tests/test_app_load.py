@@ -69,3 +69,28 @@ def test_concurrent_clients_all_succeed_and_baselines_do_not_leak() -> None:
     for baseline, steered, *_ in probes:
         assert baseline == alone_baseline
         assert steered == alone_steered
+
+
+def test_concurrent_sessions_each_get_exactly_their_solo_answer() -> None:
+    """Twelve visitors press Generate together, each with their own prompt, persona, layer and
+    strength: with the shared batch their steps run as one, and each answer (baseline and
+    steered) is character for character what the same request gets alone."""
+    url = shared_server().url
+    requests = [
+        (f"Visitor {i}: tell me about {topic}.", STRONG if i % 2 else MILD, 6 + i, 1.5 + 0.5 * i)
+        for i, topic in enumerate(["rain", "ships", "bread", "cats", "maths", "music"] * 2)
+    ]
+    solo = [steer(Client(url, verbose=False), *req)[:2] for req in requests]
+    together: dict[int, tuple] = {}
+    start = threading.Barrier(len(requests))
+
+    def visitor(i: int) -> None:
+        client = Client(url, verbose=False)
+        start.wait()
+        together[i] = steer(client, *requests[i])[:2]
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        for f in [pool.submit(visitor, i) for i in range(len(requests))]:
+            f.result(timeout=600)
+    for i, answer in enumerate(solo):
+        assert together[i] == answer, requests[i]

@@ -27,7 +27,8 @@ def test_defaults_from_an_empty_environment(tmp_path: Path) -> None:
     assert s.limits.max_upload_mb == 20  # a 16 MB vector with its metadata fits
     assert s.limits.max_upload_bytes == 20 * 1024 * 1024
     assert s.trusted_proxy_hops == 0  # no X-Forwarded-For is believed
-    assert s.steer_concurrency == 2
+    assert s.steer_concurrency == 32  # visitors decoding together in the shared batch
+    assert s.shared_batch
     assert s.extract_concurrency == 1
     assert (s.server_name, s.server_port) == ("127.0.0.1", 7860)
 
@@ -65,6 +66,7 @@ def test_every_variable_overrides(tmp_path: Path) -> None:
         "PERSONA_EXPLORER_DEFAULT_PERSONA": "evil",
         "PERSONA_EXPLORER_STEER_CONCURRENCY": "3",
         "PERSONA_EXPLORER_EXTRACT_CONCURRENCY": "2",
+        "PERSONA_EXPLORER_SHARED_BATCH": "0",
         "PERSONA_EXPLORER_MAX_TEMPERATURE": "1.5",
         "PERSONA_EXPLORER_CACHE": str(tmp_path / "cache"),
         "PERSONA_EXPLORER_PERSONA_DATA": str(tmp_path / "personas"),
@@ -88,6 +90,7 @@ def test_every_variable_overrides(tmp_path: Path) -> None:
     assert s.persona_data_dir == tmp_path / "personas"
     assert (s.fast_decoder, s.decode_kernel) == (False, False)
     assert s.steer_concurrency == 3
+    assert not s.shared_batch
     assert s.extract_concurrency == 2
     assert (s.server_name, s.server_port) == ("0.0.0.0", 8123)
 

@@ -133,12 +133,15 @@ class Settings:
     persona_data_dir: Path = ASSETS_DIR / "personas"
     fast_decoder: bool = True  # the hand-written Llama-family decoder where it applies
     decode_kernel: bool = True  # its compiled AVX2 matrix-vector kernel on CPU
+    # Visitors' short generations decode together, one step for all (steering.shared_batch).
+    shared_batch: bool = True
     limits: Limits = field(default_factory=Limits)
     # Public mode (a Space, or PERSONA_EXPLORER_PUBLIC=1): anonymous visitors; the shared
     # library is read-only for them (their own saves stay in their browser session).
     public: bool = False
     default_persona: str = "pirate"
-    steer_concurrency: int = 2
+    # Generations running at once: with the shared batch, how many visitors decode together.
+    steer_concurrency: int = 32
     extract_concurrency: int = 1
     server_name: str = "127.0.0.1"
     server_port: int = 7860
@@ -266,6 +269,7 @@ def load_settings(
         persona_data_dir=path("PERSONA_DATA", base.persona_data_dir),
         fast_decoder=_switch(env, p + "FAST", base.fast_decoder),
         decode_kernel=_switch(env, p + "KERNEL", base.decode_kernel),
+        shared_batch=_switch(env, p + "SHARED_BATCH", base.shared_batch),
         limits=limits,
         # Hugging Face Spaces set SPACE_ID: a Space is public unless told otherwise.
         public=_switch(env, p + "PUBLIC", bool(_raw(env, "SPACE_ID"))),

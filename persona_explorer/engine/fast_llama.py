@@ -37,6 +37,7 @@ must never be changed in place afterwards (a fine-tuned model is a new ``LoadedM
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -308,6 +309,86 @@ class FastLlamaDecoder:
     ) -> _FastSession:
         return _FastSession(self, input_ids, attention_mask, max_new_tokens, row_invariant)
 
+    def can_share(self, session: object) -> bool:
+        """Whether ``session`` may decode in :meth:`step_many` with other sessions and get the
+        same bits as alone: one of this decoder's row-invariant sessions small enough that its
+        own steps run the whole-layer kernel call (which :meth:`step_many` repeats per row)."""
+        return (
+            isinstance(session, _FastSession)
+            and session.dec is self
+            and session.row_invariant
+            and self.ops is not None
+            and self.lm_head.gemv is not None
+            and all(layer.step_args is not None for layer in self.layers)
+            and session.batch <= kernels.MAX_ROWS
+        )
+
+    def step_many(
+        self,
+        sessions: list[_FastSession],
+        tokens: list[torch.Tensor],
+        resid_fns: list[ResidFn],
+    ) -> list[torch.Tensor]:
+        """One decoding step of several sessions in one pass: ``tokens[i]`` [batch_i] feeds
+        ``sessions[i]``, whose callback ``resid_fns[i]`` sees only its own rows. Returns each
+        session's logits [batch_i, vocab], bit-identical to ``sessions[i].step(tokens[i],
+        resid_fns[i])`` alone (:meth:`can_share` must hold for each): the weights are read once
+        for every row, which is what makes a class of visitors cost little more than one."""
+        if not sessions or len(tokens) != len(sessions) or len(resid_fns) != len(sessions):
+            raise ValueError("one token row and one callback per session")
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("a session may take one step at a time")
+        for sess in sessions:
+            if not self.can_share(sess):
+                raise ValueError("this session cannot share a decoding step")
+            sess.begin_step()
+        rows = [sess.batch for sess in sessions]
+        bounds = [0]
+        for r in rows:
+            bounds.append(bounds[-1] + r)
+        # Per session, exactly as its own step builds them (torch's elementwise cos and sin may
+        # round a tail differently from the vector body, so no table spans two sessions).
+        tables = [self.rope_tables(sess.next_pos[:, None]) for sess in sessions]
+        cos_rows = torch.cat([c[:, 0].reshape(-1, self.head_dim) for c, _ in tables])
+        sin_rows = torch.cat([s[:, 0].reshape(-1, self.head_dim) for _, s in tables])
+        h = F.embedding(torch.cat([t.view(-1) for t in tokens]).view(-1, 1), self.embed)
+
+        def each(layer: int, h: torch.Tensor) -> torch.Tensor:
+            parts = [
+                fn(layer, h[a:b])
+                for fn, (a, b) in zip(resid_fns, itertools.pairwise(bounds), strict=True)
+            ]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        h = each(EMBED_LAYER, h)
+        caches = (
+            [sess.valid for sess in sessions],
+            [sess.length for sess in sessions],
+            rows,
+            self.n_heads,
+            self.n_kv,
+            self.scaling,
+        )
+        for i, layer in enumerate(self.layers):
+            h2 = self.ops.decode_layer_many(
+                h.reshape(bounds[-1], -1).contiguous(),
+                layer.ln1,
+                layer.ln2,
+                self.eps,
+                *layer.step_args,  # type: ignore[misc]
+                cos_rows,
+                sin_rows,
+                [sess.k[i] for sess in sessions],
+                [sess.v[i] for sess in sessions],
+                *caches,
+            )
+            h = each(i, h2.view(bounds[-1], 1, -1))
+        for sess in sessions:
+            sess.end_step()
+        assert self.lm_head.gemv is not None  # can_share
+        logits = self.lm_head.gemv(self.rms_norm(h[:, -1], self.norm))
+        return [logits[a:b] for a, b in itertools.pairwise(bounds)]
+
 
 def _decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
@@ -477,13 +558,27 @@ class _FastSession:
         mask = (query[None, :] <= query[:, None])[None, None]  # causal, [1, 1, end, end]
         self._forward(ids[:1], self.positions[:1, :end], mask, resid_fn)
 
-    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
+    @property
+    def batch(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def begin_step(self) -> int:
+        """Open the next cache slot for a decoding step; returns the slot after it."""
         if self.length < self.input_ids.shape[1]:
             raise RuntimeError("step() before the whole prompt was prefilled")
         end = self.length + 1
         if end > self.total:
             raise RuntimeError("KV cache full: more steps than max_new_tokens")
         self.valid[:, self.length] = True
+        return end
+
+    def end_step(self) -> None:
+        """After a step that :meth:`FastLlamaDecoder.step_many` ran for this session."""
+        self.length += 1
+        self.next_pos = self.next_pos + 1
+
+    def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
+        end = self.begin_step()
         mask = self.valid[:, None, None, :end]
         h = self._forward(tokens.view(-1, 1), self.next_pos[:, None], mask, resid_fn)
         self.next_pos = self.next_pos + 1

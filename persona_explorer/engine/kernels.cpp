@@ -123,13 +123,14 @@ static inline int64_t row_bytes(int type, int64_t K) {
   }
 }
 
-// out[m] = dot(row, x[m]) for M rows of x; a fixed order, so identical x rows agree bitwise.
-// Four accumulators per row of x where registers allow (M <= 2): the FMA chains, not the loads,
-// bound this loop once the weights are 4-bit.
+// out[m] = dot(row, x[m]) for M <= 2 rows of x, four accumulators per row (the FMA chains, not
+// the loads, bound this loop once the weights are 4-bit). A row's sums run in the same order
+// whether it comes alone or with another, so identical x rows agree bitwise.
 template <int T, int M>
 static inline void dot_rows(const uint8_t* row, const float* x, int64_t K, float* out,
                             int64_t stride) {
-  constexpr int A = M <= 2 ? 4 : 2;
+  static_assert(M == 1 || M == 2, "one or two rows per pass");
+  constexpr int A = 4;
   __m256 acc[M][A];
   for (int m = 0; m < M; ++m)
     for (int a = 0; a < A; ++a) acc[m][a] = _mm256_setzero_ps();
@@ -154,20 +155,33 @@ static inline void dot_rows(const uint8_t* row, const float* x, int64_t K, float
   }
 }
 
+// Every row of x against one weight row. Up to two rows read the weights straight from their
+// blocks; more rows decode the row once into `buf` (the same fp32 values) and take it two rows
+// at a time. Either way each x row gets exactly the sums it would get alone, so a visitor's
+// rows give the same bits in a batch of 2 or of 60 (the shared decoding batch relies on it).
 template <int T>
-static inline void dot_any(const uint8_t* row, const float* x, int64_t K, int M, float* out, int64_t stride) {
-  switch (M) {
-    case 1: dot_rows<T, 1>(row, x, K, out, stride); break;
-    case 2: dot_rows<T, 2>(row, x, K, out, stride); break;
-    case 3: dot_rows<T, 3>(row, x, K, out, stride); break;
-    default: dot_rows<T, 4>(row, x, K, out, stride); break;
+static inline void dot_any(const uint8_t* row, const float* x, int64_t K, int64_t M, float* out,
+                           int64_t stride, float* buf) {
+  if (M == 1) return dot_rows<T, 1>(row, x, K, out, stride);
+  if (M == 2) return dot_rows<T, 2>(row, x, K, out, stride);
+  const int64_t nb = K / 32;
+  __m256 w[4];
+  for (int64_t b = 0; b < nb; ++b) {
+    load32<T>(row, b, w, nb);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(buf + b * 32 + 8 * j, w[j]);
   }
+  if constexpr (T == F32 || T == BF16 || T == F16)
+    for (int64_t k = nb * 32; k < K; ++k) buf[k] = plain_at<T>(row, k);
+  const uint8_t* fp = reinterpret_cast<const uint8_t*>(buf);
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) dot_rows<F32, 2>(fp, x + m * K, K, out + m * stride, stride);
+  if (m < M) dot_rows<F32, 1>(fp, x + m * K, K, out + m * stride, stride);
 }
 
-// y[m, off_j + o] = sum_k W_j[o, k] x[m, k] (+ add[m, off_j + o]) for every matrix j, M <= 4.
+// y[m, off_j + o] = sum_k W_j[o, k] x[m, k] (+ add[m, off_j + o]) for every matrix j, any M.
 torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<int64_t> types,
                            c10::optional<torch::Tensor> add) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) <= 4 && x.scalar_type() == torch::kFloat32 && x.is_contiguous());
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous());
   TORCH_CHECK(ws.size() == types.size());
   const int64_t M = x.size(0), K = x.size(1);
   std::vector<int64_t> offs(ws.size() + 1, 0);
@@ -188,13 +202,19 @@ torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::
     TORCH_CHECK(add->is_contiguous() && add->numel() == M * O);
     ap = add->data_ptr<float>();
   }
-  #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < O; ++r) {
-    size_t j = 0;
-    while (r >= offs[j + 1]) ++j;
-    const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
-    by_type(types[j], [&](auto t) { dot_any<decltype(t)::value>(row, xp, K, M, yp + r, O); });
-    if (ap) for (int64_t m = 0; m < M; ++m) yp[m * O + r] += ap[m * O + r];
+  #pragma omp parallel
+  {
+    std::vector<float> buf(M > 2 ? K : 0);
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < O; ++r) {
+      size_t j = 0;
+      while (r >= offs[j + 1]) ++j;
+      const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
+      by_type(types[j], [&](auto t) {
+        dot_any<decltype(t)::value>(row, xp, K, M, yp + r, O, buf.data());
+      });
+      if (ap) for (int64_t m = 0; m < M; ++m) yp[m * O + r] += ap[m * O + r];
+    }
   }
   return y;
 }
@@ -441,6 +461,44 @@ torch::Tensor decode_layer(torch::Tensor h, torch::Tensor ln1, torch::Tensor ln2
   auto qkv = grouped_gemv(x, qkv_w, qkv_t, c10::nullopt);
   if (qkv_bias.has_value()) qkv.add_(*qkv_bias);
   auto attn = decode_attention(qkv, cos, sin, kcache, vcache, valid, pos, H, KV, scale);
+  auto h1 = grouped_gemv(attn, o_w, o_t, h);
+  auto gu = grouped_gemv(rms_norm(h1, ln2, eps), gu_w, gu_t, c10::nullopt);
+  return grouped_gemv(silu_mul(gu), down_w, down_t, h1);
+}
+
+// decode_layer for several decoding sessions at once (the shared batch of every visitor): the
+// rows of every session in h [N, d], session s owning `rows[s]` consecutive rows, its own caches
+// and its own slot `pos[s]`. The products run once over all N rows; attention runs per session
+// against its own cache. Each row goes through exactly the ops decode_layer gives it alone.
+torch::Tensor decode_layer_many(torch::Tensor h, torch::Tensor ln1, torch::Tensor ln2, double eps,
+                                std::vector<torch::Tensor> qkv_w, std::vector<int64_t> qkv_t,
+                                c10::optional<torch::Tensor> qkv_bias,
+                                std::vector<torch::Tensor> o_w, std::vector<int64_t> o_t,
+                                std::vector<torch::Tensor> gu_w, std::vector<int64_t> gu_t,
+                                std::vector<torch::Tensor> down_w, std::vector<int64_t> down_t,
+                                torch::Tensor cos, torch::Tensor sin,
+                                std::vector<torch::Tensor> kcaches,
+                                std::vector<torch::Tensor> vcaches,
+                                std::vector<torch::Tensor> valids, std::vector<int64_t> pos,
+                                std::vector<int64_t> rows, int64_t H, int64_t KV, double scale) {
+  const size_t S = rows.size();
+  TORCH_CHECK(kcaches.size() == S && vcaches.size() == S && valids.size() == S && pos.size() == S);
+  int64_t total = 0;
+  for (int64_t r : rows) total += r;
+  TORCH_CHECK(total == h.size(0) && cos.size(0) == total && sin.size(0) == total);
+  auto x = rms_norm(h, ln1, eps);
+  auto qkv = grouped_gemv(x, qkv_w, qkv_t, c10::nullopt);
+  if (qkv_bias.has_value()) qkv.add_(*qkv_bias);
+  std::vector<torch::Tensor> parts;
+  parts.reserve(S);
+  int64_t off = 0;
+  for (size_t s = 0; s < S; ++s) {
+    parts.push_back(decode_attention(qkv.narrow(0, off, rows[s]), cos.narrow(0, off, rows[s]),
+                                     sin.narrow(0, off, rows[s]), kcaches[s], vcaches[s],
+                                     valids[s], pos[s], H, KV, scale));
+    off += rows[s];
+  }
+  auto attn = S == 1 ? parts[0] : torch::cat(parts, 0);
   auto h1 = grouped_gemv(attn, o_w, o_t, h);
   auto gu = grouped_gemv(rms_norm(h1, ln2, eps), gu_w, gu_t, c10::nullopt);
   return grouped_gemv(silu_mul(gu), down_w, down_t, h1);

@@ -5,14 +5,15 @@ memory bandwidth. oneDNN and MKL reach about 11-12 GB/s on them on this project'
 while a plain read reaches ~20 GB/s, and torch's int4 CPU matmul was 24x slower than fp32 at
 batch 2. So:
 
-* ``grouped_gemv``: y = W x (+ a residual) for up to 4 rows of x and several matrices in one call
-  (q/k/v, gate/up), parallel over output rows, each weight row read once for all batch rows.
+* ``grouped_gemv``: y = W x (+ a residual) for any number of rows of x and several matrices in
+  one call (q/k/v, gate/up), parallel over output rows, each weight row read once for all rows.
   Rows may be stored as GGUF Q4_1 or Q8_0 blocks (as in the file, or repacked with their fp16
   scales widened to fp32 ahead of time, which is what decoding uses), bf16, fp16 or fp32
   (:class:`WeightFormat`); blocks are decoded in registers into exactly the fp32 values gguf's
   dequantizer gives (``d*q`` is exact in fp32, so one rounding, as in numpy), so only the order
   of summation differs from a dequantize-then-matmul. Every output is one dot product in a fixed
-  order: identical batch rows give bit-identical results.
+  order, the same whatever the number of rows: identical rows give bit-identical results, and a
+  row gives the same bits alone or in a batch of 60 (the shared decoding batch relies on it).
 * ``decode_attention``: one decoding step's RoPE, KV-cache write and attention over the cached
   keys, for every row, in one call per layer.
 * ``rms_norm``, ``rope_``, ``silu_mul``: the element-wise ops of every pass (prompts too), one
@@ -40,6 +41,8 @@ from persona_explorer.core.cpu import cpu_flags, read_cpuinfo
 
 log = logging.getLogger(__name__)
 
+# Up to this many rows, a decoding step's products use the kernel rather than oneDNN (above it,
+# oneDNN's blocked GEMM wins for a single request's big batch, e.g. extraction's rollouts).
 MAX_ROWS = 4
 
 _SOURCE = (Path(__file__).with_name("kernels.cpp")).read_text()
@@ -109,6 +112,7 @@ def load(enabled: bool) -> Any:
                     "silu_mul",
                     "decode_attention",
                     "decode_layer",
+                    "decode_layer_many",
                 ],
                 # No contraction: the element-wise ops keep torch's rounding (mul, then add).
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
@@ -193,7 +197,8 @@ class Group:
         self.types = [int(m.fmt) for m in mats]
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` [..., K] with at most MAX_ROWS rows -> [..., sum of output sizes] (+ ``add``)."""
+        """``x`` [..., K] -> [..., sum of output sizes] (+ ``add``); any number of rows, each
+        computed as it would be alone."""
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         if add is not None:
             add = add.reshape(flat.shape[0], -1).contiguous()

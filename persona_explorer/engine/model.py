@@ -88,6 +88,11 @@ class FairLock:
                 self._cond.wait()
             self._depth = 1
 
+    def held_here(self) -> bool:
+        """Whether the calling thread holds it (work it waits on elsewhere could not get it)."""
+        with self._cond:
+            return bool(self._queue) and self._queue[0] == threading.get_ident()
+
     def __exit__(self, *exc: object) -> None:
         with self._cond:
             self._depth -= 1

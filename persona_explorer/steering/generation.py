@@ -21,9 +21,10 @@ Imports: torch, ``core`` (errors, limits), the engine (``decoder_for``, the mode
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -281,6 +282,168 @@ class _Recorder:
         return self.cap
 
 
+class GenerationRun:
+    """One :func:`generate_stream` call's state, advanced one part at a time: prompt chunks, then
+    decoding steps, each a choice of tokens (:meth:`choose`), a forward pass (by the caller:
+    alone, or in a step shared with other runs) and its bookkeeping (:meth:`absorb`).
+
+    The caller holds the model's compute lock and inference mode around each part, never across
+    a yield."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        prompts: Sequence[Sequence[int]],
+        plans: Sequence[RowPlan],
+        cfg: SamplingConfig,
+        keep_tokens: bool,
+        should_stop: Callable[[], bool] | None,
+        row_invariant: bool,
+        prefill_chunk: int | None,
+    ) -> None:
+        if len(prompts) != len(plans):
+            raise ValueError("One steering plan per prompt row is needed.")
+        self.chunk = (
+            PREFILL_CHUNK if prefill_chunk is None else check_int(prefill_chunk, "prefill_chunk", 1)
+        )
+        if prompts:  # checked before padding: a refused prompt allocates nothing
+            check_prompt_tokens(
+                max(len(p) for p in prompts),
+                cfg.max_new_tokens,
+                model.context_length,
+                cfg.max_prompt_tokens,
+            )
+        self.model = model
+        self.cfg = cfg
+        self.should_stop = should_stop
+        self.batch = batch = len(prompts)
+        ids, mask = left_pad(prompts, model.pad_token_id)
+        edits = compile_plan(
+            plans, model.n_layers, model.d_model, device=model.device, dtype=model.dtype
+        )
+        self.rec = _Recorder(model, edits, batch, mask, keep_tokens)
+        self.gen: torch.Generator | None = None
+        if cfg.temperature > 0:
+            self.gen = torch.Generator(device="cpu")
+            self.gen.manual_seed(int(cfg.seed))
+        self.eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long, device=model.device)
+        self.decoder = decoder_for(model)
+        self.session = self.decoder.session(ids, mask, cfg.max_new_tokens, row_invariant)
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.penalized = bool(cfg.frequency_penalty or cfg.presence_penalty)
+        self.counts: torch.Tensor | None = None  # [batch, vocab], made at the first step
+        self.done = torch.zeros(batch, dtype=torch.bool, device=model.device)
+        self.counted = self.done
+        self.step = 0
+        self.width = int(ids.shape[1])
+        self.prefilled = 0  # prompt positions run so far
+        self.stopped = False  # Stop came during the prompt pass
+        self.stopping = False  # no more steps: EOS everywhere, Stop, or max_new_tokens
+        self.logits: torch.Tensor | None = None
+
+    @property
+    def prompt_done(self) -> bool:
+        return self.stopped or self.prefilled >= self.width
+
+    def stop_asked(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+    def prefill_next(self) -> None:
+        """Run the next prompt chunk (after the first, Stop is asked first); the last one ends
+        the prompt pass. Under the compute lock and inference mode."""
+        start = self.prefilled
+        if start > 0 and self.stop_asked():
+            self.stopped = True
+        else:
+            end = min(start + self.chunk, self.width)
+            self.rec.begin_chunk(start, end, final=end == self.width)
+            self.logits = self.session.prefill(self.rec, start=start, end=end)
+            self.prefilled = end
+        if self.prompt_done:
+            self.rec.end_prompt()
+            self.stopping = self.stopped or self.cfg.max_new_tokens == 0
+
+    def choose(self) -> torch.Tensor:
+        """Sample this step's tokens from the last logits and record them; returns what to feed."""
+        assert self.logits is not None
+        logits = self.logits
+        if self.penalized:
+            if self.counts is None:
+                self.counts = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+            logits = _penalize(logits, self.counts, self.cfg)
+        nxt = _sample(logits, self.cfg, self.gen)
+        if self.counts is not None:
+            self.counts[torch.arange(self.batch, device=self.counts.device), nxt] += 1.0
+        is_eos = torch.isin(nxt, self.eos) if self.cfg.stop_at_eos else torch.zeros_like(self.done)
+        self.counted = ~self.done & ~is_eos
+        for row in self.counted.nonzero().flatten().tolist():
+            self.tokens[row].append(int(nxt[row]))
+        self.done = self.done | is_eos
+        self.step += 1
+        return nxt
+
+    def absorb(self, logits: torch.Tensor) -> None:
+        """The fed token's pass ran (its residuals are in the recorder): keep the new logits.
+        After the last token one more pass is still needed to read that token's residuals,
+        which is why every chosen token is fed."""
+        self.logits = logits
+        self.rec.end_step(self.counted)
+        self.stopping = (
+            bool(self.done.all()) or self.step >= self.cfg.max_new_tokens or self.stop_asked()
+        )
+
+    def update(self) -> StreamUpdate:
+        return StreamUpdate(tokens=[list(t) for t in self.tokens], step=self.step, done=False)
+
+    def finish(self) -> StreamUpdate:
+        """The last update, with the result (under inference mode)."""
+        result = GenerationResult(
+            tokens=self.tokens,
+            finished=self.done.tolist(),
+            capture=self.rec.finish(),
+            steps=self.step,
+            decoder=self.decoder.name,
+        )
+        return StreamUpdate(
+            tokens=[list(t) for t in self.tokens], step=self.step, done=True, result=result
+        )
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class SharedStepper(Protocol):
+    """What runs a :class:`GenerationRun` in a decoding batch shared with other requests
+    (:mod:`.shared_batch`): ``accepts`` says whether it can take this run with the same bits as
+    alone, ``run`` drives it to the end and yields its updates."""
+
+    def accepts(self, run: GenerationRun) -> bool: ...
+
+    def run(self, run: GenerationRun) -> Iterator[StreamUpdate]: ...
+
+
+# The shared batch serving each model, where one was switched on (:func:`.shared_batch.serve`).
+_SHARED: weakref.WeakKeyDictionary[LoadedModel, SharedStepper] = weakref.WeakKeyDictionary()
+
+
+def _alone(run: GenerationRun) -> Iterator[StreamUpdate]:
+    model = run.model
+    # The lock and inference mode are taken per forward (a prompt chunk or a step), never across
+    # a yield or a stop check: the consumer's code between updates (possibly on another thread,
+    # as Gradio does) must not run inside inference mode, and other requests get their turn.
+    while not run.prompt_done:
+        with model.compute_lock, torch.inference_mode():
+            run.prefill_next()
+    while not run.stopping:
+        with model.compute_lock, torch.inference_mode():
+            run.absorb(run.session.step(run.choose(), run.rec))
+        if not run.stopping:
+            yield run.update()
+    with torch.inference_mode():
+        last = run.finish()
+    yield last
+
+
 def generate_stream(
     model: LoadedModel,
     prompts: Sequence[Sequence[int]],
@@ -306,89 +469,22 @@ def generate_stream(
     ``should_stop`` is asked between chunks and after every decoding step. Stopped during the
     prompt pass, the result has no tokens (``steps == 0``) and prompt means over the chunks that
     ran.
+
+    Where the model serves a shared decoding batch (:mod:`.shared_batch`, the app's) and it can
+    take this call (small, row-invariant), the call joins it: same updates, same bits, its
+    steps computed together with other visitors'. Otherwise it runs alone on this thread.
     """
-    if len(prompts) != len(plans):
-        raise ValueError("One steering plan per prompt row is needed.")
-    chunk = PREFILL_CHUNK if prefill_chunk is None else check_int(prefill_chunk, "prefill_chunk", 1)
-    if prompts:  # checked before padding: a refused prompt allocates nothing
-        check_prompt_tokens(
-            max(len(p) for p in prompts),
-            cfg.max_new_tokens,
-            model.context_length,
-            cfg.max_prompt_tokens,
-        )
-    batch = len(prompts)
-    ids, mask = left_pad(prompts, model.pad_token_id)
-    edits = compile_plan(
-        plans, model.n_layers, model.d_model, device=model.device, dtype=model.dtype
+    run = GenerationRun(
+        model, prompts, plans, cfg, keep_tokens, should_stop, row_invariant, prefill_chunk
     )
-    rec = _Recorder(model, edits, batch, mask, keep_tokens)
-    gen = None
-    if cfg.temperature > 0:
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(int(cfg.seed))
-    eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long, device=model.device)
-    decoder = decoder_for(model)
-    session = decoder.session(ids, mask, cfg.max_new_tokens, row_invariant)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    penalized = bool(cfg.frequency_penalty or cfg.presence_penalty)
-    counts: torch.Tensor | None = None  # [batch, vocab], made at the first step
-    done = torch.zeros(batch, dtype=torch.bool, device=model.device)
-    step = 0
-    width = ids.shape[1]
-    # The lock and inference mode are taken per forward (a prompt chunk or a step), never across
-    # a yield or a stop check: the consumer's code between updates (possibly on another thread,
-    # as Gradio does) must not run inside inference mode, and other requests get their turn.
     try:
-        stopped = False
-        for start in range(0, width, chunk):
-            if start > 0 and should_stop is not None and should_stop():
-                stopped = True
-                break
-            end = min(start + chunk, width)
-            with model.compute_lock, torch.inference_mode():
-                rec.begin_chunk(start, end, final=end == width)
-                logits = session.prefill(rec, start=start, end=end)
-        with torch.inference_mode():
-            rec.end_prompt()
-        n_steps = 0 if stopped else cfg.max_new_tokens
-        for step in range(1, n_steps + 1):
-            with model.compute_lock, torch.inference_mode():
-                if penalized:
-                    if counts is None:
-                        counts = torch.zeros(
-                            logits.shape, dtype=torch.float32, device=logits.device
-                        )
-                    logits = _penalize(logits, counts, cfg)
-                nxt = _sample(logits, cfg, gen)
-                if counts is not None:
-                    counts[torch.arange(batch, device=counts.device), nxt] += 1.0
-                is_eos = torch.isin(nxt, eos) if cfg.stop_at_eos else torch.zeros_like(done)
-                counted = ~done & ~is_eos
-                for row in counted.nonzero().flatten().tolist():
-                    tokens[row].append(int(nxt[row]))
-                done = done | is_eos
-                # Feed the token: this pass yields its residuals (and the next logits). After the
-                # last token, one more pass is still needed to read that token's residuals.
-                logits = session.step(nxt, rec)
-                rec.end_step(counted)
-            stopping = bool(done.all()) or (should_stop is not None and should_stop())
-            if step < cfg.max_new_tokens and not stopping:
-                yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=False)
-            if stopping:
-                break
-        with torch.inference_mode():
-            capture = rec.finish()
-        result = GenerationResult(
-            tokens=tokens,
-            finished=done.tolist(),
-            capture=capture,
-            steps=step,
-            decoder=decoder.name,
-        )
+        shared = _SHARED.get(model)
+        if shared is not None and shared.accepts(run):
+            yield from shared.run(run)
+        else:
+            yield from _alone(run)
     finally:
-        session.close()
-    yield StreamUpdate(tokens=[list(t) for t in tokens], step=step, done=True, result=result)
+        run.close()
 
 
 def generate(

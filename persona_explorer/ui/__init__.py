@@ -156,6 +156,8 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "theme": theme(),
         "css_paths": [CSS_PATH] if CSS_PATH.is_file() else None,
         "max_file_size": settings.limits.max_upload_bytes,
+        # Every visitor decoding in the shared batch holds one of Gradio's worker threads.
+        "max_threads": max(40, settings.steer_concurrency + settings.extract_concurrency + 16),
         # Upload quotas per address and in total, before Gradio receives a byte.
         "app_kwargs": {
             "middleware": [

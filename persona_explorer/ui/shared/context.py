@@ -28,6 +28,7 @@ from persona_explorer.core.errors import InputError, UserError
 from persona_explorer.core.fileio import atomic_write
 from persona_explorer.engine import decoder_for
 from persona_explorer.engine.model import LoadedModel, load_model
+from persona_explorer.steering import shared_batch
 from persona_explorer.ui.shared.catalog import ModelShape, VectorCatalog
 from persona_explorer.ui.shared.markup import plain
 from persona_explorer.vectors.files import FORMATS, export_stem, save, save_notes
@@ -258,6 +259,8 @@ class AppContext:
         # Build the decoder now, once, rather than inside the first visitor's request, with this
         # app's switches (a model handed in, or a tuned one, carries the defaults).
         decoder_for(model, prefer_fast=settings.fast_decoder, use_kernel=settings.decode_kernel)
+        if settings.shared_batch:
+            shared_batch.serve(model)
         shape = ModelShape(model.model_id, model.n_layers, model.d_model)
         limits = settings.limits
         catalog = VectorCatalog(

@@ -1,0 +1,261 @@
+"""The shared decoding batch: every visitor's short generation decodes in one batch, one step
+for all, on one engine thread.
+
+A class of thirty opening the app together used to take turns: each generation held the model
+for its whole answer, so the aggregate rate stayed at one visitor's. Here a generation that can
+share (:meth:`FastLlamaDecoder.can_share`: the fast decoder's compiled step, at most
+``kernels.MAX_ROWS`` rows, row-invariant; that is Steer, Compare, capping, the Drift chat and the
+Tour's live steps) joins the running batch at the next step after its prompt pass and leaves it
+when it ends, is stopped, or its reader goes away. Each run keeps its own steering plan,
+sampling, penalties, stop flag and capture; only the weight reads are shared.
+
+Same bits alone or with 29 others: the kernel computes every row with the same operations in the
+same order whatever the batch (``kernels.cpp``: ``dot_any``, ``decode_layer_many``), attention
+reads each run's own cache, and a run's steering callback sees only its own rows. Prompt passes
+are not shared (oneDNN's GEMM blocks rows differently at different batch sizes), so each runs
+alone, chunk by chunk, between steps.
+
+How a step is shared with the long jobs (extraction, sweeps, screening, training): they run on
+their own threads, and every forward pass (one of their steps or prompt chunks, or one shared
+step) takes the model's first-come-first-served compute lock. So the shared batch waits for at
+most one of a long job's passes, then a long job waits for at most one shared step.
+
+The engine thread exists while there is work and ends after :data:`IDLE_EXIT_S` idle; one thread
+runs every visitor's steps, so one OpenMP team serves them (a Gradio worker thread per visitor
+each kept its own, and their spinning slowed every step).
+
+Imports: torch, :mod:`.generation` (the run it drives). The UI switches it on with
+:func:`serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+
+from persona_explorer.engine.model import LoadedModel
+from persona_explorer.steering import generation
+from persona_explorer.steering.generation import GenerationRun, StreamUpdate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IDLE_EXIT_S", "MAX_STEP_ROWS", "PREFILL_BUDGET_S", "SharedBatch", "serve", "stop"]
+
+# Rows in one shared step. A step's products cost about linearly in rows beyond a few, so a
+# bigger group would only hold the compute lock longer; above it, groups take turns each step.
+MAX_STEP_ROWS = 64
+# Between two steps, prompt passes of newcomers run for about this long, so a class arriving at
+# once starts decoding together while the answers already flowing pause for a fraction of a second.
+PREFILL_BUDGET_S = 0.3
+IDLE_EXIT_S = 30.0
+
+
+class _Job:
+    """A run in the shared batch and its mailbox: only the latest update is kept, since each
+    carries the whole answer so far, so a slow reader never makes the engine wait or queue."""
+
+    def __init__(self, run: GenerationRun) -> None:
+        self.run = run
+        self.cond = threading.Condition()
+        self.latest: StreamUpdate | None = None
+        self.error: BaseException | None = None
+        self.ended = False  # the engine let go of it (finished, failed or abandoned)
+        self.abandoned = False  # the reader went away (Stop, a closed page)
+
+    def post(self, update: StreamUpdate | None = None, error: BaseException | None = None) -> None:
+        with self.cond:
+            if update is not None:
+                self.latest = update
+            if error is not None:
+                self.error = error
+            self.cond.notify_all()
+
+    def take(self) -> StreamUpdate:
+        with self.cond:
+            while self.latest is None and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            update, self.latest = self.latest, None
+            assert update is not None
+            return update
+
+
+class SharedBatch:
+    """The engine thread of one model's shared batch (:func:`serve` makes it)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._lock = model.compute_lock
+        self._cond = threading.Condition()
+        self._joining: deque[_Job] = deque()
+        self._active: list[_Job] = []
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # shared steps run (tests and the bench read it)
+        self.widest = 0  # most runs in one step so far
+
+    def accepts(self, run: GenerationRun) -> bool:
+        """Whether ``run`` can join with the same bits as alone; never from a thread holding
+        the compute lock (``steering_hooks``), which the engine thread would wait on forever."""
+        can_share = getattr(run.decoder, "can_share", None)
+        return can_share is not None and bool(can_share(run.session)) and not self._lock.held_here()
+
+    def run(self, run: GenerationRun) -> Iterator[StreamUpdate]:
+        job = _Job(run)
+        with self._cond:
+            self._joining.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="persona-explorer-shared-batch", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        try:
+            while True:
+                update = job.take()
+                yield update
+                if update.done:
+                    return
+        finally:
+            with self._cond:
+                job.abandoned = True
+                self._cond.notify()
+            # The run's caches belong to the engine until it lets go (at most one step).
+            with job.cond:
+                while not job.ended:
+                    job.cond.wait()
+
+    # ---------------------------------------------------------------- the engine thread
+
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug here must not leave readers waiting forever
+            with self._cond:
+                jobs = [*self._joining, *self._active]
+                self._joining.clear()
+                self._active.clear()
+                self._thread = None
+            self._fail(jobs, exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._joining and not self._active:
+                    if not self._cond.wait(IDLE_EXIT_S) and not self._joining:
+                        self._thread = None
+                        return
+                self._drop_abandoned()
+            self._prefill_some()
+            self._step_all()
+
+    def _drop_abandoned(self) -> None:
+        for job in [j for j in self._joining if j.abandoned]:
+            self._joining.remove(job)
+            self._end(job)
+        for job in [j for j in self._active if j.abandoned]:
+            self._active.remove(job)
+            self._end(job)
+
+    def _prefill_some(self) -> None:
+        """Prompt chunks of newcomers, oldest first, for about :data:`PREFILL_BUDGET_S`."""
+        started = time.perf_counter()
+        while True:
+            with self._cond:
+                if not self._joining:
+                    return
+                job = self._joining[0]
+            try:
+                with self._lock, torch.inference_mode():
+                    job.run.prefill_next()
+                if job.run.prompt_done:
+                    with self._cond:
+                        self._joining.popleft()
+                    if job.run.stopping:
+                        self._finish(job)
+                    else:
+                        self._active.append(job)
+            except Exception as exc:  # the run's reader gets it; others go on
+                with self._cond:
+                    self._joining.popleft()
+                self._fail([job], exc)
+            if time.perf_counter() - started > PREFILL_BUDGET_S and self._active:
+                return
+
+    def _step_all(self) -> None:
+        groups: list[list[_Job]] = []
+        for job in self._active:
+            same = [
+                g
+                for g in groups
+                if g[0].run.decoder is job.run.decoder
+                and sum(j.run.batch for j in g) + job.run.batch <= MAX_STEP_ROWS
+            ]
+            if same:
+                same[0].append(job)
+            else:
+                groups.append([job])
+        for group in groups:
+            try:
+                with self._lock, torch.inference_mode():
+                    fed = [job.run.choose() for job in group]
+                    logits = group[0].run.decoder.step_many(  # type: ignore[attr-defined]
+                        [job.run.session for job in group], fed, [job.run.rec for job in group]
+                    )
+                    for job, out in zip(group, logits, strict=True):
+                        job.run.absorb(out)
+            except Exception as exc:  # these runs end with it; the engine goes on
+                for job in group:
+                    self._active.remove(job)
+                self._fail(group, exc)
+                continue
+            self.steps += 1
+            self.widest = max(self.widest, len(group))
+            for job in group:
+                if job.run.stopping:
+                    self._active.remove(job)
+                    self._finish(job)
+                else:
+                    job.post(job.run.update())
+
+    def _finish(self, job: _Job) -> None:
+        try:
+            with torch.inference_mode():
+                update = job.run.finish()
+        except Exception as exc:  # the reader gets it
+            self._fail([job], exc)
+            return
+        job.post(update)
+        self._end(job)
+
+    def _fail(self, jobs: list[_Job], exc: Exception) -> None:
+        log.exception("shared decoding step failed for %d run(s)", len(jobs), exc_info=exc)
+        for job in jobs:
+            job.post(error=exc)
+            self._end(job)
+
+    def _end(self, job: _Job) -> None:
+        job.run.close()
+        with job.cond:
+            job.ended = True
+            job.cond.notify_all()
+
+
+def serve(model: LoadedModel) -> SharedBatch:
+    """Switch the shared batch on for ``model``: from now on its eligible generations decode
+    together (the app does this once per loaded model). Idempotent."""
+    shared = generation._SHARED.get(model)
+    if not isinstance(shared, SharedBatch):
+        shared = SharedBatch(model)
+        generation._SHARED[model] = shared
+    return shared
+
+
+def stop(model: LoadedModel) -> None:
+    """Switch it off again: later generations run alone (runs in the batch finish there)."""
+    generation._SHARED.pop(model, None)
