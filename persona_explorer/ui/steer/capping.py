@@ -44,6 +44,7 @@ from persona_explorer.ui.shared.requests import (
     sampling,
     stop_runs,
 )
+from persona_explorer.ui.shared.streaming import coalesce
 
 __all__ = ["CapForm", "CapPanel", "build", "run_capped", "wire"]
 
@@ -249,7 +250,8 @@ def run_capped(
         first = True
         with ctx.job(request) as job:
             stream = cap_stream(ctx.model, axis, req, should_stop=job)
-            for step, (texts, out) in enumerate(stream, start=1):
+            counted = (((step, t), o) for step, (t, o) in enumerate(stream, start=1))
+            for (step, texts), out in coalesce(counted):
                 if out is None:
                     progress((min(step, total), total), desc="Generating", unit="tokens")
                     update = dict(zip(boxes, texts, strict=True))

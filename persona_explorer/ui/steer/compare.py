@@ -35,6 +35,7 @@ from persona_explorer.ui.shared.context import AppContext, user_errors
 from persona_explorer.ui.shared.forms import form_endpoint
 from persona_explorer.ui.shared.markup import md
 from persona_explorer.ui.shared.requests import prompt_and_system, sampling
+from persona_explorer.ui.shared.streaming import coalesce
 
 TABLE_HEADERS = ["Row", "Persona", "Layer", "Strength", "Answer"]
 
@@ -117,7 +118,7 @@ def run_compare(
     with user_errors():
         req = form.request(ctx, session)
         with ctx.job(request) as job:
-            for texts, out in compare_stream(ctx.model, req, should_stop=job):
+            for texts, out in coalesce(compare_stream(ctx.model, req, should_stop=job)):
                 if out is None:
                     yield {panel.status: f"Generating… {max(len(t) for t in texts)} characters"}
                     continue

@@ -40,6 +40,7 @@ from persona_explorer.plots.common import empty_figure
 from persona_explorer.ui.shared.context import AppContext, user_errors
 from persona_explorer.ui.shared.markup import md
 from persona_explorer.ui.shared.requests import DEFAULT_MAX_NEW_TOKENS, sampling
+from persona_explorer.ui.shared.streaming import coalesce
 from persona_explorer.ui.tour import precomputed
 from persona_explorer.ui.tour.components import TourTab
 from persona_explorer.ui.tour.steps import STEPS, TourStep, step_named
@@ -280,7 +281,7 @@ def _live(
         )
         yield _boxes(tab, step, f"Steered: {vec.name}, strength {strength:g} at layer {layer}")
         with ctx.job(request) as job:
-            for texts, out in steer_stream(ctx.model, req, should_stop=job):
+            for texts, out in coalesce(steer_stream(ctx.model, req, should_stop=job)):
                 if out is None:
                     yield {tab.left: texts[0], tab.right: texts[1]}
                     continue
@@ -297,7 +298,7 @@ def _live(
         axis = _axis(ctx, progress)
         req = CapRequest(prompt=CAP_PROMPT, sampling=cfg)
         with ctx.job(request) as job:
-            for texts, out in cap_stream(ctx.model, axis, req, should_stop=job):
+            for texts, out in coalesce(cap_stream(ctx.model, axis, req, should_stop=job)):
                 if out is None:
                     yield {tab.left: texts[0], tab.right: texts[1]}
                     continue
