@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from persona_explorer.core.config import Settings
+from persona_explorer.engine import kernels
 from persona_explorer.engine.fast_llama import FastLlamaDecoder
 from persona_explorer.engine.hf import HFDecoder
 from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel, load_model
@@ -200,7 +201,7 @@ def test_decoding_steps_read_the_gguf_blocks_and_match_the_bridge(model: LoadedM
     over prompt + generated tokens, on a left-padded batch."""
     dec = FastLlamaDecoder(model)
     if dec.ops is not None:
-        assert dec.kernel == "avx2-gemv (Q4_1X+Q8_0X)"
+        assert dec.kernel == f"{kernels.best_isa()}-gemv (Q4_1X+Q8_0X)"
         assert dec.step_weight_bytes < 120e6  # the blocks (repacked), not 540 MB of fp32
     prompts = [model.chat_ids(p) for p in PROMPTS[:2]]
     ids, mask = left_pad(prompts, model.pad_token_id)

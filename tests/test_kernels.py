@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from persona_explorer.core.cpu import cpu_flags, read_cpuinfo
 from persona_explorer.engine import compact, kernels
 from persona_explorer.engine.fast_llama import FastLlamaDecoder, _decode_attention, _rotate_half
 from persona_explorer.engine.kernels import BLOCK_BYTES, Matrix, WeightFormat
@@ -210,7 +211,7 @@ def half_width_copy(dtype: torch.dtype) -> LoadedModel:
 def test_half_width_checkpoints_decode_from_16_bit_copies(ops, dtype, fmt: str) -> None:
     model = half_width_copy(dtype)
     dec = FastLlamaDecoder(model)
-    assert dec.kernel == f"avx2-gemv ({fmt})"
+    assert dec.kernel == f"{kernels.best_isa()}-gemv ({fmt})"
     fp32_bytes = sum(w.numel() * 4 for k, w in model.weights.items() if k.endswith("proj.weight"))
     assert dec.step_weight_bytes < 0.55 * (fp32_bytes + model.weights["lm_head.weight"].numel() * 4)
     # Decoding steps agree with the bridge over prompt + generated tokens.
@@ -373,3 +374,49 @@ def test_one_table_of_block_sizes_and_it_matches_gguf() -> None:
         block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
         assert (block, type_size) == (kernels.BLOCK, size)
         assert BLOCK_BYTES[WeightFormat[kind]] == size
+
+
+# --------------------------------------------------------------------------- AVX-512 and AVX2
+
+
+def test_best_isa_reads_the_cpu_flags() -> None:
+    assert kernels.best_isa((CPUINFO / "cpuinfo_xeon_avx512_amx.txt").read_text()) == "avx512"
+    assert kernels.best_isa((CPUINFO / "cpuinfo_epyc_avx2.txt").read_text()) == "avx2"
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [WeightFormat.Q4_1, WeightFormat.Q8_0, WeightFormat.F32, WeightFormat.BF16, WeightFormat.F16],
+)
+def test_both_isas_give_every_row_the_same_bits_in_any_batch(ops, fmt: WeightFormat) -> None:
+    """The AVX-512 products hold two AVX2 accumulators per register: same sums, bit for bit,
+    for any number of rows (a visitor's answer cannot depend on the machine's ISA within a
+    run, nor on how many visitors share the step)."""
+    if "avx512f" not in (cpu_flags(read_cpuinfo()) or set()):
+        pytest.skip("this CPU has no AVX-512F")
+    gen = torch.Generator().manual_seed(3)
+    cols = 576 if fmt in BLOCK_BYTES else 70  # a plain row with a tail after its last 32
+    if fmt in BLOCK_BYTES:
+        mats = [Matrix(torch.from_numpy(random_blocks(fmt, 37, cols, 1)), fmt, cols)]
+        mats.append(kernels.repack(mats[0]))
+    else:
+        w = torch.randn(37, cols, generator=gen)
+        data = {
+            WeightFormat.F32: w,
+            WeightFormat.BF16: w.to(torch.bfloat16).view(torch.int16),
+            WeightFormat.F16: w.to(torch.float16).view(torch.int16),
+        }[fmt]
+        mats = [Matrix(data.contiguous(), fmt, cols)]
+    x = torch.randn(19, cols, generator=gen)
+    before = kernels.isa_of(ops)
+    try:
+        for mat in mats:
+            group = kernels.Group(ops, [mat])
+            kernels.use_isa(ops, "avx2")
+            alone = torch.cat([group(x[i : i + 1]) for i in range(len(x))])
+            for rows in (1, 2, 3, 8, 9, 19):
+                for isa in kernels.ISAS:
+                    kernels.use_isa(ops, isa)
+                    assert torch.equal(group(x[:rows]), alone[:rows]), (mat.fmt, isa, rows)
+    finally:
+        kernels.use_isa(ops, before)

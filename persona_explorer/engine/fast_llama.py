@@ -264,7 +264,9 @@ class FastLlamaDecoder:
             blocks = compact.gguf_blocks(model)
             mats = compact.compact_matrices(gemv, w, names, blocks)
         formats = sorted({m.fmt.name for m in mats.values()})
-        self.kernel = f"avx2-gemv ({'+'.join(formats)})" if gemv is not None else "onednn"
+        self.kernel = (
+            f"{kernels.isa_of(gemv)}-gemv ({'+'.join(formats)})" if gemv is not None else "onednn"
+        )
         self.step_weight_bytes = sum(m.nbytes for m in {id(m): m for m in mats.values()}.values())
         self.layers = [
             _Layer(

@@ -178,6 +178,161 @@ static inline void dot_any(const uint8_t* row, const float* x, int64_t K, int64_
   if (m < M) dot_rows<F32, 1>(fp, x + m * K, K, out + m * stride, stride);
 }
 
+// ----------------------------------------------------------------------------- AVX-512
+// The same products with 16-lane registers, where the CPU has AVX-512F (``set_isa(1)``, chosen
+// by kernels.py from /proc/cpuinfo). Bit for bit the AVX2 path's sums: a 16-lane accumulator
+// holds two of the AVX2 path's four 8-lane ones side by side ([acc0 | acc1], [acc2 | acc3]),
+// every lane sees the same fused multiply-adds in the same order, and the halves are added
+// back in the AVX2 order before the same horizontal sum. What changes is the throughput: 32
+// registers hold up to eight x rows' accumulators, so a block of weights is decoded once for
+// eight rows (the shared batch), and the decode itself is twice as wide (one visitor).
+#define PE_AVX512 __attribute__((target("avx512f")))
+
+static int g_isa = 0;  // 0: AVX2, 1: AVX-512F
+
+void set_isa(int64_t isa) { g_isa = isa == 1 ? 1 : 0; }
+int64_t get_isa() { return g_isa; }
+
+PE_AVX512 static inline __m256 hi256(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+// Weights 0-15 and 16-31 of block b, the values load32 gives as w[0..1] and w[2..3].
+template <int T>
+PE_AVX512 static inline void load32_512(const uint8_t* row, int64_t b, __m512& lo, __m512& hi,
+                                        int64_t nb) {
+  if constexpr (T == F32) {
+    const float* p = reinterpret_cast<const float*>(row) + b * 32;
+    lo = _mm512_loadu_ps(p);
+    hi = _mm512_loadu_ps(p + 16);
+  } else if constexpr (T == BF16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + b * 32;
+    lo = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+    hi = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(p + 16))), 16));
+  } else if constexpr (T == F16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + b * 32;
+    lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 16)));
+  } else if constexpr (T == Q4_1 || T == Q4_1X) {
+    const uint8_t* qs;
+    __m512 d, m;
+    if constexpr (T == Q4_1) {
+      const uint8_t* p = row + b * 20;
+      uint16_t hd, hm;
+      std::memcpy(&hd, p, 2);
+      std::memcpy(&hm, p + 2, 2);
+      d = _mm512_set1_ps(_cvtsh_ss(hd));
+      m = _mm512_set1_ps(_cvtsh_ss(hm));
+      qs = p + 4;
+    } else {
+      const float* dm = reinterpret_cast<const float*>(row) + 2 * b;
+      d = _mm512_set1_ps(dm[0]);
+      m = _mm512_set1_ps(dm[1]);
+      qs = row + nb * 8 + b * 16;
+    }
+    // Byte k holds weight k (low nibble) and weight k + 16 (high nibble).
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)qs));
+    const __m512i mask = _mm512_set1_epi32(0x0F);
+    lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, mask)), d, m);
+    hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), d, m);
+  } else {  // Q8_0, Q8_0X
+    const uint8_t* qs;
+    __m512 d;
+    if constexpr (T == Q8_0) {
+      const uint8_t* p = row + b * 34;
+      uint16_t hd;
+      std::memcpy(&hd, p, 2);
+      d = _mm512_set1_ps(_cvtsh_ss(hd));
+      qs = p + 2;
+    } else {
+      d = _mm512_set1_ps(reinterpret_cast<const float*>(row)[b]);
+      qs = row + nb * 4 + b * 32;
+    }
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)qs))), d);
+    hi = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(qs + 16)))), d);
+  }
+}
+
+// out[r * stride] = dot(row, x[r]) for R <= 8 rows of x, each exactly as dot_rows computes it.
+template <int T, int R>
+PE_AVX512 static void dot_tile512(const uint8_t* row, const float* x, int64_t K, float* out,
+                                  int64_t stride) {
+  __m512 a[R], c[R];
+  for (int r = 0; r < R; ++r) {
+    a[r] = _mm512_setzero_ps();
+    c[r] = _mm512_setzero_ps();
+  }
+  const int64_t nb = K / 32;
+  __m512 lo, hi;
+  for (int64_t b = 0; b < nb; ++b) {
+    load32_512<T>(row, b, lo, hi, nb);
+    const float* xb = x + b * 32;
+    for (int r = 0; r < R; ++r) {
+      a[r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + r * K), a[r]);
+      c[r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + r * K + 16), c[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    __m256 total = _mm256_add_ps(_mm512_castps512_ps256(a[r]), hi256(a[r]));
+    total = _mm256_add_ps(total, _mm512_castps512_ps256(c[r]));
+    total = _mm256_add_ps(total, hi256(c[r]));
+    float s = hsum(total);
+    if constexpr (T == F32 || T == BF16 || T == F16) {
+      for (int64_t k = nb * 32; k < K; ++k) s += plain_at<T>(row, k) * x[r * K + k];
+    }
+    out[r * stride] = s;
+  }
+}
+
+// One weight row against R <= 8 rows of x.
+template <int T>
+PE_AVX512 static void dot_upto8(const uint8_t* row, const float* x, int64_t K, int64_t R,
+                                float* out, int64_t stride) {
+  switch (R) {
+    case 1: dot_tile512<T, 1>(row, x, K, out, stride); break;
+    case 2: dot_tile512<T, 2>(row, x, K, out, stride); break;
+    case 3: dot_tile512<T, 3>(row, x, K, out, stride); break;
+    case 4: dot_tile512<T, 4>(row, x, K, out, stride); break;
+    case 5: dot_tile512<T, 5>(row, x, K, out, stride); break;
+    case 6: dot_tile512<T, 6>(row, x, K, out, stride); break;
+    case 7: dot_tile512<T, 7>(row, x, K, out, stride); break;
+    default: dot_tile512<T, 8>(row, x, K, out, stride); break;
+  }
+}
+
+// The AVX-512 body of grouped_gemv. Output rows go in chunks of 16 per thread; within a chunk,
+// eight x rows at a time meet every weight row of the chunk, so those eight rows stay in L1
+// while the chunk's weights (a few KB) stay in L2: each weight block is decoded once per eight
+// x rows, and x is not streamed from L2 once per weight row.
+PE_AVX512 static void gemv512(const float* xp, int64_t M, int64_t K,
+                              const std::vector<const uint8_t*>& wp,
+                              const std::vector<int64_t>& types,
+                              const std::vector<int64_t>& offs, float* yp, const float* ap) {
+  const int64_t O = offs.back();
+  constexpr int64_t CH = 16;
+  #pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < O; c0 += CH) {
+    const int64_t c1 = std::min(O, c0 + CH);
+    for (int64_t m = 0; m < M; m += 8) {
+      const int64_t R = std::min<int64_t>(8, M - m);
+      for (int64_t r = c0; r < c1; ++r) {
+        size_t j = 0;
+        while (r >= offs[j + 1]) ++j;
+        const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
+        by_type(types[j], [&](auto t) {
+          dot_upto8<decltype(t)::value>(row, xp + m * K, K, R, yp + m * O + r, O);
+        });
+      }
+    }
+    if (ap)
+      for (int64_t r = c0; r < c1; ++r)
+        for (int64_t m = 0; m < M; ++m) yp[m * O + r] += ap[m * O + r];
+  }
+}
+
 // y[m, off_j + o] = sum_k W_j[o, k] x[m, k] (+ add[m, off_j + o]) for every matrix j, any M.
 torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<int64_t> types,
                            c10::optional<torch::Tensor> add) {
@@ -201,6 +356,10 @@ torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::
   if (add.has_value()) {
     TORCH_CHECK(add->is_contiguous() && add->numel() == M * O);
     ap = add->data_ptr<float>();
+  }
+  if (g_isa == 1) {
+    gemv512(xp, M, K, wp, types, offs, yp, ap);
+    return y;
   }
   #pragma omp parallel
   {

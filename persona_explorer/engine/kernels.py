@@ -14,6 +14,10 @@ batch 2. So:
   of summation differs from a dequantize-then-matmul. Every output is one dot product in a fixed
   order, the same whatever the number of rows: identical rows give bit-identical results, and a
   row gives the same bits alone or in a batch of 60 (the shared decoding batch relies on it).
+* The products come in two builds of the same arithmetic: AVX2, and AVX-512F (16-lane
+  registers holding two of the AVX2 path's 8-lane accumulators each, so every row's sums are
+  the same bits; eight x rows share each decoded weight block). :func:`best_isa` picks AVX-512
+  where ``/proc/cpuinfo`` reports it.
 * ``decode_attention``: one decoding step's RoPE, KV-cache write and attention over the cached
   keys, for every row, in one call per layer.
 * ``rms_norm``, ``rope_``, ``silu_mul``: the element-wise ops of every pass (prompts too), one
@@ -113,6 +117,8 @@ def load(enabled: bool) -> Any:
                     "decode_attention",
                     "decode_layer",
                     "decode_layer_many",
+                    "set_isa",
+                    "get_isa",
                 ],
                 # No contraction: the element-wise ops keep torch's rounding (mul, then add).
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
@@ -122,7 +128,30 @@ def load(enabled: bool) -> Any:
         except (RuntimeError, OSError, ImportError) as exc:
             log.warning("decode kernel unavailable, using oneDNN: %s", exc)
             _module = None
+        else:
+            use_isa(_module, best_isa())
         return _module
+
+
+ISAS = ("avx2", "avx512")  # the kernel's products: index = its set_isa code
+
+
+def best_isa(cpuinfo: str | None = None) -> str:
+    """The widest products this CPU runs: AVX-512F where /proc/cpuinfo reports it (a VM that
+    reports it grants it, unlike AMX), else AVX2. Both give the same bits."""
+    flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
+    return "avx512" if flags is not None and "avx512f" in flags else "avx2"
+
+
+def use_isa(module: Any, isa: str) -> None:
+    """Switch the products to ``isa`` (process-wide; the bench compares the two)."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, not {isa!r}")
+    module.set_isa(ISAS.index(isa))
+
+
+def isa_of(module: Any) -> str:
+    return ISAS[int(module.get_isa())]
 
 
 class WeightFormat(IntEnum):
