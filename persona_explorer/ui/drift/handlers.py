@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -72,6 +71,8 @@ from persona_explorer.ui.drift.views import (
 from persona_explorer.ui.shared.context import AppContext, user_errors
 from persona_explorer.ui.shared.markup import chat_text
 from persona_explorer.ui.shared.requests import sampling
+from persona_explorer.ui.shared.streaming import coalesce
+from persona_explorer.ui.shared.uploads import held
 
 MAX_KEPT_REPLAYS = 8  # replays kept in a session for re-plotting; the oldest go first
 DEFAULT_CHAT_TOKENS = 64
@@ -268,20 +269,22 @@ def run_chat(
         yield {tab.chatbot: shown, tab.message: "", tab.chat_status: "Generating…"}
         turn = None
         with ctx.job(request) as job:
-            for text, out in chat_turn_stream(
-                ctx.model,
-                axis,
-                messages,
-                message,
-                cfg=cfg,
-                plan=plan,
-                personas=personas,
-                # The history may take the whole prompt limit; the answer comes on top of it.
-                window_tokens=min(
-                    MAX_WINDOW_TOKENS,
-                    max(MIN_WINDOW_TOKENS, limits.max_prompt_tokens + cfg.max_new_tokens),
-                ),
-                should_stop=job,
+            for text, out in coalesce(
+                chat_turn_stream(
+                    ctx.model,
+                    axis,
+                    messages,
+                    message,
+                    cfg=cfg,
+                    plan=plan,
+                    personas=personas,
+                    # The history may take the whole prompt limit; the answer comes on top of it.
+                    window_tokens=min(
+                        MAX_WINDOW_TOKENS,
+                        max(MIN_WINDOW_TOKENS, limits.max_prompt_tokens + cfg.max_new_tokens),
+                    ),
+                    should_stop=job,
+                )
             ):
                 if out is None:
                     yield {tab.chatbot: [*shown, {"role": "assistant", "content": chat_text(text)}]}
@@ -325,8 +328,8 @@ def _conversations(ctx: AppContext, form: ReplayForm) -> list[Conversation]:
     wanted = list(dict.fromkeys(k for k in keys if isinstance(k, str) and k.strip()))
     convs = [shipped_transcript(by_label.get(k, k)) for k in wanted]
     if form.upload:
-        path = Path(str(form.upload))
-        convs.append(load_conversation(path, label=f"upload: {path.stem[:60]}"))
+        with held(str(form.upload)) as path:  # read again by a replay; deleted when unused
+            convs.append(load_conversation(path, label=f"upload: {path.stem[:60]}"))
     if not convs:
         raise InputError("Choose at least one transcript or upload a conversation file.")
     if len(convs) > APP_DRIFT_MAX_REPLAYS:

@@ -5,7 +5,7 @@ Shared by the two tabs (which never import each other): both read the same forma
 domain's reader, :mod:`persona_explorer.training.samples`), so a class can screen a file and then
 train on it.
 
-Imports: ``core`` (config, errors, limits) and :mod:`.context`; never a tab.
+Imports: ``core`` (config, errors, limits), :mod:`.context` and :mod:`.uploads`; never a tab.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from persona_explorer.core.config import ASSETS_DIR
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import MAX_DATA_BYTES
 from persona_explorer.ui.shared.context import AppContext
+from persona_explorer.ui.shared.uploads import held
 
 __all__ = [
     "DATASETS_DIR",
@@ -85,20 +86,21 @@ class Source:
 
 def resolve_source(ctx: AppContext, dataset: object, file: object, purpose: str) -> Source:
     """An uploaded file (checked: size first, then its type), else a shipped teaching file.
-    ``purpose`` words the error for a wrong file type ("screening", "training")."""
+    ``purpose`` words the error for a wrong file type ("screening", "training").
+
+    A refused upload is deleted at once; an accepted one is held for the visitor's next
+    events and deleted when no run has read it for a while (``shared.uploads.hold``)."""
     if file not in (None, ""):
         if not isinstance(file, str):
             raise InputError("The data file must be an uploaded file.")
-        path = Path(file)
-        if not path.is_file():
-            raise InputError("The uploaded file is no longer on the server: upload it again.")
-        ctx.check_upload(path)
-        if path.suffix.lower() not in DATA_SUFFIXES:
-            raise InputError(
-                f"{path.name[:80]} is not a data file for {purpose}: upload .jsonl (chat "
-                "'messages', or 'prompt' and 'response' fields) or .csv (prompt and response "
-                "columns)."
-            )
+        with held(file) as path:  # refused: deleted now; accepted: until no longer used
+            ctx.check_upload(path)
+            if path.suffix.lower() not in DATA_SUFFIXES:
+                raise InputError(
+                    f"{path.name[:80]} is not a data file for {purpose}: upload .jsonl (chat "
+                    "'messages', or 'prompt' and 'response' fields) or .csv (prompt and "
+                    "response columns)."
+                )
         return Source(path, path.name, ctx.settings.limits.max_upload_bytes, uploaded=True)
     if not isinstance(dataset, str) or not dataset.strip():
         raise InputError("Pick a teaching file or upload a data file (.jsonl or .csv).")
