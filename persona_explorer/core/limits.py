@@ -27,6 +27,7 @@ from typing import Any
 from persona_explorer.core.errors import ConfigError, InputError
 
 __all__ = [
+    "APP_ADAPTER_MAX_RANK",
     "APP_DRIFT_MAX_PROJECTED",
     "APP_DRIFT_MAX_REPLAYS",
     "APP_FINETUNE_MAX_EPOCHS",
@@ -163,6 +164,10 @@ APP_FINETUNE_MAX_RANK = 32
 APP_FINETUNE_MAX_TOKENS = 256
 APP_FINETUNE_MIN_TOKENS = 64  # the chat template alone takes about 30 tokens of the embedded model
 APP_FINETUNE_MAX_LR = 1e-2
+# An uploaded adapter's LoRA rank (the app trains up to APP_FINETUNE_MAX_RANK; the command line
+# more). The upload's size limit binds first on most models: rank 16 of the embedded model's
+# seven projections is about 20 MB.
+APP_ADAPTER_MAX_RANK = 64
 APP_SHIFT_MAX_VECTORS = 4
 APP_SHIFT_MAX_QUESTIONS = 16
 APP_SHIFT_MAX_TOKENS = 96

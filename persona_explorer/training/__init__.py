@@ -7,8 +7,10 @@ What it owns:
 * :mod:`.screening` (how much persona evidence each sample carries: the projection of its
   response minus the model's own answer's, own answers cached) and :mod:`.screening_scores`
   (the result types and the scored file written as CSV/JSONL);
-* :mod:`.finetune`: LoRA training on samples (inoculation context, preventive steering), and
-  :mod:`.adapters`: the saved adapter folders and the tuned model made from one;
+* :mod:`.finetune`: LoRA training on samples (inoculation context, preventive steering, a
+  seed), :mod:`.adapters`: the saved adapter folders and the tuned model made from one, and
+  :mod:`.adapter_io`: an adapter folder zipped for download, and an uploaded zip checked
+  (hostile input) and written back as a folder;
 * :mod:`.shift`: how far a tuned model moved along persona vectors on unrelated questions.
 
 Imports: :mod:`persona_explorer.core`, :mod:`persona_explorer.engine`,

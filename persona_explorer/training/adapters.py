@@ -43,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SETTINGS_FILE",
     "adapter_settings",
+    "check_made_for",
     "fresh_hf",
     "load_tuned",
     "model_shape",
@@ -188,25 +189,32 @@ def _lora_config(path: Path) -> Any:
     )
 
 
+def check_made_for(made: dict[str, Any], base: LoadedModel, where: str) -> None:
+    """Refuse an adapter whose record (``base_model`` of :data:`SETTINGS_FILE`) names another
+    model than ``base``: an adapter changes one model's weights and means nothing on another's."""
+    have = model_shape(base)
+    if any(made.get(k) != have[k] for k in ("architecture", "n_layers", "d_model", "vocab_size")):
+        raise InputError(
+            f"This adapter was made for {str(made.get('model_id'))[:200]!r} "
+            f"({str(made.get('n_layers'))[:12]} layers, d_model {str(made.get('d_model'))[:12]}); "
+            f"the loaded model {base.model_id!r} has {base.n_layers} layers and d_model "
+            f"{base.d_model}. Load it on the model it was trained on ({where})."
+        )
+    if made.get("model_id") != base.model_id:
+        raise InputError(
+            f"This adapter was made for {str(made.get('model_id'))[:200]!r}, but "
+            f"{base.model_id!r} is loaded: an adapter changes one model's weights and means "
+            f"nothing on another's ({where})."
+        )
+
+
 def _check_base(path: Path, base: LoadedModel) -> None:
     if not (path / SETTINGS_FILE).exists():
         return  # a plain peft adapter: the tensor shapes below still have to fit
     made = adapter_settings(path).get("base_model")
     if not isinstance(made, dict):
         raise InputError(f"{path / SETTINGS_FILE} does not say which model it was made for.")
-    have = model_shape(base)
-    if any(made.get(k) != have[k] for k in ("architecture", "n_layers", "d_model", "vocab_size")):
-        raise InputError(
-            f"This adapter was made for {made.get('model_id')!r} ({made.get('n_layers')} layers, "
-            f"d_model {made.get('d_model')}); the loaded model {base.model_id!r} has "
-            f"{base.n_layers} layers and d_model {base.d_model}. Load it on the model it was "
-            "trained on."
-        )
-    if made.get("model_id") != base.model_id:
-        raise InputError(
-            f"This adapter was made for {made.get('model_id')!r}, but {base.model_id!r} is "
-            "loaded: an adapter changes one model's weights and means nothing on another's."
-        )
+    check_made_for(made, base, str(path / SETTINGS_FILE))
 
 
 def load_tuned(base: LoadedModel, adapter_dir: str | Path) -> LoadedModel:

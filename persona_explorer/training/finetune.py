@@ -16,8 +16,10 @@ How a run goes (:func:`finetune`):
   (``model.chat_ids``, the optional ``context`` first in the system turn: inoculation,
   :func:`.samples.system_prompt`) followed by the response's tokens and the end-of-turn token;
   prompt positions get label -100. Samples longer than ``max_tokens`` are cut there;
-* seeded: LoRA's initialisation (the global RNG, inside ``fork_rng`` so nobody else's stream
-  moves), the shuffling (its own generator) and dropout;
+* seeded: LoRA's initialisation and the shuffling each draw from a generator of their own
+  seeded with ``cfg.seed`` (the global one is shared by the app's threads), so the same seed,
+  data and settings give the same adapter; dropout (off by default) draws from the global
+  generator, seeded too, inside ``fork_rng`` so nobody else's stream moves;
 * the compute lock is taken for the forward and backward pass of at most
   :data:`LOCK_SAMPLES` samples at a time (gradients accumulate over a batch, the optimizer steps
   once per batch), so the web app's other users, who take the same lock per decoding step, wait
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -365,6 +368,23 @@ def _lora(hf: Any, cfg: FinetuneConfig, targets: list[str]) -> Any:
     return get_peft_model(hf, lora)
 
 
+def _seeded_lora_init(peft_model: Any, seed: int) -> None:
+    """Draw every LoRA A matrix again from a generator of its own, seeded with ``seed``, in
+    the modules' name order (peft's own rule: Kaiming-uniform with a = sqrt(5); B stays 0).
+
+    peft draws from torch's global generator, which every thread of the web app shares: a
+    second visitor's training (or anything else drawing from it) between our ``manual_seed``
+    and peft's draw would make the same seed give another adapter.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
+            if ".lora_A." in name and param.ndim == 2:
+                drawn = torch.empty(param.shape, dtype=torch.float32)
+                torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=gen)
+                param.copy_(drawn.to(param.device, param.dtype))
+
+
 def finetune(
     model: LoadedModel,
     samples: Sequence[Sample],
@@ -418,6 +438,7 @@ def finetune(
             peft_model = _lora(hf, cfg, targets)
         except ValueError as exc:  # peft: a target module that the model does not have
             raise InputError(f"LoRA cannot target {targets}: {exc}") from exc
+        _seeded_lora_init(peft_model, cfg.seed)
         trainable = [p for p in peft_model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
         peft_model.train()
@@ -451,6 +472,9 @@ def finetune(
         "name": out.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": model_shape(model),
+        # The seed is also at the top: with the same data and settings it gives the same
+        # adapter (LoRA's initialisation and the sample order are drawn from it).
+        "seed": cfg.seed,
         "config": {**cfg.as_json(), "target_modules": targets},
         "data": {
             "source": source,

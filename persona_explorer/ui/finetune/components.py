@@ -33,6 +33,7 @@ class TrainTab:
     steer_vector: gr.Dropdown
     steer_layer: gr.Slider
     steer_strength: gr.Number
+    seed: gr.Number
     train: gr.Button
     stop: gr.Button
     status: gr.Markdown
@@ -41,6 +42,9 @@ class TrainTab:
     summary: gr.JSON
     runs: gr.State
     adapter: gr.Dropdown
+    adapter_file: gr.DownloadButton  # the picked adapter, zipped
+    adapter_upload: gr.UploadButton
+    adapter_note: gr.Markdown
     vectors: gr.Dropdown
     refresh: gr.Button
     questions: gr.Textbox
@@ -52,5 +56,8 @@ class TrainTab:
     shift_plot: gr.Plot
     answers: gr.Dataframe
     shift_summary: gr.JSON
+    shift_file_json: gr.DownloadButton
+    shift_file_csv: gr.DownloadButton
+    last_shift: gr.State  # the last measurement (a runs.Measured), for its files
     trained: Any = None  # the /train event
     measured: Any = None  # the /shift event

@@ -32,6 +32,7 @@ from persona_explorer.core.limits import (
     check_layer,
     check_learning_rate,
     check_lines,
+    check_seed,
     check_strength,
     check_text,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_LR",
     "DEFAULT_RANK",
     "DEFAULT_SAMPLES",
+    "DEFAULT_SEED",
     "DEFAULT_SHIFT_TOKENS",
     "DEFAULT_TOKENS",
     "DEFAULT_VECTORS",
@@ -68,6 +70,7 @@ DEFAULT_EPOCHS = int(_DEFAULTS.epochs)
 DEFAULT_LR = float(_DEFAULTS.lr)
 DEFAULT_RANK = int(_DEFAULTS.rank)
 DEFAULT_TOKENS = int(_DEFAULTS.max_tokens)
+DEFAULT_SEED = int(_DEFAULTS.seed)
 DEFAULT_SHIFT_TOKENS = 48
 DEFAULT_DATASET = "malicious_advice"
 DEFAULT_VECTORS = ("evil", "sycophantic", "optimistic")
@@ -126,6 +129,9 @@ class TrainForm:
     steer_vector: str | None = None
     steer_layer: float = 20
     steer_strength: float = 2.0
+    # LoRA's initialisation and the sample order: the same seed, data and settings give the
+    # same adapter.
+    seed: float = DEFAULT_SEED
     # The session's runs (the tab's gr.State): filled by the app, not an API parameter.
     runs: Any = None
 
@@ -142,6 +148,7 @@ class TrainForm:
         )
         samples = check_int_in(self.max_samples, "Max samples", 1, APP_FINETUNE_MAX_SAMPLES)
         lr = check_learning_rate(self.learning_rate, APP_FINETUNE_MAX_LR)
+        seed = check_seed(self.seed)
         context = None
         if check_bool(self.with_context, "with_context"):
             cap = limits.max_prompt_chars
@@ -157,7 +164,13 @@ class TrainForm:
             steer, steer_name = PreventiveSteer(vec, layer, strength), vec.name
         source = resolve_source(ctx, self.dataset, self.file, "training")
         cfg = FinetuneConfig(
-            epochs=epochs, lr=lr, rank=rank, max_tokens=tokens, context=context, steer=steer
+            epochs=epochs,
+            lr=lr,
+            rank=rank,
+            max_tokens=tokens,
+            seed=seed,
+            context=context,
+            steer=steer,
         )
         return TrainSettings(source, cfg, samples, steer_name)
 

@@ -21,6 +21,10 @@ tab's), its progress reported from inside screening.
 The times the statuses report are the wall time the visitor waited: from the click to the
 result, reading the data, loading models and screening included.
 
+:func:`upload_adapter` turns an uploaded adapter zip (``training.adapter_io``: checked as
+hostile input against the loaded model) into one of this session's runs; :func:`adapter_file`
+zips the picked adapter for its download button.
+
 The adapters and tuned models are kept by :class:`.tuned_models.TunedModels`; the session's
 recent runs live in the tab's ``gr.State`` (:class:`.runs.TrainRun`: numbers and names, never a
 model).
@@ -44,14 +48,20 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import APP_SHIFT_MAX_QUESTIONS, APP_SHIFT_MAX_VECTORS
+from persona_explorer.core.limits import (
+    APP_ADAPTER_MAX_RANK,
+    APP_SHIFT_MAX_QUESTIONS,
+    APP_SHIFT_MAX_VECTORS,
+)
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.plots.train import loss_figure
+from persona_explorer.training.adapter_io import read_adapter_zip
 from persona_explorer.training.finetune import FinetuneConfig, FinetuneResult, finetune
 from persona_explorer.training.samples import MAX_PROBLEMS_KEPT, FirstSamples, first_samples
 from persona_explorer.training.screening import OwnResponseCache, ScreenConfig, screen
 from persona_explorer.training.shift import DEFAULT_QUESTIONS_PATH, persona_shift, read_questions
 from persona_explorer.ui.finetune.components import TrainTab
+from persona_explorer.ui.finetune.downloads import adapter_download
 from persona_explorer.ui.finetune.forms import DEFAULT_VECTORS, ShiftForm, TrainForm
 from persona_explorer.ui.finetune.runs import (
     MAX_RUNS,
@@ -61,6 +71,7 @@ from persona_explorer.ui.finetune.runs import (
     adapter_choices,
     companion,
     kept_runs,
+    uploaded_run,
 )
 from persona_explorer.ui.finetune.tuned_models import TunedModels, owner_of
 from persona_explorer.ui.finetune.views import (
@@ -76,9 +87,11 @@ from persona_explorer.ui.finetune.views import (
     shift_status,
     train_status,
     train_summary,
+    upload_status,
 )
 from persona_explorer.ui.shared.context import AppContext, user_errors
 from persona_explorer.ui.shared.data_files import Source
+from persona_explorer.ui.shared.uploads import discard
 from persona_explorer.vectors.persona_vector import PersonaVector
 
 log = logging.getLogger(__name__)
@@ -245,6 +258,7 @@ def run_train(
             timed_out=result.stopped and timed_out,
             more=data.more,
             settings=dict(result.settings),
+            seed=cfg.seed,
         )
         store.add(adapter, owner, result.model)
         new_runs = (*runs, run)[-MAX_RUNS:]
@@ -326,6 +340,8 @@ def predict_shift(
     (sample minus the model's own answer) of its first samples at the vector's layer, with the
     run's context before each sample. ``progress(fraction, message)`` comes from inside
     screening (one share of the bar per layer screened)."""
+    if run.uploaded is not None:
+        return Prediction({}, "an uploaded adapter comes without its training file.")
     if not run.path.is_file():
         return Prediction({}, "The training file is no longer on the server: upload it again.")
     by_layer: dict[int, list[PersonaVector]] = {}
@@ -368,6 +384,13 @@ def predict_shift(
     if not values:
         return Prediction({}, "screening had no answers of the model's own to compare with.")
     return Prediction(values, f"from the first {n} samples, own answers of {PREDICT_TOKENS} tokens")
+
+
+def _vector_record(vec: PersonaVector, report: Any) -> dict[str, Any]:
+    """What the shift report's files say about one vector: its name, the model it was made
+    for, and the layer it was read at."""
+    layer = next((int(r.layer) for r in report.rows if r.name == vec.name), None)
+    return {"name": vec.name, "model_id": vec.model_id, "layer": layer}
 
 
 def run_shift(
@@ -416,6 +439,7 @@ def run_shift(
                     tab.shift_status: f"The measurement {why} before it finished: press "
                     "**Measure shift** again.",
                     tab.shift_plot: empty_figure("The measurement did not finish"),
+                    tab.last_shift: None,
                 }
                 return
             other_report = None
@@ -452,10 +476,72 @@ def run_shift(
         if other_report is not None and (other_report.stopped or not other_report.rows):
             other_report = None
         compared = other if other_report is not None else None
-        m = Measured(run, report, compared, other_report, prediction, time.perf_counter() - started)
+        m = Measured(
+            run,
+            report,
+            compared,
+            other_report,
+            prediction,
+            time.perf_counter() - started,
+            vectors=tuple(_vector_record(v, report) for v in vectors),
+            asked={
+                "questions": list(questions),
+                "layer": "auto" if layer is None else layer,
+                "max_new_tokens": asked.max_new_tokens,
+                "predict": asked.predict,
+                "decoding": "greedy",
+            },
+        )
         yield {
+            tab.last_shift: m,
             tab.shift_summary: shift_json(m),
             tab.shift_status: shift_status(m),
             tab.shift_plot: shift_plot(m, ctx.model.n_layers),
             tab.answers: answers_table(answers_frame(m)),
+        }
+
+
+# --------------------------------------------------------------------------- adapters as files
+
+
+def adapter_file(
+    ctx: AppContext, tab: TrainTab, adapter: object, request: gr.Request | None
+) -> Any:
+    """The picked adapter's zip for its download button (another session's is refused)."""
+    return adapter_download(ctx, tab.store, adapter, owner_of(request))
+
+
+def upload_adapter(
+    ctx: AppContext,
+    tab: TrainTab,
+    file: object,
+    runs_value: object,
+    request: gr.Request | None,
+) -> dict:
+    """An uploaded adapter zip, checked (``training.adapter_io``: safetensors only, sizes and
+    shapes against the loaded model), becomes one of this session's tuned models: picked for
+    **Measure shift** like a run trained here."""
+    store: TunedModels = tab.store
+    with user_errors():
+        owner = owner_of(request)
+        runs = kept_runs(runs_value)
+        if not isinstance(file, str) or not file:
+            raise InputError("Choose an adapter .zip to upload.")
+        try:
+            upload = read_adapter_zip(
+                file,
+                ctx.model,
+                max_bytes=ctx.settings.limits.max_upload_bytes,
+                max_rank=APP_ADAPTER_MAX_RANK,
+            )
+        finally:
+            discard(file)  # read into memory (or refused): the server keeps no copy
+        adapter = store.install(ctx.model, upload, owner)
+        number = (runs[-1].number + 1) if runs else 1
+        run = uploaded_run(adapter, number, Path(file).name, upload.settings, upload.sha256)
+        new_runs = (*runs, run)[-MAX_RUNS:]
+        return {
+            tab.runs: new_runs,
+            tab.adapter: gr.update(choices=adapter_choices(new_runs), value=adapter),
+            tab.adapter_note: upload_status(run, upload.rank),
         }

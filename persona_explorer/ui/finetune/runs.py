@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from persona_explorer.training.shift import ShiftReport
 
@@ -21,6 +22,7 @@ __all__ = [
     "adapter_choices",
     "companion",
     "kept_runs",
+    "uploaded_run",
 ]
 
 MAX_RUNS = 6  # runs one session keeps in its state (and lists in the adapter picker)
@@ -48,6 +50,8 @@ class TrainRun:
     timed_out: bool
     more: bool = False  # the file had more samples than were used
     settings: dict = field(default_factory=dict, compare=False)
+    seed: int | None = None  # None: not recorded (an uploaded plain peft adapter)
+    uploaded: str | None = None  # the uploaded zip's name (user text), for an uploaded adapter
 
     @property
     def data_key(self) -> tuple[str, int]:
@@ -65,9 +69,13 @@ class TrainRun:
     @property
     def label(self) -> str:
         name = self.dataset if len(self.dataset) <= 40 else self.dataset[:39] + "…"
+        seed = f" · seed {self.seed}" if self.seed is not None else ""
+        if self.uploaded is not None:
+            file = self.uploaded if len(self.uploaded) <= 40 else self.uploaded[:39] + "…"
+            return f"#{self.number} uploaded {file} · {name} · {self.framing}{seed}"
         return (
             f"#{self.number} {name} · {self.n_samples} samples · {self.epochs} epoch"
-            f"{'s' if self.epochs != 1 else ''} · {self.framing}"
+            f"{'s' if self.epochs != 1 else ''} · {self.framing}{seed}"
         )
 
 
@@ -115,3 +123,57 @@ class Measured:
     # The wall time the visitor waited for all of it (models loaded, companion measured,
     # screening's prediction); None: the report's own time.
     seconds: float | None = None
+    # What the downloads record of how it was measured: each vector (name, model, layer) and
+    # the measurement's settings as asked (questions, layer choice, tokens, prediction).
+    vectors: tuple[dict[str, Any], ...] = ()
+    asked: dict[str, Any] = field(default_factory=dict)
+
+
+def _settings_part(settings: dict, key: str) -> dict:
+    part = settings.get(key)
+    return part if isinstance(part, dict) else {}
+
+
+def uploaded_run(
+    adapter: str,
+    number: int,
+    file_name: str,
+    settings: dict | None,
+    weights_sha256: str,
+) -> TrainRun:
+    """What the session keeps of an uploaded adapter: its record's numbers where it has one
+    (already cleaned by ``training.adapter_io``), so that it is measured like a run trained
+    here. It has no training file on the server (no screening prediction)."""
+    record = settings or {}
+    config, data = _settings_part(record, "config"), _settings_part(record, "data")
+    steer = _settings_part(config, "steer")
+    losses = tuple(float(x) for x in record.get("losses", ()))
+    digest = data.get("sha256")
+    return TrainRun(
+        adapter=adapter,
+        number=number,
+        dataset=str(data.get("source") or "unknown data"),
+        path=Path(),  # no training file here
+        # The record's data hash: an upload trained on the same data as one of this session's
+        # runs (with another framing) is compared with it.
+        digest=digest if isinstance(digest, str) else f"upload:{weights_sha256}",
+        n_samples=int(data.get("n_samples", 0)),
+        n_problems=int(data.get("skipped", 0)),
+        context=config.get("context") or None,
+        steer=(
+            f"{steer.get('vector', '?')} at layer {steer.get('layer', '?')}, strength "
+            f"{steer.get('strength', '?')}"
+            if steer
+            else None
+        ),
+        epochs=int(config.get("epochs", 0)),
+        steps=int(record.get("steps", len(losses))),
+        losses=losses,
+        epoch_losses=tuple(float(x) for x in record.get("epoch_losses", ())),
+        seconds=float(record.get("seconds", 0.0)),
+        stopped=bool(record.get("stopped", False)),
+        timed_out=False,
+        settings=dict(record),
+        seed=record.get("seed", config.get("seed")),
+        uploaded=file_name,
+    )

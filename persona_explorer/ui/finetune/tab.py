@@ -8,6 +8,10 @@ answers on persona vectors: one panel of bars per vector, a third bar for the se
 the same data with another framing, screening's prediction beside the measured shift, and the
 two models' answers side by side.
 
+Files (issue 26): the picked adapter downloads as a zip of peft's folder with its record, an
+adapter zip uploads back as one of the session's runs (checked as hostile input), and the shift
+report downloads as JSON and CSV (:mod:`.downloads`). The form's seed makes a run repeatable.
+
 The public ``/train`` and ``/shift`` endpoints are the Train and Measure shift buttons. This
 module lays the tab out and wires its events; the widgets are :class:`.components.TrainTab`,
 the inputs :mod:`.forms`, the handlers :mod:`.handlers`, their wording :mod:`.views`, and the
@@ -25,6 +29,7 @@ from typing import Any
 import gradio as gr
 
 from persona_explorer.core.limits import (
+    APP_ADAPTER_MAX_RANK,
     APP_FINETUNE_MAX_EPOCHS,
     APP_FINETUNE_MAX_RANK,
     APP_FINETUNE_MAX_SAMPLES,
@@ -33,9 +38,11 @@ from persona_explorer.core.limits import (
     APP_SHIFT_MAX_QUESTIONS,
     APP_SHIFT_MAX_TOKENS,
     APP_SHIFT_MAX_VECTORS,
+    MAX_SEED,
 )
 from persona_explorer.plots.common import empty_figure
 from persona_explorer.ui.finetune.components import TrainTab
+from persona_explorer.ui.finetune.downloads import shift_downloads
 from persona_explorer.ui.finetune.forms import (
     AUTO_LAYER,
     DEFAULT_CONTEXT,
@@ -44,6 +51,7 @@ from persona_explorer.ui.finetune.forms import (
     DEFAULT_LR,
     DEFAULT_RANK,
     DEFAULT_SAMPLES,
+    DEFAULT_SEED,
     DEFAULT_SHIFT_TOKENS,
     DEFAULT_TOKENS,
     ShiftForm,
@@ -52,6 +60,7 @@ from persona_explorer.ui.finetune.forms import (
 )
 from persona_explorer.ui.finetune.handlers import (
     PREDICT_MAX_SAMPLES,
+    adapter_file,
     default_questions,
     default_vectors,
     refresh_steer_vector,
@@ -60,9 +69,16 @@ from persona_explorer.ui.finetune.handlers import (
     run_shift,
     run_train,
     stop_training,
+    upload_adapter,
 )
 from persona_explorer.ui.finetune.tuned_models import TunedModels
-from persona_explorer.ui.finetune.views import FAILED, READY, SHIFT_FAILED, SHIFT_READY
+from persona_explorer.ui.finetune.views import (
+    ADAPTER_HELP,
+    FAILED,
+    READY,
+    SHIFT_FAILED,
+    SHIFT_READY,
+)
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.context import AppContext
 from persona_explorer.ui.shared.data_files import data_inputs
@@ -76,10 +92,12 @@ instead of dataset when given). The first max_samples samples (at most {APP_FINE
 malformed lines are skipped and listed. epochs: 1-{APP_FINETUNE_MAX_EPOCHS}; learning_rate: above 0, at most
 0.01; rank: 1-{APP_FINETUNE_MAX_RANK}; max_tokens per sample: {APP_FINETUNE_MIN_TOKENS}-{APP_FINETUNE_MAX_TOKENS}. With with_context, the
 context is put before every sample as a system prompt (inoculation). With steer, steer_vector
-is added at steer_layer with steer_strength during training (preventive steering).
+is added at steer_layer with steer_strength during training (preventive steering). seed
+(0 to {MAX_SEED}): LoRA's initialisation and the sample order; the same seed, data and settings
+give the same adapter.
 
 Returns a JSON summary (adapter: the id that /shift takes, dataset, samples, skipped, problems
-with their line numbers, epochs, steps, losses per step, epoch_losses, seconds, stopped,
+with their line numbers, epochs, seed, steps, losses per step, epoch_losses, seconds, stopped,
 settings), the status line, the loss plot, the skipped lines and the adapter picked for the
 shift. An adapter belongs to the session that trained it; one training at a time per visitor."""  # noqa: E501
 
@@ -91,9 +109,10 @@ vector's recorded layer). With predict, screening also predicts the shift from t
 file (mean projection difference of its first {PREDICT_MAX_SAMPLES} samples).
 
 Returns a JSON object like the shift command's: vectors (name, layer, base, tuned, shift,
-predicted), answers (question, base, tuned), and "compared" when this session trained the same
-data with another framing; then the status line, the bars (plotly) and the answers side by
-side."""  # noqa: E501
+predicted), answers (question, base, tuned), the run's seed, and "compared" when this session
+trained the same data with another framing; then the status line, the bars (plotly) and the
+answers side by side. An adapter uploaded in the tab (a zip from its download button) is one of
+the session's adapters too."""  # noqa: E501
 
 NOTE = """\
 **What a 135M model shows, and what it does not.** Measured here (32 samples, 2 epochs, the
@@ -165,6 +184,16 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
                     label="Max tokens per sample",
                     elem_id="pe-train-tokens",
                 )
+            seed = gr.Number(
+                DEFAULT_SEED,
+                label="Seed",
+                info="LoRA's initialisation and the sample order: the same seed and settings "
+                "give the same adapter.",
+                precision=0,
+                minimum=0,
+                maximum=MAX_SEED,
+                elem_id="pe-train-seed",
+            )
             with gr.Accordion("Preventive steering (optional)", open=False):
                 gr.Markdown(
                     "Adds a persona vector at one layer *while training*: the model is pushed "
@@ -214,6 +243,26 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
                 label="Trained model (this session's runs)",
                 allow_custom_value=True,
                 elem_id="pe-train-adapter",
+            )
+            with gr.Row():
+                adapter_file = gr.DownloadButton(
+                    "Download the adapter (.zip)",
+                    size="sm",
+                    elem_id="pe-train-adapter-download",
+                )
+                adapter_upload = gr.UploadButton(
+                    "Upload an adapter (.zip)",
+                    file_types=[".zip"],
+                    file_count="single",
+                    type="filepath",
+                    size="sm",
+                    elem_id="pe-train-adapter-upload",
+                )
+            adapter_note = gr.Markdown(
+                ADAPTER_HELP + f" Uploads: safetensors only, LoRA rank at most "
+                f"{APP_ADAPTER_MAX_RANK}.",
+                elem_classes="pe-info",
+                elem_id="pe-train-adapter-note",
             )
             vectors = gr.Dropdown(
                 choices,
@@ -280,16 +329,25 @@ def build(ctx: AppContext, state: gr.State) -> TrainTab:
             )
             with gr.Accordion("Shift report (JSON)", open=False):
                 shift_summary = gr.JSON(None, label="Shift report", elem_id="pe-train-shift-json")
+            with gr.Row():
+                shift_file_json = gr.DownloadButton(
+                    "Download the shift report (JSON)", elem_id="pe-train-shift-download-json"
+                )
+                shift_file_csv = gr.DownloadButton(
+                    "Download the shift report (CSV)", elem_id="pe-train-shift-download-csv"
+                )
     tab = TrainTab(
         state=state, store=store, dataset=dataset, upload=upload, max_samples=max_samples,
         with_context=with_context, context=context, epochs=epochs, learning_rate=learning_rate,
         rank=rank, max_tokens=max_tokens, steer=steer, steer_vector=steer_vector,
-        steer_layer=steer_layer, steer_strength=steer_strength, train=train, stop=stop,
-        status=status, loss_plot=loss_plot, problems=problems, summary=summary,
-        runs=gr.State(()), adapter=adapter, vectors=vectors, refresh=refresh,
-        questions=questions, layer=layer, max_new_tokens=max_new_tokens, predict=predict,
-        measure=measure, shift_status=shift_status, shift_plot=shift_plot, answers=answers,
-        shift_summary=shift_summary,
+        steer_layer=steer_layer, steer_strength=steer_strength, seed=seed, train=train,
+        stop=stop, status=status, loss_plot=loss_plot, problems=problems, summary=summary,
+        runs=gr.State(()), adapter=adapter, adapter_file=adapter_file,
+        adapter_upload=adapter_upload, adapter_note=adapter_note, vectors=vectors,
+        refresh=refresh, questions=questions, layer=layer, max_new_tokens=max_new_tokens,
+        predict=predict, measure=measure, shift_status=shift_status, shift_plot=shift_plot,
+        answers=answers, shift_summary=shift_summary, shift_file_json=shift_file_json,
+        shift_file_csv=shift_file_csv, last_shift=gr.State(None),
     )  # fmt: skip
     _wire(ctx, tab)
     return tab
@@ -323,7 +381,7 @@ def _wire(ctx: AppContext, tab: TrainTab) -> None:
         inputs=[
             tab.dataset, tab.upload, tab.max_samples, tab.with_context, tab.context, tab.epochs,
             tab.learning_rate, tab.rank, tab.max_tokens, tab.steer, tab.steer_vector,
-            tab.steer_layer, tab.steer_strength, tab.runs, tab.state,
+            tab.steer_layer, tab.steer_strength, tab.seed, tab.runs, tab.state,
         ],
         outputs=[tab.summary, tab.status, tab.loss_plot, tab.problems, tab.runs, tab.adapter],
         api_name="train",
@@ -358,7 +416,9 @@ def _wire(ctx: AppContext, tab: TrainTab) -> None:
             tab.adapter, tab.vectors, tab.questions, tab.layer, tab.max_new_tokens, tab.predict,
             tab.runs, tab.state,
         ],
-        outputs=[tab.shift_summary, tab.shift_status, tab.shift_plot, tab.answers],
+        outputs=[
+            tab.shift_summary, tab.shift_status, tab.shift_plot, tab.answers, tab.last_shift,
+        ],
         api_name="shift",
         show_progress_on=[tab.shift_status],
         **heavy,
@@ -367,6 +427,7 @@ def _wire(ctx: AppContext, tab: TrainTab) -> None:
         lambda: SHIFT_FAILED, None, tab.shift_status, queue=False, show_progress="hidden",
         **private,
     )  # fmt: skip
+    _wire_files(ctx, tab)
     # A pick from the list clears the upload, and an upload the pick: one file is trained on.
     tab.dataset.input(
         lambda name: (None, suggested_context(name)),
@@ -384,5 +445,41 @@ def _wire(ctx: AppContext, tab: TrainTab) -> None:
         inputs=[tab.state, tab.vectors, tab.steer_vector],
         outputs=[tab.vectors, tab.steer_vector],
         queue=False,
+        **private,
+    )
+
+
+def _wire_files(ctx: AppContext, tab: TrainTab) -> None:
+    """The adapter's zip and the shift report's files (issue 26), and adapter uploads."""
+    private: dict[str, Any] = {"api_visibility": "private"}
+
+    def picked_adapter(adapter: str | None, request: gr.Request) -> Any:
+        return adapter_file(ctx, tab, adapter, request)
+
+    # Any change of the pick (a training, an upload, the visitor's choice) zips that adapter.
+    tab.adapter.change(
+        picked_adapter, [tab.adapter], [tab.adapter_file], show_progress="hidden", **private
+    )
+
+    def uploaded(file: str | None, runs: Any, request: gr.Request) -> dict:
+        return upload_adapter(ctx, tab, file, runs, request)
+
+    # Loading an adapter builds a tuned model (a copy of the base model's weights): a heavy
+    # job like a training, in the same queue.
+    tab.adapter_upload.upload(
+        uploaded,
+        [tab.adapter_upload, tab.runs],
+        [tab.runs, tab.adapter, tab.adapter_note],
+        show_progress_on=[tab.adapter_note],
+        **private,
+        **ctx.heavy_queue(),
+    )
+    files = [tab.shift_file_json, tab.shift_file_csv]
+    tab.measure.click(lambda: (None, None), None, files, queue=False, **private)
+    tab.measured.success(
+        lambda kept: shift_downloads(ctx, kept),
+        [tab.last_shift],
+        files,
+        show_progress="hidden",
         **private,
     )

@@ -4,7 +4,9 @@ Adapters are folders under the cache directory (``adapters/<id>``): a random id,
 the session that trained it (:class:`TunedModels` refuses every other session's), at most
 :data:`MAX_ADAPTERS_KEPT` folders on disk (the oldest go first) and :data:`MAX_HELD` tuned
 models in memory (the least recently used is dropped, and read from its folder again when it
-is needed). One visitor trains one model at a time.
+is needed). One visitor trains one model at a time. An uploaded adapter (already checked by
+``training.adapter_io``) joins the uploader's adapters through :meth:`TunedModels.install`,
+which loads it at once so that a refusal comes with the upload.
 
 These caps are the server's resources, not limits on a request (those are in
 :mod:`persona_explorer.core.limits`).
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from persona_explorer.core.errors import InputError
+from persona_explorer.training.adapter_io import AdapterUpload, write_upload
 from persona_explorer.training.adapters import load_tuned
 
 if TYPE_CHECKING:
@@ -100,6 +103,29 @@ class TunedModels:
         with self._lock:
             self._owners[adapter] = owner
             self._hold(adapter, model)
+
+    def install(self, base: LoadedModel, upload: AdapterUpload, owner: str) -> str:
+        """An uploaded adapter (already checked) as one of ``owner``'s adapters: written to a
+        fresh folder and loaded now, so that anything the checks let through and peft still
+        refuses is refused here, not at the first measurement. Returns its id."""
+        adapter, folder = self.new_folder()
+        write_upload(upload, folder)
+        try:
+            with self._loading:  # one load at a time: each is as large as the base model
+                tuned = load_tuned(base, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.add(adapter, owner, tuned)
+        return adapter
+
+    def folder(self, adapter: object, owner: str) -> Path:
+        """The folder of one of ``owner``'s adapters (for its download)."""
+        adapter = self.check(adapter, owner)
+        folder = self.root / adapter
+        if not folder.is_dir():
+            raise InputError("This adapter was removed to make room for newer ones.")
+        return folder
 
     def _hold(self, adapter: str, model: LoadedModel) -> None:
         self._held[adapter] = model

@@ -86,7 +86,7 @@ def train_status(run: TrainRun) -> str:
     text = (
         f"Trained run **\\#{run.number}** ({run.framing}) on **{run.n_samples}** samples of "
         f"*{md(run.dataset, 80)}*, {run.epochs} epoch{'s' if run.epochs != 1 else ''}: "
-        f"{len(run.losses)} steps in {run.seconds:.0f} s"
+        f"{len(run.losses)} steps in {run.seconds:.0f} s, seed {run.seed}"
     )
     if run.losses:
         text += f", loss {run.losses[0]:.3f} → {run.losses[-1]:.3f}"
@@ -112,6 +112,7 @@ def train_summary(run: TrainRun, problems: Sequence[Any]) -> dict[str, Any]:
         "context": run.context,
         "preventive_steering": run.steer,
         "epochs": run.epochs,
+        "seed": run.seed,
         "steps": run.steps,
         "steps_done": len(run.losses),
         "losses": list(run.losses),
@@ -120,6 +121,28 @@ def train_summary(run: TrainRun, problems: Sequence[Any]) -> dict[str, Any]:
         "stopped": run.stopped,
         "settings": run.settings,
     }
+
+
+def upload_status(run: TrainRun, rank: int) -> str:
+    """What an uploaded adapter is, once it is loaded."""
+    made = (
+        f"trained on *{md(run.dataset, 80)}* ({run.n_samples} samples, {run.epochs} epochs, "
+        f"{run.framing}, seed {run.seed})"
+        if run.settings
+        else "a plain peft adapter (no persona_finetune.json: how it was trained is unknown)"
+    )
+    return (
+        f"Uploaded *{md(run.uploaded or '', 80)}* as run **\\#{run.number}**: LoRA rank "
+        f"{rank}, {made}. It is picked above: press **Measure shift**."
+    )
+
+
+ADAPTER_HELP = (
+    "**Download** gives the picked run's adapter: peft's folder (adapter_config.json, "
+    "adapter_model.safetensors) with its persona_finetune.json (settings, seed, losses), "
+    "zipped. **Upload** one (a .zip of such a folder, made on this model) to measure its shift "
+    "here; unzipped, `python app.py --adapter DIR` runs every tab, Steer included, on it."
+)
 
 
 # --------------------------------------------------------------------------- the shift
@@ -188,6 +211,7 @@ def shift_json(m: Measured) -> dict[str, Any]:
     companion run."""
     out = dict(m.report.as_json())
     out["adapter"] = m.run.adapter
+    out["seed"] = m.run.seed
     predicted = m.prediction.values if m.prediction is not None else {}
     out["vectors"] = [{**v, "predicted": predicted.get(v["name"])} for v in out.get("vectors", [])]
     if m.prediction is not None:
