@@ -260,6 +260,30 @@ def axis_path(model_id: str, cache_dir: Path) -> Path:
     return cache_dir / "axis" / f"{model_key(model_id)}.safetensors"
 
 
+def _axis_candidates(model: LoadedModel, cache_dir: Path) -> list[Path]:
+    """Where :func:`axis_for` looks, in its order."""
+    candidates = [axis_path(model.model_id, cache_dir)]
+    if model.model_id == EMBEDDED_MODEL_ID:
+        candidates.insert(0, shipped_axis_path(model.model_id))
+    return candidates
+
+
+def axis_on_disk(model: LoadedModel, cache_dir: Path) -> AxisData | None:
+    """The axis :func:`axis_for` would read for ``model`` (shipped or cached, fitting its
+    shape), or None where it would have to build one (minutes). Views that only *show* numbers
+    along the axis ask this first, so that drawing a table never starts a build."""
+    for path in _axis_candidates(model, cache_dir):
+        if not path.is_file():
+            continue
+        try:
+            data = AxisData.load(path)
+        except InputError:  # AxisFileError: unreadable; axis_for would say why
+            continue
+        if (data.n_layers, data.d_model) == (model.n_layers, model.d_model):
+            return data
+    return None
+
+
 def axis_for(
     model: LoadedModel,
     cache_dir: Path,
@@ -287,6 +311,7 @@ def axis_for(
 __all__ = [
     "CURATED_ROLES",
     "axis_for",
+    "axis_on_disk",
     "axis_path",
     "build_axis",
     "model_key",

@@ -32,3 +32,4 @@ class ExtractTab:
     save: gr.Button
     download: gr.DownloadButton
     extracted: Any = None  # the extraction event, for chaining list refreshes
+    remove_axis: gr.Checkbox | None = None  # "Remove the Assistant-Axis component"

@@ -4,26 +4,31 @@
 order). :func:`run_extract` builds a persona vector from contrastive rollouts and adds it to this
 session's vectors; with ``sweep``, a small layer x strength sweep follows
 (:func:`persona_explorer.ui.shared.sweeping.sweep_after_extraction`) and its recommendation is
-recorded in the vector before it is listed. :func:`save_extracted` puts the vector in the
+recorded in the vector before it is listed; with ``remove_axis``, the vector's component along
+the Assistant Axis is removed first (:mod:`..vectors.axis_component`), so the sweep, the session
+and the library all get the copy without it. :func:`save_extracted` puts the vector in the
 library in place of its session copy. The wording is :mod:`.views`.
 
 A new extraction first withdraws the previous one's results and buttons, so a failed or stopped
 run leaves none of them behind; errors are toasts.
 
-Imports: gradio, ``core``, ``personas`` (definitions, built-ins, extraction), ``plots``,
-``ui.shared`` (context, catalog, markup, sweeping) and this tab's components and views; never
-the layout (:mod:`.tab`) and never another tab.
+Imports: gradio, ``core``, ``axis`` (the axis on disk), ``personas`` (definitions, built-ins,
+extraction), ``vectors`` (the axis component), ``plots``, ``ui.shared`` (context, catalog,
+markup, sweeping) and this tab's components and views; never the layout (:mod:`.tab`) and never
+another tab.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from persona_explorer.axis.build import axis_on_disk
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import Limits, check_int, check_text
 from persona_explorer.personas.data import load_builtin
@@ -36,11 +41,21 @@ from persona_explorer.personas.extract import (
 )
 from persona_explorer.plots import empty_figure, separation_figure
 from persona_explorer.ui.extract.components import ExtractTab
-from persona_explorer.ui.extract.views import examples, preview, summary
+from persona_explorer.ui.extract.views import axis_line, examples, preview, summary
 from persona_explorer.ui.shared.catalog import add_to_session
 from persona_explorer.ui.shared.context import AppContext, user_errors
 from persona_explorer.ui.shared.markup import plain
 from persona_explorer.ui.shared.sweeping import sweep_after_extraction
+from persona_explorer.vectors.axis_component import (
+    AxisComponent,
+    component_at,
+    remove_axis_component,
+)
+
+if TYPE_CHECKING:
+    from persona_explorer.axis.assistant_axis import AxisData
+
+log = logging.getLogger(__name__)
 
 
 def _lines(text: Any, what: str, limits: Limits) -> list[str]:
@@ -63,6 +78,7 @@ class ExtractForm:
     max_new_tokens: float = 32
     variant: str = "response"
     sweep: bool = False  # then find the layer and strength with a small sweep
+    remove_axis: bool = False  # remove the vector's component along the Assistant Axis
 
     def persona(self, limits: Limits, data_dir: Path) -> PersonaDefinition:
         """The persona asked for: a shipped trait or role (from ``data_dir``, the
@@ -145,10 +161,43 @@ def reset_results(tab: ExtractTab) -> dict:
     }
 
 
-def _check_sweep(value: object) -> bool:
+def _check_flag(value: object, name: str = "sweep") -> bool:
     if not isinstance(value, bool):
-        raise InputError("sweep must be true or false.")
+        raise InputError(f"{name} must be true or false.")
     return value
+
+
+def ready_axis(ctx: AppContext) -> AxisData | None:
+    """The model's axis if it is loaded or on disk, else None (never builds one)."""
+    # ctx.axis() builds a missing axis (minutes): a view only reads one that already exists.
+    if ctx._axis is None and axis_on_disk(ctx.model, ctx.settings.cache_dir) is None:
+        return None
+    try:
+        return ctx.axis()
+    except InputError as exc:  # an unreadable axis file: the Persona space tab says why
+        log.warning("no Assistant Axis to show: %s", exc)
+        return None
+
+
+def without_axis(ctx: AppContext, result: ExtractionResult, progress: Any) -> ExtractionResult:
+    """``result`` with its vector's Assistant-Axis component removed at every layer (the axis
+    is built first where none exists yet: the visitor asked for it)."""
+    axis = ctx.axis(lambda f, msg: progress(f, desc=f"Assistant Axis: {msg}"))
+    vec = remove_axis_component(result.vector, axis.axis, axis_model_id=axis.model_id)
+    return replace(result, vector=vec)
+
+
+def axis_component_of(ctx: AppContext, result: ExtractionResult) -> AxisComponent | None:
+    """The extracted vector's component along the axis at its recommended layer (None: no
+    axis on disk, or a zero vector there)."""
+    axis = ready_axis(ctx)
+    vec = result.vector
+    if axis is None or vec.layer is None:
+        return None
+    try:
+        return component_at(vec, axis.axis, vec.layer)
+    except InputError:  # a zero vector has no direction; the summary says so already
+        return None
 
 
 EXTRACTION_SHARE = 0.6  # of the progress bar, when a sweep follows
@@ -173,7 +222,8 @@ def run_extract(
         limits = ctx.settings.limits
         persona = form.persona(limits, ctx.settings.persona_data_dir)
         cfg = form.config(persona, limits)
-        sweep = _check_sweep(form.sweep)
+        sweep = _check_flag(form.sweep)
+        remove_axis = _check_flag(form.remove_axis, "remove_axis")
         share = EXTRACTION_SHARE if sweep else 1.0
         progress(0.0, desc="Starting")
         with ctx.job(request) as job:
@@ -194,6 +244,9 @@ def run_extract(
                 gr.Info("Extraction stopped.")
                 yield {tab.summary: STOPPED}
                 return
+            if remove_axis:
+                # Before the sweep: its layer and strength must be chosen for the vector kept.
+                result = without_axis(ctx, result, progress)
             out = extracted(ctx, tab, result, session)
             if not sweep:
                 yield out
@@ -225,10 +278,11 @@ def extracted(
     new_session, key = add_to_session(session, vec, ctx.settings.limits.max_session_vectors)
     # One file per finished extraction, which is itself an explicit, heavy action.
     path, _ = ctx.exports.write(vec, "safetensors")
+    along = axis_line(vec, axis_component_of(ctx, result))
     return {
         tab.state: new_session,
         tab.last: key,
-        tab.summary: summary(result) + (f"\n\n{note}" if note else ""),
+        tab.summary: summary(result) + f"\n\n{along}" + (f"\n\n{note}" if note else ""),
         tab.plot: separation_figure(vec.separation, vec.layer, norms=vec.layer_norms),
         tab.examples: examples(result),
         tab.try_it: gr.update(visible=True),

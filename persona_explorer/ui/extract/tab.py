@@ -1,9 +1,10 @@
 """The Extract tab: build a persona vector from contrastive rollouts, with a progress bar.
 
 The persona comes from a shipped trait (persona_vectors), a role (assistant-axis) or the user's
-own prompts. The result goes into this session's vectors; from there it can be tried in the Steer
-tab, saved to the library or downloaded. An option runs a small layer x strength sweep after the
-extraction and records its recommendation in the vector before it is listed.
+own prompts. The result goes into this session's vectors (with "Remove the Assistant-Axis
+component" ticked, without its component along that axis); from there it can be tried in the
+Steer tab, saved to the library or downloaded. An option runs a small layer x strength sweep
+after the extraction and records its recommendation in the vector before it is listed.
 
 The summary is the tab's status line and the one place its progress bar shows. ``build`` lays
 the tab out and wires its events; the widgets are :class:`.components.ExtractTab`, the actions
@@ -136,6 +137,14 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
                     "more on a small CPU. The vector records what the sweep recommends.",
                     elem_id="pe-extract-sweep",
                 )
+                remove_axis = gr.Checkbox(
+                    False,
+                    label="Remove the Assistant-Axis component",
+                    info="Persona vectors share a direction away from the default Assistant. "
+                    "Ticked, the vector keeps only what is orthogonal to the Assistant Axis at "
+                    "each layer (same strength: the original push minus its axis part).",
+                    elem_id="pe-extract-remove-axis",
+                )
             with gr.Row():
                 run = gr.Button(
                     "Extract persona vector", variant="primary", scale=3, elem_id="pe-extract"
@@ -191,6 +200,7 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         try_it=try_it,
         save=save,
         download=download,
+        remove_axis=remove_axis,
     )
     private: dict[str, Any] = {"api_visibility": "private", "queue": False}
     source.change(
@@ -210,7 +220,8 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         ),
         name="extract",
         doc="Extract a persona vector; it is added to this session's vectors. With sweep, a "
-        "small layer x strength sweep follows and its recommendation is recorded in the vector.",
+        "small layer x strength sweep follows and its recommendation is recorded in the vector. "
+        "With remove_axis, the vector's component along the Assistant Axis is removed first.",
         request=True,
         progress=True,
     )
@@ -224,7 +235,7 @@ def build(ctx: AppContext, state: gr.State) -> ExtractTab:
         extract,
         inputs=[
             source, trait, role, name, pos, neg, questions, n_questions, max_new_tokens, variant,
-            sweep, state,
+            sweep, remove_axis, state,
         ],
         outputs=outputs,
         api_name="extract",

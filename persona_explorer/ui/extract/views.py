@@ -1,7 +1,8 @@
 """How the Extract tab words an extraction: a persona's preview, the summary of a finished
 extraction and a few of its answers side by side (every name escaped).
 
-Imports: ``personas`` (a definition, an extraction's result), ``ui.shared`` (catalog, markup).
+Imports: ``personas`` (a definition, an extraction's result), ``vectors`` (a persona vector, its
+axis component), ``ui.shared`` (catalog, markup).
 """
 
 from __future__ import annotations
@@ -10,8 +11,15 @@ from persona_explorer.personas.definitions import PersonaDefinition
 from persona_explorer.personas.extract import ExtractionResult
 from persona_explorer.ui.shared.catalog import fmt_strength
 from persona_explorer.ui.shared.markup import md
+from persona_explorer.vectors.axis_component import AxisComponent, is_axis_removed
+from persona_explorer.vectors.persona_vector import PersonaVector
 
-__all__ = ["N_EXAMPLES", "examples", "preview", "summary"]
+__all__ = ["N_EXAMPLES", "axis_line", "examples", "preview", "summary"]
+
+NO_AXIS_LINE = (
+    "*Along the Assistant Axis:* not shown, since this model has no axis yet (the Persona space "
+    "tab builds it)."
+)
 
 N_EXAMPLES = 3
 
@@ -70,3 +78,27 @@ def examples(result: ExtractionResult) -> list[list[str]]:
         if len(rows) == N_EXAMPLES:
             break
     return rows
+
+
+def axis_line(vec: PersonaVector, component: AxisComponent | None) -> str:
+    """What part of the vector lies along the Assistant Axis at its layer, or what was removed
+    (a copy made with "Remove the Assistant-Axis component")."""
+    derived = vec.metadata.get("derived")
+    if is_axis_removed(vec) and isinstance(derived, dict):
+        was = derived.get("removed", {})
+        cos, share, layer = was.get("cos"), was.get("share"), was.get("layer")
+        if isinstance(cos, (int, float)) and isinstance(share, (int, float)):
+            return (
+                f"*Assistant-Axis component removed* at every layer: at layer {layer} it was cos "
+                f"**{cos:+.2f}** with the axis, **{share:.0%}** of the vector's squared length. "
+                "The strength is unchanged, so steering adds the original push minus that part."
+            )
+    if component is None:
+        return NO_AXIS_LINE
+    way = "away from" if component.cos < 0 else "toward"
+    return (
+        f"*Along the Assistant Axis* at layer {component.layer}: cos **{component.cos:+.2f}** "
+        f"({way} the default Assistant), projection {component.projection:+.2f}, "
+        f"**{component.share:.0%}** of its squared length. To keep only the rest, tick *Remove the "
+        "Assistant-Axis component* and extract again, or copy it without in the Library tab."
+    )

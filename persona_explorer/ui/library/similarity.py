@@ -4,8 +4,8 @@ The Library tab shows this under its teaching text, so what the app says about w
 point the same way (or apart) is computed from the vectors it ships, not asserted. No gradio
 here: the tab places the figure and the Markdown.
 
-Imports: :mod:`..builtin` (the file list), :mod:`..vector_files`, :mod:`..projection` (torch),
-:mod:`..plots`, :mod:`.markup`.
+Imports: :mod:`..builtin` (the file list), :mod:`..vector_files`, :mod:`..axis_component`,
+:mod:`..projection` (torch), :mod:`..plots`, :mod:`.markup`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from persona_explorer.personas.builtin import builtin_vector_paths
 from persona_explorer.plots import cosine_heatmap_figure, empty_figure, similarity_statements
 from persona_explorer.steering.projection import cosine_matrix
 from persona_explorer.ui.shared.markup import md
+from persona_explorer.vectors.axis_component import mean_abs_cosine, orthogonalise
 from persona_explorer.vectors.files import load
 
 __all__ = [
+    "builtin_axis_statement",
     "builtin_similarity",
     "builtin_similarity_figure",
     "default_layer",
@@ -78,3 +80,24 @@ def builtin_similarity_figure(
 def statements_markdown(statements: Sequence[str]) -> str:
     """The sentences as a Markdown list, escaped (names may be user text)."""
     return "\n".join(f"- {md(s, 400)}" for s in statements)
+
+
+def builtin_axis_statement(
+    directory: Path | str, axis: torch.Tensor, layer: int | None = None
+) -> str:
+    """A sentence on how much of the built-ins' similarity is their shared component along the
+    Assistant Axis (``axis`` [n_layers, d_model]): their mean |cos| at ``layer`` (default
+    :func:`default_layer`) as they are and without it. Empty for fewer than two vectors."""
+    vectors = [load(p) for p in builtin_vector_paths(Path(directory))]
+    if len(vectors) < 2:
+        return ""
+    at = default_layer(vectors[0].n_layers) if layer is None else layer
+    rows = torch.stack([v.vectors[at] for v in vectors])
+    flat = orthogonalise(rows, axis[at].expand_as(rows))
+    return (
+        f"- Part of what they share lies along one direction, the Assistant Axis (toward or away "
+        f"from the default Assistant): their mean |cosine| at layer {at} is "
+        f"{mean_abs_cosine(rows):.2f}, "
+        f"and {mean_abs_cosine(flat):.2f} once each vector's component along the axis is "
+        "removed (the heat map under *How similar are they?* shows either)."
+    )

@@ -1,5 +1,6 @@
-"""The Library tab: every vector with its metadata; upload, download, rename, delete; and the
-cosine similarity between vectors at one layer.
+"""The Library tab: every vector with its metadata; upload, download, rename, delete; the
+cosine similarity between vectors at one layer; and each vector's component along the Assistant
+Axis, with a copy that leaves it out (:mod:`.axis`).
 
 One status line says what the last action did; each action clears it first, and its errors are
 toasts only. The actions on the selected vector are disabled while none is selected.
@@ -9,22 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import torch
 
 from persona_explorer.core.errors import InputError
-from persona_explorer.core.limits import check_layer
 from persona_explorer.core.names import clean_name
-from persona_explorer.plots import cosine_heatmap_figure, empty_figure
-from persona_explorer.steering.projection import cosine_matrix
-from persona_explorer.ui.library.similarity import builtin_similarity_figure, statements_markdown
+from persona_explorer.ui.library import axis as axis_view
+from persona_explorer.ui.library.components import LibraryTab
+from persona_explorer.ui.library.similarity import (
+    builtin_axis_statement,
+    builtin_similarity_figure,
+    statements_markdown,
+)
 from persona_explorer.ui.shared import teaching
 from persona_explorer.ui.shared.catalog import (
     CatalogView,
-    VectorItem,
     add_to_session,
     fmt_strength,
     model_label,
@@ -49,28 +50,6 @@ LAYOUT_CHOICES = [
 FORMAT_CHOICES = [(f.label, key) for key, f in FORMATS.items()]
 UPLOAD_TYPES = [".safetensors", ".pt", ".pth", ".gguf"]
 MAX_HEATMAP_DEFAULT = 12
-
-
-@dataclass
-class LibraryTab:
-    state: gr.State
-    table: gr.Dataframe
-    selected: gr.Dropdown
-    new_name: gr.Textbox
-    rename: gr.Button
-    delete: gr.Button
-    confirm: gr.Button
-    save: gr.Button
-    fmt: gr.Radio
-    export: gr.Button
-    download: gr.DownloadButton
-    upload: gr.File
-    layout: gr.Radio
-    status: gr.Markdown
-    heat_pick: gr.CheckboxGroup
-    heat_layer: gr.Slider
-    heatmap: gr.Plot
-    changed: list  # events after which the vector lists must be refreshed
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -110,17 +89,6 @@ NO_DOWNLOAD = gr.update(value=None, label="Download", interactive=False)
 CLEAR_STATUS_JS = "() => ''"
 
 
-def _unique_labels(items: list[VectorItem]) -> list[str]:
-    labels: list[str] = []
-    for item in items:
-        label, n = item.name, 1
-        while label in labels:
-            n += 1
-            label = f"{item.name} ({item.where}{'' if n == 2 else f' {n - 1}'})"
-        labels.append(label)
-    return labels
-
-
 def heatmap_keys(keys: Any, limit: int) -> list[str]:
     """The requested keys, deduplicated, at most ``limit`` (a script may send thousands)."""
     if keys is None:
@@ -133,16 +101,6 @@ def heatmap_keys(keys: Any, limit: int) -> list[str]:
     return unique
 
 
-def heatmap_figure(view: CatalogView, keys: list[str], layer: Any) -> Any:
-    items = [view.by_key[k] for k in keys if k in view.by_key]  # deleted ones drop out
-    items = [i for i in items if i.info is not None and view.fits(i)]
-    if len(items) < 2:
-        return empty_figure("Pick at least two vectors to compare")
-    at = check_layer(layer, view.shape.n_layers)
-    rows = torch.stack([view.load(i).vectors[at] for i in items])
-    return cosine_heatmap_figure(_unique_labels(items), cosine_matrix(rows).tolist(), at)
-
-
 def builtin_relations(ctx: AppContext) -> None:
     """The built-ins' cosine heat map and what it says, in plain sentences (computed once)."""
     try:
@@ -150,8 +108,15 @@ def builtin_relations(ctx: AppContext) -> None:
     except (ValueError, OSError) as exc:  # built-ins of several shapes, or none readable
         log.warning("no built-in similarity panel: %s", exc)
         return
+    sentences = statements_markdown(statements) or "Fewer than two built-in vectors."
+    axis = axis_view.ready_axis(ctx)
+    if axis is not None and statements:
+        try:
+            sentences += "\n" + builtin_axis_statement(ctx.settings.builtin_vectors_dir, axis.axis)
+        except (ValueError, OSError) as exc:  # InputError too: an axis of another shape
+            log.warning("no built-in axis statement: %s", exc)
     with gr.Accordion("How the built-in personas relate", open=False, elem_id="pe-relations"):
-        gr.Markdown(statements_markdown(statements) or "Fewer than two built-in vectors.")
+        gr.Markdown(sentences)
         gr.Plot(figure, label="Cosine similarity of the built-ins", show_label=False)
 
 
@@ -194,6 +159,12 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
                     elem_id="pe-new-name",
                 )  # fmt: skip
                 rename = gr.Button("Rename", scale=1, interactive=False, elem_id="pe-rename")
+            axis_info = gr.Markdown(elem_id="pe-library-axis-info")
+            remove_axis = gr.Button(
+                "Copy without its Assistant-Axis component",
+                interactive=False,
+                elem_id="pe-remove-axis",
+            )
             with gr.Row():
                 # Hidden on a public server (the handler refuses there too: a script may call it).
                 save = gr.Button(
@@ -235,18 +206,40 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
                 0, n_layers - 1, value=(2 * n_layers) // 3, step=1, label="Layer",
                 elem_id="pe-heat-layer",
             )  # fmt: skip
+            heat_remove = gr.Checkbox(
+                False,
+                label="Remove the Assistant-Axis component",
+                info="Compare what is left of each vector once its part along the Assistant "
+                "Axis (toward or away from the default Assistant) is taken out.",
+                elem_id="pe-heat-remove-axis",
+            )
         with gr.Column(scale=8, min_width=420):
             heatmap = gr.Plot(
-                heatmap_figure(view, heat_default, (2 * n_layers) // 3),
+                axis_view.heatmap_figure(view, heat_default, (2 * n_layers) // 3)[0],
                 show_label=False,
                 elem_id="pe-heatmap",
             )
+            axis_note = gr.Markdown(elem_id="pe-heat-axis-note")
+    axis = axis_view.ready_axis(ctx)
+    gr.Markdown(axis_view.ABOUT_AXIS if axis is not None else axis_view.NO_AXIS)
+    axis_table = gr.Dataframe(
+        axis_view.axis_rows(
+            view, heat_default, (2 * n_layers) // 3, None if axis is None else axis.axis
+        ),
+        headers=axis_view.AXIS_HEADERS,
+        interactive=False,
+        wrap=True,
+        label="Along the Assistant Axis",
+        elem_id="pe-library-axis",
+        elem_classes="pe-table",
+    )
 
     tab = LibraryTab(
         state=state, table=table, selected=selected, new_name=new_name, rename=rename,
         delete=delete, confirm=confirm, save=save, fmt=fmt, export=export, download=download,
         upload=upload, layout=layout, status=status, heat_pick=heat_pick, heat_layer=heat_layer,
-        heatmap=heatmap, changed=[],
+        heatmap=heatmap, changed=[], axis_info=axis_info, remove_axis=remove_axis,
+        heat_remove=heat_remove, axis_table=axis_table, axis_note=axis_note,
     )  # fmt: skip
     private: dict[str, Any] = {"api_visibility": "private"}
     # A failed handler marks its outputs with Gradio's error badge unless progress is hidden;
@@ -281,9 +274,13 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
         lambda key, session, token: save_vector(ctx, tab, key, session, token),
         [selected, state, owner], [state, selected, status], **private, **quiet,
     )  # fmt: skip
+    flattened = cleared(remove_axis.click).then(
+        lambda key, session: axis_view.remove_axis_copy(ctx, tab, key, session),
+        [selected, state], [state, selected, status], **private, **quiet,
+    )  # fmt: skip
     # A refused delete disarms too: another try must be asked for again.
     deleted.failure(lambda: gr.update(visible=False), None, confirm, queue=False, **private)
-    tab.changed = [uploaded, renamed, deleted, saved]
+    tab.changed = [uploaded, renamed, deleted, saved, flattened]
     # Any selection (by a click, a handler or a list refresh) sets which actions apply; a new
     # choice also withdraws a download file written for the previous one.
     selected.change(
@@ -295,10 +292,15 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
         lambda key, fmt, session: prepare_download(ctx, key, fmt, session),
         [selected, fmt, state], download, **private, **quiet,
     )  # fmt: skip
+    selected.change(
+        lambda key, session: axis_view.selected_axis_line(ctx, key, session),
+        [selected, state], axis_info, **private, **quiet,
+    )  # fmt: skip
     gr.on(
-        [heat_pick.change, heat_layer.change],
-        lambda keys, layer, session: draw_heatmap(ctx, keys, layer, session),
-        [heat_pick, heat_layer, state], heatmap, **private, **quiet,
+        [heat_pick.change, heat_layer.change, heat_remove.change],
+        lambda keys, layer, remove, session: draw_heatmap(ctx, tab, keys, layer, remove, session),
+        [heat_pick, heat_layer, heat_remove, state], [heatmap, axis_note, axis_table],
+        **private, **quiet,
     )  # fmt: skip
 
     def on_select(evt: gr.SelectData, session: dict | None) -> Any:
@@ -312,14 +314,16 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
 
 
 def selection_outputs(tab: LibraryTab) -> list[gr.Button | gr.DownloadButton]:
-    return [tab.rename, tab.save, tab.delete, tab.confirm, tab.export, tab.download]
+    buttons = [tab.rename, tab.save, tab.delete, tab.confirm, tab.export, tab.download]
+    return buttons + ([tab.remove_axis] if tab.remove_axis is not None else [])
 
 
 def selection_updates(tab: LibraryTab, key: str | None) -> dict:
     """The actions on the selected vector: enabled once one is selected, disarmed "Confirm
     delete", and no download file of another vector."""
     chosen = bool(key)
-    return {
+    extra = {tab.remove_axis: gr.update(interactive=chosen)} if tab.remove_axis is not None else {}
+    return extra | {
         tab.rename: gr.update(interactive=chosen),
         tab.save: gr.update(interactive=chosen),
         tab.delete: gr.update(interactive=chosen),
@@ -458,10 +462,20 @@ def prepare_download(ctx: AppContext, key: str | None, fmt: str, session: Mappin
         return gr.update(value=str(path), label=f"Download {path.name}{lost}", interactive=True)
 
 
-def draw_heatmap(ctx: AppContext, keys: list[str], layer: float, session: Mapping | None) -> Any:
+def draw_heatmap(
+    ctx: AppContext,
+    tab: LibraryTab,
+    keys: list[str],
+    layer: float,
+    remove: bool,
+    session: Mapping | None,
+) -> dict:
+    """The heat map of the picked vectors (with or without their Assistant-Axis component)
+    and their components along the axis."""
     with user_errors():
         limit = ctx.settings.limits.max_heatmap_vectors
-        return heatmap_figure(ctx.catalog.view(session), heatmap_keys(keys, limit), layer)
+        picked = heatmap_keys(keys, limit)
+        return axis_view.axis_views(ctx, tab, picked, layer, remove, ctx.catalog.view(session))
 
 
 def select_row(ctx: AppContext, evt: gr.SelectData, session: Mapping | None) -> Any:
