@@ -136,9 +136,7 @@ def main() -> int:
         f"\n/steer, {args.tokens} max new tokens per column, persona {args.persona!r} "
         f"(layer {args.layer}, strength {args.strength}), greedy, public mode, one address"
     )
-    print(
-        "| app | visitors | aggregate token pairs/s | median wait | slowest | first update |"
-    )
+    print("| app | visitors | aggregate token pairs/s | median wait | slowest | first update |")
     print("|---|---|---|---|---|---|")
     for name, n, r in rows:
         print(

@@ -163,3 +163,13 @@ def test_config_is_the_only_module_that_reads_the_environment() -> None:
         if path.name != "config.py" and reading.search(path.read_text()):
             readers.append(str(path.relative_to(REPO)))
     assert readers == []
+
+
+def test_logprob_scoring_is_off_on_a_public_server_unless_asked() -> None:
+    assert load_settings({}).score_logprobs
+    assert not load_settings({"SPACE_ID": "me/app"}).score_logprobs
+    assert not load_settings({"PERSONA_EXPLORER_PUBLIC": "1"}).score_logprobs
+    assert load_settings(
+        {"PERSONA_EXPLORER_PUBLIC": "1", "PERSONA_EXPLORER_LOGPROBS": "1"}
+    ).score_logprobs
+    assert not load_settings({"PERSONA_EXPLORER_LOGPROBS": "0"}).score_logprobs

@@ -55,7 +55,10 @@ def test_the_steer_handler_coalesces_and_ends_with_the_full_result(
     # A clock that never moves: only the first partial and the final update go out.
     monkeypatch.setattr(streaming.time, "monotonic", lambda: 0.0)
     thinned = list(handlers.run_steer(ctx, tab, form, None, None))
-    assert len(thinned) == 3  # the cleared status, the first texts, the final result
+    # The cleared status, the first texts, the result on screen, then the same with the
+    # log-probabilities (hovers and files) from the teacher-forced pass after it (issue 26).
+    assert len(thinned) == 4
+    assert tab.run_json not in thinned[2] and "scoring log" in thinned[2][tab.status]
     first = thinned[1]
     assert first[tab.plot] is handlers.generating_figure() and first[tab.status] == "Generating…"
     assert len(thinned) <= len(reference_run)

@@ -135,6 +135,10 @@ class Settings:
     decode_kernel: bool = True  # its compiled AVX2 matrix-vector kernel on CPU
     # Visitors' short generations decode together, one step for all (steering.shared_batch).
     shared_batch: bool = True
+    # Steer scores each answer's log-probabilities under both columns' models after generating
+    # (a teacher-forced pass, 30-45 % more compute per run): on by default, off on a public
+    # server, where a class's thirty runs would queue behind thirty scoring passes.
+    score_logprobs: bool = True
     limits: Limits = field(default_factory=Limits)
     # Public mode (a Space, or PERSONA_EXPLORER_PUBLIC=1): anonymous visitors; the shared
     # library is read-only for them (their own saves stay in their browser session).
@@ -259,6 +263,8 @@ def load_settings(
         upload_total_mb=_int(env, p + "UPLOAD_TOTAL_MB", lim.upload_total_mb),
         job_timeout_s=_int(env, p + "JOB_TIMEOUT_S", lim.job_timeout_s),
     )
+    # Hugging Face Spaces set SPACE_ID: a Space is public unless told otherwise.
+    public = _switch(env, p + "PUBLIC", bool(_raw(env, "SPACE_ID")))
     return Settings(
         model=text(p + "MODEL", base.model),
         adapter=Path(adapter) if adapter else None,
@@ -270,9 +276,9 @@ def load_settings(
         fast_decoder=_switch(env, p + "FAST", base.fast_decoder),
         decode_kernel=_switch(env, p + "KERNEL", base.decode_kernel),
         shared_batch=_switch(env, p + "SHARED_BATCH", base.shared_batch),
+        score_logprobs=_switch(env, p + "LOGPROBS", base.score_logprobs and not public),
         limits=limits,
-        # Hugging Face Spaces set SPACE_ID: a Space is public unless told otherwise.
-        public=_switch(env, p + "PUBLIC", bool(_raw(env, "SPACE_ID"))),
+        public=public,
         default_persona=text(p + "DEFAULT_PERSONA", base.default_persona),
         steer_concurrency=_int(env, p + "STEER_CONCURRENCY", base.steer_concurrency),
         extract_concurrency=_int(env, p + "EXTRACT_CONCURRENCY", base.extract_concurrency),

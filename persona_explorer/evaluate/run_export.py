@@ -15,7 +15,9 @@ One object::
      "rows": [{"index", "kind", "label", "vector_name", "vector_model_id", "strength",
                "layers", "readout_layer", "text", "tokens", "token_ids", "finished", "stopped",
                "layer_projection", "layer_injected", "baseline_layer_projection",
-               "token_projection", "token_injected", "baseline_token_projection"}, ...]}
+               "token_projection", "token_injected", "baseline_token_projection",
+               "logprobs"}, ...],
+     "logprobs_meaning": str | null}
 
 Row 0 is the baseline (``"kind": "baseline"``), then the steered rows in order. ``tokens`` are
 the response tokens as text, ``token_ids`` the same as ids. ``stopped`` on a row: the run was
@@ -24,6 +26,19 @@ to ``settings`` under every key the run does not record itself: where both name 
 value stays, since it is what ran. The meaning of the projections and the injected components is
 in :mod:`.compare`. A non-finite number (there should be none) is written as ``null``, so the
 file is always strict JSON.
+
+A row's ``logprobs`` (``null`` when the run was not scored, e.g. stopped) is its answer scored by
+teacher forcing (:mod:`persona_explorer.steering.logprobs`)::
+
+    {"own_row", "own_label", "other_row", "other_label",
+     "tokens": [{"token", "token_id", "logprob_own", "logprob_other"}, ...],
+     "sum_own", "sum_other", "mean_own", "mean_other"}
+
+``logprob_own`` is the token's natural-log probability under the model that wrote the answer
+(the row's own steering), ``logprob_other`` under the other column's model (``other_row``: the
+baseline for a steered row, the first steered row for the baseline). Means are per token
+(``null`` for an empty answer). ``logprobs_meaning`` says in words what the numbers are: the
+model's raw next-token distribution, not the penalised sampling distribution it decoded with.
 
 CSV (:func:`projections_csv`)
 -----------------------------
@@ -58,7 +73,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from persona_explorer.evaluate.compare import RowOutput, SteerOutput
+    from persona_explorer.steering.logprobs import AnswerLogprobs
 
 __all__ = [
     "CSV_COLUMNS",
@@ -122,7 +140,38 @@ def _run_settings(out: SteerOutput) -> dict[str, Any]:
     }
 
 
-def _row_record(index: int, row: RowOutput, run_stopped: bool) -> dict[str, Any]:
+def _logprob_record(
+    row: RowOutput, scored: AnswerLogprobs, labels: Sequence[str]
+) -> dict[str, Any]:
+    if len(scored.own) != len(row.tokens):
+        raise ValueError(
+            f"row {scored.row} has {len(row.tokens)} tokens but {len(scored.own)} logprobs"
+        )
+    return {
+        "own_row": scored.row,
+        "own_label": labels[scored.row],
+        "other_row": scored.other_row,
+        "other_label": labels[scored.other_row],
+        "tokens": [
+            {"token": text, "token_id": tid, "logprob_own": own, "logprob_other": other}
+            for text, tid, own, other in zip(
+                row.token_strings, row.tokens, scored.own, scored.other, strict=True
+            )
+        ],
+        "sum_own": scored.sum_own,
+        "sum_other": scored.sum_other,
+        "mean_own": scored.mean_own,
+        "mean_other": scored.mean_other,
+    }
+
+
+def _row_record(
+    index: int,
+    row: RowOutput,
+    run_stopped: bool,
+    scored: AnswerLogprobs | None = None,
+    labels: Sequence[str] = (),
+) -> dict[str, Any]:
     return {
         "index": index,
         "kind": "baseline" if index == 0 else "steered",
@@ -143,11 +192,22 @@ def _row_record(index: int, row: RowOutput, run_stopped: bool) -> dict[str, Any]
         "token_projection": list(row.token_projection),
         "token_injected": row.token_injected,
         "baseline_token_projection": list(row.baseline_token_projection),
+        "logprobs": None if scored is None else _logprob_record(row, scored, labels),
     }
 
 
-def run_record(out: SteerOutput, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The run as JSON-ready data (the format: module docstring)."""
+def run_record(
+    out: SteerOutput,
+    settings: Mapping[str, Any] | None = None,
+    logprobs: Sequence[AnswerLogprobs] | None = None,
+) -> dict[str, Any]:
+    """The run as JSON-ready data (the format: module docstring). ``logprobs``: one entry per
+    row, in order (:func:`persona_explorer.steering.logprobs.run_logprobs`); each entry's
+    ``meaning`` becomes ``logprobs_meaning``."""
+    if logprobs is not None and len(logprobs) != len(out.rows):
+        raise ValueError(f"{len(logprobs)} logprob entries for {len(out.rows)} rows")
+    labels = [row.label for row in out.rows]
+    scored = list(logprobs) if logprobs is not None else [None] * len(out.rows)
     merged = {str(k): v for k, v in (settings or {}).items()} | _run_settings(out)
     record = {
         "format": FORMAT,
@@ -162,15 +222,24 @@ def run_record(out: SteerOutput, settings: Mapping[str, Any] | None = None) -> d
             "tokens_per_second": out.tokens_per_second,
             "decoder": out.decoder,
         },
-        "rows": [_row_record(i, row, out.stopped) for i, row in enumerate(out.rows)],
+        "rows": [
+            _row_record(i, row, out.stopped, lp, labels)
+            for i, (row, lp) in enumerate(zip(out.rows, scored, strict=True))
+        ],
+        "logprobs_meaning": logprobs[0].meaning if logprobs else None,
     }
     ready: dict[str, Any] = plain(record)
     return ready
 
 
-def run_json(out: SteerOutput, settings: Mapping[str, Any] | None = None) -> str:
+def run_json(
+    out: SteerOutput,
+    settings: Mapping[str, Any] | None = None,
+    logprobs: Sequence[AnswerLogprobs] | None = None,
+) -> str:
     """:func:`run_record` as indented JSON text (UTF-8 characters kept, never NaN)."""
-    return json.dumps(run_record(out, settings), ensure_ascii=False, allow_nan=False, indent=2)
+    record = run_record(out, settings, logprobs)
+    return json.dumps(record, ensure_ascii=False, allow_nan=False, indent=2)
 
 
 def text_cell(text: str) -> str:

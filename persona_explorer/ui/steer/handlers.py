@@ -1,12 +1,13 @@
 """The Steer tab's actions: the form, the handlers and how their results are worded.
 
 :class:`SteerForm` is the tab's inputs (and the public ``/steer`` API's parameters, in order).
-:func:`run_steer` streams both answers, then the plots, the per-token views, the status line and
-the run's download files; :func:`run_strength_sweep` runs one batch at several strengths. Stop
-ends a run between decoding steps through the session's stop flag, so the run still reports what
-it made ("Stopped after N tokens") instead of being killed mid-way. The texts stream at most
-once every ~75 ms (``shared.streaming``): Gradio's cost per update, paid on the cores the model
-decodes on, would otherwise halve the visitor's speed.
+:func:`run_steer` streams both answers, then the plots, the per-token views, the status line and,
+after a teacher-forced pass scoring each answer's log-probabilities under both columns' models,
+the views' hovers with them and the run's download files; :func:`run_strength_sweep` runs one
+batch at several strengths. Stop ends a run between decoding steps through the session's stop
+flag, so the run still reports what it made ("Stopped after N tokens") instead of being killed
+mid-way. The texts stream at most once every ~75 ms (``shared.streaming``): Gradio's cost per
+update, paid on the cores the model decodes on, would otherwise halve the visitor's speed.
 
 Imports: the domain (``evaluate.compare``, ``evaluate.run_export``, ``steering``), ``plots``,
 ``core.limits``, and ``ui.shared`` (context, markup, requests, streaming).
@@ -35,7 +36,9 @@ from persona_explorer.plots import (
     strength_strip_figure,
     token_panels_html,
 )
-from persona_explorer.steering.ops import check_positions
+from persona_explorer.plots.tokens import LogprobHover
+from persona_explorer.steering.logprobs import AnswerLogprobs, run_logprobs
+from persona_explorer.steering.ops import RowPlan, add_plan, check_positions
 from persona_explorer.ui.shared.context import AppContext, user_errors
 from persona_explorer.ui.shared.markup import md
 from persona_explorer.ui.shared.requests import (
@@ -136,13 +139,44 @@ def status_line(out: SteerOutput, strength: float, recorded: float | None, timed
     return line
 
 
-def token_views(out: SteerOutput) -> tuple[str, str]:
+def answer_logprobs(
+    ctx: AppContext, req: SteerRequest, out: SteerOutput, job: Any = None
+) -> list[AnswerLogprobs] | None:
+    """Every answer of the run under its own model and the other column's, by teacher forcing
+    after generation (the plans generation used; ``steering.logprobs``). None when Stop ended
+    the scoring pass or the run (then nothing runs)."""
+    if job is not None and job():
+        return None
+    plans: list[RowPlan] = [()]
+    plans += [add_plan(req.vector.vectors, req.layers, s, req.positions) for s in req.strengths]
+    prompt_ids = ctx.model.chat_ids(req.prompt, system=req.system or None)
+    answers = [row.tokens for row in out.rows]
+    return run_logprobs(ctx.model, prompt_ids, answers, plans, should_stop=job)
+
+
+def _model_name(out: SteerOutput, row: int) -> str:
+    return (
+        "the baseline model"
+        if row == 0
+        else f"the steered model (strength {out.rows[row].strength:g})"
+    )
+
+
+def token_views(out: SteerOutput, logprobs: list[AnswerLogprobs] | None = None) -> tuple[str, str]:
     """Both per-token views: the model's own part (the added vector's direct component taken
     out of the steered side), coloured relative to the baseline answer's mean at the read-out
     layer on one scale for both panels, as their captions say. Raw projections of any text sit
     far from 0 there (about −21 at layer 11 for the pirate), so colours around 0 painted both
-    answers blue (issue 26); relative to the plain Assistant, red means "more like the persona"."""
+    answers blue (issue 26); relative to the plain Assistant, red means "more like the persona".
+    With ``logprobs`` each token's hover also gives its log-probability under both columns'
+    models, and a line under each caption their means."""
     base, steered = out.baseline, out.steered[0]
+    hovers = None
+    if logprobs is not None:
+        hovers = [
+            LogprobHover(lp.own, lp.other, _model_name(out, i), _model_name(out, lp.other_row))
+            for i, lp in enumerate(logprobs[:2])
+        ]
     views = token_panels_html(
         [
             (base.token_strings, base.token_projection, 0.0),
@@ -151,6 +185,7 @@ def token_views(out: SteerOutput) -> tuple[str, str]:
         out.readout_layer,
         shared_scale=True,
         centre_on_baseline=True,
+        logprobs=hovers,
     )
     return views[0], views[1]
 
@@ -206,18 +241,29 @@ def run_steer(
                     continue
                 base_html, steered_html = token_views(out)
                 recorded = req.vector.strength
-                json_path, csv_path = ctx.exports.write_run(
-                    run_json(out, form.settings(req)), projections_csv(out)
-                )
-                yield {
+                line = status_line(out, req.strengths[0], recorded, job.timed_out())
+                shown = {
                     tab.baseline: out.baseline.text,
                     tab.steered: out.steered[0].text,
                     tab.plot: layer_figure(out, req),
                     tab.tokens_baseline: base_html,
                     tab.tokens_steered: steered_html,
-                    tab.status: md(
-                        status_line(out, req.strengths[0], recorded, job.timed_out()), 600
-                    ),
+                    tab.status: md(line, 600),
+                }
+                # Everything on screen at once; the log-probabilities' teacher-forced pass
+                # (30-45 % of the generation's compute) then adds the hovers and the files.
+                scoring = ctx.settings.score_logprobs and not job()
+                hint = " · scoring log-probabilities…" if scoring else ""
+                yield shown | {tab.status: md(line + hint, 600)}
+                logprobs = answer_logprobs(ctx, req, out, job) if scoring else None
+                if logprobs is not None:
+                    base_html, steered_html = token_views(out, logprobs)
+                json_path, csv_path = ctx.exports.write_run(
+                    run_json(out, form.settings(req), logprobs), projections_csv(out)
+                )
+                yield shown | {
+                    tab.tokens_baseline: base_html,
+                    tab.tokens_steered: steered_html,
                     # Plain paths, so an API client receives the files themselves.
                     tab.run_json: str(json_path),
                     tab.run_csv: str(csv_path),
