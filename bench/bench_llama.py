@@ -1,5 +1,5 @@
 """Our side-by-side decode against llama.cpp's llama-batched-bench on the embedded GGUF:
-alternating rounds at batches 1, 2 and 4, the median batch-2 step-time ratio (llama.cpp / ours,
+alternating rounds at batches 1, 2, 8 and 32, the median batch-2 step-time ratio (llama.cpp / ours,
 > 1 = we are faster; target >= 1.0x, aim 1.5x). Build llama.cpp first with
 scripts/llama_build.py. Pass --rounds N, --tokens N or --json. The full `python -m
 persona_explorer bench` includes this comparison."""

@@ -49,19 +49,23 @@ APPS = {
 }
 
 
+def steer_request(args: argparse.Namespace, prompt: str) -> dict:
+    return {
+        "prompt": prompt,
+        "persona": args.persona,
+        "layer": args.layer,
+        "strength": args.strength,
+        "max_new_tokens": args.tokens,
+        "system_prompt": "",
+        "api_name": "/steer",
+    }
+
+
 def visitor(url: str, i: int, args: argparse.Namespace, start: threading.Barrier) -> dict:
     client = Client(url, verbose=False)
     start.wait()
     clicked = time.perf_counter()
-    job = client.submit(
-        prompt=PROMPTS[i % len(PROMPTS)],
-        persona=args.persona,
-        layer=args.layer,
-        strength=args.strength,
-        max_new_tokens=args.tokens,
-        system_prompt="",
-        api_name="/steer",
-    )
+    job = client.submit(**steer_request(args, PROMPTS[i % len(PROMPTS)]))
     first = None
     for update in job:
         if first is None and (update[0] or update[1]):
@@ -79,15 +83,7 @@ def visitor(url: str, i: int, args: argparse.Namespace, start: threading.Barrier
 
 
 def warm_up(url: str, args: argparse.Namespace) -> None:
-    Client(url, verbose=False).predict(
-        prompt=PROMPTS[0],
-        persona=args.persona,
-        layer=args.layer,
-        strength=args.strength,
-        max_new_tokens=args.tokens,
-        system_prompt="",
-        api_name="/steer",
-    )
+    Client(url, verbose=False).predict(**steer_request(args, PROMPTS[0]))
 
 
 def load(url: str, n: int, args: argparse.Namespace) -> dict[str, float]:

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from persona_explorer.engine import decoder_for, kernels
+from persona_explorer.engine import threads as omp
 from persona_explorer.engine.model import LoadedModel
-from persona_explorer.steering import shared_batch
+from persona_explorer.steering import generation, shared_batch
 from persona_explorer.steering.generation import (
     GenerationResult,
     SamplingConfig,
@@ -207,3 +208,55 @@ def _alone(model: LoadedModel, i: int) -> GenerationResult:
         return generate(model, *job(model, i))
     finally:
         shared_batch.serve(model)
+
+
+def _on_thread(fn: Any) -> Any:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_only_the_engine_thread_keeps_an_openmp_team(model: LoadedModel) -> None:
+    """Another thread's team makes libgomp's workers sleep between regions (a step of the
+    embedded model: 12.5 -> 22.6 ms): a reader runs on one thread, a long job's pass gets the
+    team for the pass only, and the engine thread keeps the app's team size."""
+    if omp._gomp() is None:
+        pytest.skip("torch does not run on libgomp here")
+    team = torch.get_num_threads()
+    shared_batch.serve(model)
+
+    def reader() -> tuple[int, int]:
+        omp.single()  # what the app's handlers do (AppContext.job)
+        generate(model, *job(model, 0))
+        return torch.get_num_threads(), _engine_threads()
+
+    def _engine_threads() -> int:
+        batch = generation._SHARED[model]
+        return batch._team if isinstance(batch, shared_batch.SharedBatch) else 0
+
+    assert _on_thread(reader) == (1, team)
+
+    def long_job() -> tuple[int, int, int]:
+        omp.set_team(1)
+        with model.compute_lock:
+            inside = torch.get_num_threads()
+        after = torch.get_num_threads()
+        omp.set_team(3)
+        with model.compute_lock:
+            pass
+        return inside, after, torch.get_num_threads()
+
+    assert _on_thread(long_job) == (team, 1, 3)  # the pass's team, then its own setting back
+    assert _on_thread(torch.get_num_threads) == team  # a fresh thread: the process default
+    assert torch.get_num_threads() == team  # this thread was never touched

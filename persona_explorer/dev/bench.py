@@ -10,7 +10,7 @@
    scaled per rollout, said so in the output).
 4. The side-by-side decode against llama.cpp's ``llama-batched-bench`` on the same GGUF (embedded
    model only; skipped, saying why, when the binary is not built): ``--rounds`` alternating
-   rounds at batches 1, 2 and 4, the median step-time ratio at batch 2 (:mod:`.bench_llama`).
+   rounds at batches 1, 2, 8 and 32, the median step-time ratio at batch 2 (:mod:`.bench_llama`).
    Target: >= 1.0x (llama.cpp's step time / ours), aim 1.5x.
 
 ``python -m persona_explorer bench [--json] [--quick] [--rounds N]``; ``--quick`` shrinks every

@@ -1,16 +1,18 @@
 """Our side-by-side decode against llama.cpp's ``llama-batched-bench`` on the same GGUF.
 
 The embedded model ships as a Q4_1 GGUF; llama.cpp runs that file directly, we run its weights
-dequantized. Each round runs ``llama-batched-bench`` once (batches 1, 2 and 4 of ``tokens``
+dequantized. Each round runs ``llama-batched-bench`` once (batches 1, 2, 8 and 32 of ``tokens``
 generated tokens after a prompt as long as ours, with our thread count), then our decode once at
 the same batch sizes, so slow drifts of a shared machine hit both sides alike. The headline is
 the median over rounds of (llama.cpp batch-2 step time / our batch-2 step time): above 1 we are
 faster. Target >= 1.0x, aim 1.5x.
 
 A step is one decoding pass over every row of the batch. llama.cpp's is ``T_TG / TG`` from its
-table (it feeds random tokens and samples nothing); ours is timed between the streamed updates
-of :func:`.generation.generate_stream`, the loop the Steer tab runs (steering edits, activation
-capture, greedy sampling), excluding the prompt pass.
+table (it feeds random tokens and samples nothing); ours, up to ``kernels.MAX_ROWS`` rows, is
+timed between the streamed updates of :func:`.generation.generate_stream`, the loop the Steer
+tab runs (steering edits, activation capture, greedy sampling), excluding the prompt pass; above
+that, as the shared batch runs a class: ``rows / 2`` visitors' side-by-side runs, each with its
+own steering and capture, stepped together by ``step_many`` (:func:`shared_step_seconds`).
 
 ``python bench/bench_llama.py [--rounds 3] [--tokens 64] [--json]`` runs only this comparison;
 ``python -m persona_explorer bench`` includes it.
@@ -35,11 +37,13 @@ from typing import Any
 import torch
 
 from persona_explorer.core.config import REPO_ROOT, Settings, default_cache_dir, load_settings
+from persona_explorer.dev.bench_steps import our_step_seconds, row_plans, shared_step_seconds
+from persona_explorer.engine import kernels
 from persona_explorer.engine.model import EMBEDDED_MODEL_ID, LoadedModel, embedded_gguf_path
-from persona_explorer.steering.generation import SamplingConfig, generate_stream
-from persona_explorer.steering.ops import RowPlan, add_plan
 
-BATCHES = (1, 2, 4)
+# One visitor (1, 2: a steered answer, or Steer's side by side) and a class (8, 32 rows: four
+# and sixteen visitors' side-by-side runs in the shared batch).
+BATCHES = (1, 2, 8, 32)
 HEADLINE_BATCH = 2
 TARGET = 1.0
 AIM = 1.5
@@ -276,34 +280,6 @@ def step_seconds_by_batch(rows: Sequence[BenchRow], batches: Sequence[int]) -> d
     return {b: by_batch[b] for b in batches}
 
 
-# --------------------------------------------------------------------------- ours
-
-
-def row_plans(vector: torch.Tensor, layer: int, batch: int) -> list[RowPlan]:
-    """What the Steer tab runs: batch 1 a steered row; more rows: the baseline, then steered
-    rows at growing strengths (Compare shows up to three beside the baseline)."""
-    if batch == 1:
-        return [add_plan(vector, [layer], 2.0)]
-    return [()] + [add_plan(vector, [layer], 2.0 * 2**i) for i in range(batch - 1)]
-
-
-def our_step_seconds(
-    model: LoadedModel, ids: Sequence[int], plans: Sequence[RowPlan], tokens: int
-) -> float:
-    """Mean time of one decoding step of the side-by-side batch, between the streamed updates
-    after step 1 and after step ``tokens - 1``: the prompt pass and the final bookkeeping (the
-    per-token capture stacked into one tensor) fall outside."""
-    if tokens < 3:
-        raise ValueError("timing decoding steps needs at least 3 new tokens")
-    cfg = SamplingConfig(max_new_tokens=tokens, stop_at_eos=False)
-    stamps: dict[int, float] = {}
-    for update in generate_stream(model, [ids] * len(plans), plans, cfg, keep_tokens=True):
-        if not update.done:
-            stamps[update.step] = time.perf_counter()
-    first, last = 1, tokens - 1
-    return (stamps[last] - stamps[first]) / (last - first)
-
-
 # --------------------------------------------------------------------------- rounds
 
 
@@ -446,8 +422,14 @@ def compare(
         return {**head, "skipped": reason}
     command = build_command(lookup.path, gguf, len(ids), tokens, threads, batches)
     plans = {b: row_plans(vector, layer, b) for b in batches}
+
+    def ours_at(b: int, n: int) -> float:
+        if b <= kernels.MAX_ROWS:
+            return our_step_seconds(model, ids, plans[b], n)
+        return shared_step_seconds(model, ids, vector, layer, b, n)
+
     for b in batches:  # warm-up: allocations and kernel choices at each batch size
-        our_step_seconds(model, ids, plans[b], 3)
+        ours_at(b, 3)
     reported_threads: list[int | None] = []
 
     def run_llama() -> dict[int, float]:
@@ -456,7 +438,7 @@ def compare(
         return step_seconds_by_batch(parse_table(out), batches)
 
     def run_ours() -> dict[int, float]:
-        return {b: our_step_seconds(model, ids, plans[b], tokens) for b in batches}
+        return {b: ours_at(b, tokens) for b in batches}
 
     try:
         done = alternate(rounds, run_llama, run_ours)
@@ -499,7 +481,7 @@ def extensions(model: LoadedModel, binary: Path) -> dict[str, str]:
     from persona_explorer.engine import decoder_for
 
     kernel = getattr(decoder_for(model), "kernel", "onednn")
-    ours = "AVX2, FMA, F16C kernel" if kernel != "onednn" else "no kernel"
+    ours = f"{kernel.split('-')[0].upper()} kernel" if kernel != "onednn" else "no kernel"
     capability = torch.backends.cpu.get_cpu_capability()
     return {"llama_cpp": llama, "ours": f"{ours}; oneDNN at {capability}"}
 

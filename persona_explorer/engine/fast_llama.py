@@ -4,7 +4,7 @@ It reads the HF weights (``LoadedModel.weights``) and runs a lean forward. Promp
 QKV and gate/up projections with the fp32 weights pre-packed for oneDNN (plain MKL GEMM re-packs
 the weight on every call, which halves throughput at batch 2), the compiled RMSNorm, RoPE and
 SiLU of :mod:`.kernels`, a static KV cache and SDPA. Decoding steps (batch <= 4, CPU fp32): one
-compiled call per layer (``decode_layer``: norms, the matrix-vector products on the compact
+compiled call per layer (``decode_layer_many``: norms, the matrix-vector products on the compact
 weights of :mod:`.compact`, RoPE, the cache write, attention, residual adds); the residual
 callback still runs after every layer. :func:`fast_path_problem` says when a model is not one it
 can run exactly; :mod:`.hf` serves those.
@@ -312,9 +312,8 @@ class FastLlamaDecoder:
         return _FastSession(self, input_ids, attention_mask, max_new_tokens, row_invariant)
 
     def can_share(self, session: object) -> bool:
-        """Whether ``session`` may decode in :meth:`step_many` with other sessions and get the
-        same bits as alone: one of this decoder's row-invariant sessions small enough that its
-        own steps run the whole-layer kernel call (which :meth:`step_many` repeats per row)."""
+        """Whether ``session`` may decode in :meth:`step_many` with the same bits as alone: a
+        row-invariant session whose own steps run the whole-layer kernel call."""
         return (
             isinstance(session, _FastSession)
             and session.dec is self
@@ -336,10 +335,8 @@ class FastLlamaDecoder:
         session's logits [batch_i, vocab], bit-identical to ``sessions[i].step(tokens[i],
         resid_fns[i])`` alone (:meth:`can_share` must hold for each): the weights are read once
         for every row, which is what makes a class of visitors cost little more than one."""
-        if not sessions or len(tokens) != len(sessions) or len(resid_fns) != len(sessions):
-            raise ValueError("one token row and one callback per session")
-        if len({id(s) for s in sessions}) != len(sessions):
-            raise ValueError("a session may take one step at a time")
+        if not sessions or not len(tokens) == len(resid_fns) == len({id(s) for s in sessions}):
+            raise ValueError("one token row and one callback per session, each session once")
         for sess in sessions:
             if not self.can_share(sess):
                 raise ValueError("this session cannot share a decoding step")
@@ -470,8 +467,19 @@ class _FastSession:
         for i, layer in enumerate(dec.layers):
             if whole_layer and layer.step_args is not None:
                 h2 = h.reshape(b, -1).contiguous()
-                h2 = dec.ops.decode_layer(
-                    h2, layer.ln1, layer.ln2, dec.eps, *layer.step_args, *step_args(i)
+                cache = ([self.k[i]], [self.v[i]], [self.valid], [start], [b])
+                h2 = dec.ops.decode_layer_many(
+                    h2,
+                    layer.ln1,
+                    layer.ln2,
+                    dec.eps,
+                    *layer.step_args,
+                    cos_rows,
+                    sin_rows,
+                    *cache,
+                    dec.n_heads,
+                    dec.n_kv,
+                    dec.scaling,
                 )
                 h = resid_fn(i, h2.view(b, 1, -1))
                 continue

@@ -604,31 +604,12 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tens
   return out;
 }
 
-// One decoder layer for one decoding step, in one call (the Python between a layer's seven ops
-// cost about as much as its attention): h [B, d] -> h after the layer, the caches written.
-// Llama-family layout: pre-norms, q/k/v (optional bias), o, SiLU-gated MLP, two residual adds.
-torch::Tensor decode_layer(torch::Tensor h, torch::Tensor ln1, torch::Tensor ln2, double eps,
-                           std::vector<torch::Tensor> qkv_w, std::vector<int64_t> qkv_t,
-                           c10::optional<torch::Tensor> qkv_bias,
-                           std::vector<torch::Tensor> o_w, std::vector<int64_t> o_t,
-                           std::vector<torch::Tensor> gu_w, std::vector<int64_t> gu_t,
-                           std::vector<torch::Tensor> down_w, std::vector<int64_t> down_t,
-                           torch::Tensor cos, torch::Tensor sin, torch::Tensor kcache,
-                           torch::Tensor vcache, torch::Tensor valid, int64_t pos, int64_t H,
-                           int64_t KV, double scale) {
-  auto x = rms_norm(h, ln1, eps);
-  auto qkv = grouped_gemv(x, qkv_w, qkv_t, c10::nullopt);
-  if (qkv_bias.has_value()) qkv.add_(*qkv_bias);
-  auto attn = decode_attention(qkv, cos, sin, kcache, vcache, valid, pos, H, KV, scale);
-  auto h1 = grouped_gemv(attn, o_w, o_t, h);
-  auto gu = grouped_gemv(rms_norm(h1, ln2, eps), gu_w, gu_t, c10::nullopt);
-  return grouped_gemv(silu_mul(gu), down_w, down_t, h1);
-}
-
-// decode_layer for several decoding sessions at once (the shared batch of every visitor): the
-// rows of every session in h [N, d], session s owning `rows[s]` consecutive rows, its own caches
-// and its own slot `pos[s]`. The products run once over all N rows; attention runs per session
-// against its own cache. Each row goes through exactly the ops decode_layer gives it alone.
+// One decoder layer of one decoding step, in one call (the Python between a layer's seven ops
+// cost about as much as its attention), for one session or several at once (the shared batch of
+// every visitor): the rows of every session in h [N, d], session s owning `rows[s]` consecutive
+// rows, its own caches and its own slot `pos[s]`. Llama-family layout: pre-norms, q/k/v
+// (optional bias), o, SiLU-gated MLP, two residual adds. The products run once over all N rows
+// (each row's sums the same whatever N); attention runs per session against its own cache.
 torch::Tensor decode_layer_many(torch::Tensor h, torch::Tensor ln1, torch::Tensor ln2, double eps,
                                 std::vector<torch::Tensor> qkv_w, std::vector<int64_t> qkv_t,
                                 c10::optional<torch::Tensor> qkv_bias,

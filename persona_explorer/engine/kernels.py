@@ -115,7 +115,6 @@ def load(enabled: bool) -> Any:
                     "rope_",
                     "silu_mul",
                     "decode_attention",
-                    "decode_layer",
                     "decode_layer_many",
                     "set_isa",
                     "get_isa",

@@ -45,6 +45,7 @@ from persona_explorer.engine.gguf_blocks import (
     save_blocks,
     with_tied_head,
 )
+from persona_explorer.engine.threads import release, set_team
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,19 @@ class FairLock:
         self._cond = threading.Condition()
         self._queue: collections.deque[int] = collections.deque()  # thread ids, holder first
         self._depth = 0
+        # Set by the shared batch (``one_team``): the engine thread and the team size. Any
+        # other holder gets the team for its pass only (see ``engine.threads``).
+        self._home: int | None = None
+        self._team = 0
+        self._guest_threads = 0  # a guest holder's own team size, given back after its pass
+
+    def one_team(self, home: int | None, threads: int) -> None:
+        """From now on only thread ``home`` keeps an OpenMP team between passes; another
+        thread holding the lock runs its pass on ``threads`` threads, then lets them go and
+        gets its own setting back. ``threads`` 0: no longer."""
+        with self._cond:
+            self._home = home
+            self._team = int(threads)
 
     def __enter__(self) -> None:
         me = threading.get_ident()
@@ -87,6 +101,11 @@ class FairLock:
             while self._queue[0] != me:
                 self._cond.wait()
             self._depth = 1
+            team = self._team if me != self._home else 0
+            # Decided once per hold: the engine may start (and set the team) meanwhile.
+            self._guest_threads = torch.get_num_threads() if team else 0
+        if team:
+            set_team(team)
 
     def held_here(self) -> bool:
         """Whether the calling thread holds it (work it waits on elsewhere could not get it)."""
@@ -94,6 +113,9 @@ class FairLock:
             return bool(self._queue) and self._queue[0] == threading.get_ident()
 
     def __exit__(self, *exc: object) -> None:
+        if self._depth == 1 and self._guest_threads:
+            # Still held: the team goes before the next holder's pass starts.
+            release(self._guest_threads)
         with self._cond:
             self._depth -= 1
             if self._depth == 0:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from persona_explorer.axis.build import axis_on_disk
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import Limits, check_int, check_text
 from persona_explorer.personas.data import load_builtin
@@ -53,7 +52,7 @@ from persona_explorer.vectors.axis_component import (
 )
 
 if TYPE_CHECKING:
-    from persona_explorer.axis.assistant_axis import AxisData
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +166,6 @@ def _check_flag(value: object, name: str = "sweep") -> bool:
     return value
 
 
-def ready_axis(ctx: AppContext) -> AxisData | None:
-    """The model's axis if it is loaded or on disk, else None (never builds one)."""
-    # ctx.axis() builds a missing axis (minutes): a view only reads one that already exists.
-    if ctx._axis is None and axis_on_disk(ctx.model, ctx.settings.cache_dir) is None:
-        return None
-    try:
-        return ctx.axis()
-    except InputError as exc:  # an unreadable axis file: the Persona space tab says why
-        log.warning("no Assistant Axis to show: %s", exc)
-        return None
-
-
 def without_axis(ctx: AppContext, result: ExtractionResult, progress: Any) -> ExtractionResult:
     """``result`` with its vector's Assistant-Axis component removed at every layer (the axis
     is built first where none exists yet: the visitor asked for it)."""
@@ -190,7 +177,7 @@ def without_axis(ctx: AppContext, result: ExtractionResult, progress: Any) -> Ex
 def axis_component_of(ctx: AppContext, result: ExtractionResult) -> AxisComponent | None:
     """The extracted vector's component along the axis at its recommended layer (None: no
     axis on disk, or a zero vector there)."""
-    axis = ready_axis(ctx)
+    axis = ctx.axis_if_ready()
     vec = result.vector
     if axis is None or vec.layer is None:
         return None

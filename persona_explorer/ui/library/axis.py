@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import torch
 
-from persona_explorer.axis.build import axis_on_disk
 from persona_explorer.core.errors import InputError
 from persona_explorer.core.limits import check_layer
 from persona_explorer.plots import cosine_heatmap_figure, empty_figure
@@ -39,7 +38,7 @@ from persona_explorer.vectors.axis_component import (
 )
 
 if TYPE_CHECKING:
-    from persona_explorer.axis.assistant_axis import AxisData
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ __all__ = [
     "axis_rows",
     "axis_views",
     "heatmap_figure",
-    "ready_axis",
     "remove_axis_copy",
     "selected_axis_line",
 ]
@@ -63,18 +61,6 @@ ABOUT_AXIS = (
     "the default Assistant, +1 toward it; the projection is in the vector's own units; the share "
     "is the part of the vector's squared length that lies along the axis (cos²)."
 )
-
-
-def ready_axis(ctx: AppContext) -> AxisData | None:
-    """The model's axis if it is loaded or on disk, else None (never builds one)."""
-    # ctx.axis() builds a missing axis (minutes): a view only reads one that already exists.
-    if ctx._axis is None and axis_on_disk(ctx.model, ctx.settings.cache_dir) is None:
-        return None
-    try:
-        return ctx.axis()
-    except InputError as exc:  # an unreadable axis file: the Persona space tab says why
-        log.warning("no Assistant Axis to show: %s", exc)
-        return None
 
 
 def _fitting(view: CatalogView, keys: list[str]) -> list[VectorItem]:
@@ -149,7 +135,7 @@ def axis_views(
     """The heat map (with or without the axis component), its note and the axis table."""
     if not isinstance(remove, bool):
         raise InputError("remove must be true or false.")
-    axis = ready_axis(ctx)
+    axis = ctx.axis_if_ready()
     vectors = None if axis is None else axis.axis
     if remove and vectors is None:
         raise InputError(NO_AXIS.replace("**", ""))
@@ -173,7 +159,7 @@ def selected_axis_line(ctx: AppContext, key: str | None, session: Mapping | None
             item = view.resolve(key)
             if not view.fits(item):
                 return ""
-            axis = ready_axis(ctx)
+            axis = ctx.axis_if_ready()
             if axis is None:
                 return NO_AXIS
             vec = view.load(item)
@@ -196,7 +182,7 @@ def remove_axis_copy(
     with user_errors():
         view = ctx.catalog.view(session)
         item, vec = view.resolve_fitting(key)
-        axis = ready_axis(ctx)
+        axis = ctx.axis_if_ready()
         if axis is None:
             raise InputError(NO_AXIS.replace("**", ""))
         layer = ctx.default_layer(vec)

@@ -109,7 +109,7 @@ def builtin_relations(ctx: AppContext) -> None:
         log.warning("no built-in similarity panel: %s", exc)
         return
     sentences = statements_markdown(statements) or "Fewer than two built-in vectors."
-    axis = axis_view.ready_axis(ctx)
+    axis = ctx.axis_if_ready()
     if axis is not None and statements:
         try:
             sentences += "\n" + builtin_axis_statement(ctx.settings.builtin_vectors_dir, axis.axis)
@@ -220,7 +220,7 @@ def build(ctx: AppContext, state: gr.State, owner: gr.BrowserState) -> LibraryTa
                 elem_id="pe-heatmap",
             )
             axis_note = gr.Markdown(elem_id="pe-heat-axis-note")
-    axis = axis_view.ready_axis(ctx)
+    axis = ctx.axis_if_ready()
     gr.Markdown(axis_view.ABOUT_AXIS if axis is not None else axis_view.NO_AXIS)
     axis_table = gr.Dataframe(
         axis_view.axis_rows(

@@ -27,10 +27,12 @@ from persona_explorer.core.config import Settings
 from persona_explorer.core.errors import InputError, UserError
 from persona_explorer.core.fileio import atomic_write
 from persona_explorer.engine import decoder_for
+from persona_explorer.engine import threads as omp
 from persona_explorer.engine.model import LoadedModel, load_model
 from persona_explorer.steering import shared_batch
 from persona_explorer.ui.shared.catalog import ModelShape, VectorCatalog
 from persona_explorer.ui.shared.markup import plain
+from persona_explorer.ui.shared.streaming import pace
 from persona_explorer.vectors.files import FORMATS, export_stem, save, save_notes
 from persona_explorer.vectors.library import Library, LibraryEntry
 from persona_explorer.vectors.persona_vector import PersonaVector, VectorInfo
@@ -285,6 +287,24 @@ class AppContext:
                 self._axis = axis_for(self.model, self.settings.cache_dir, progress)
             return self._axis
 
+    def stream_pace(self) -> float:
+        """Seconds between one visitor's streamed updates now (``streaming.pace``)."""
+        return pace(shared_batch.running(self.model))
+
+    def axis_if_ready(self) -> AxisData | None:
+        """The axis if it is loaded or on disk, else None: for views, which must never start
+        a build (minutes). An unreadable axis file is logged and gives None (the Persona
+        space tab says why when asked for the axis)."""
+        from persona_explorer.axis.build import axis_on_disk
+
+        if self._axis is None and axis_on_disk(self.model, self.settings.cache_dir) is None:
+            return None
+        try:
+            return self.axis()
+        except InputError as exc:
+            log.warning("no Assistant Axis to show: %s", exc)
+            return None
+
     @property
     def library(self) -> Library:
         return self.catalog.library
@@ -313,6 +333,10 @@ class AppContext:
     def job(self, request: gr.Request | None) -> Iterator[JobControl]:
         """Run one long job for the caller's session: stoppable from it, and time-limited."""
         owner = request.session_hash if request is not None else None
+        if self.settings.shared_batch:
+            # Only the engine thread keeps an OpenMP team (``engine.threads``); this thread's
+            # passes under the compute lock still get one for their length.
+            omp.single()
         with self.jobs.track(owner) as flag:
             yield JobControl(flag, self.job_timer())
 
