@@ -348,20 +348,28 @@ class GenerationRun:
     def stop_asked(self) -> bool:
         return self.should_stop is not None and self.should_stop()
 
+    def stop_between_chunks(self) -> bool:
+        """Ask Stop before a prompt chunk other than the first (outside the compute lock: the
+        caller's check may wait on other requests). True: the prompt pass ends here, with
+        means over the chunks that ran (under inference mode)."""
+        if self.prefilled == 0 or not self.stop_asked():
+            return False
+        self.stopped = True
+        self.rec.end_prompt()
+        self.stopping = True
+        return True
+
     def prefill_next(self) -> None:
-        """Run the next prompt chunk (after the first, Stop is asked first); the last one ends
-        the prompt pass. Under the compute lock and inference mode."""
+        """Run the next prompt chunk; the last one ends the prompt pass. Under the compute
+        lock and inference mode."""
         start = self.prefilled
-        if start > 0 and self.stop_asked():
-            self.stopped = True
-        else:
-            end = min(start + self.chunk, self.width)
-            self.rec.begin_chunk(start, end, final=end == self.width)
-            self.logits = self.session.prefill(self.rec, start=start, end=end)
-            self.prefilled = end
+        end = min(start + self.chunk, self.width)
+        self.rec.begin_chunk(start, end, final=end == self.width)
+        self.logits = self.session.prefill(self.rec, start=start, end=end)
+        self.prefilled = end
         if self.prompt_done:
             self.rec.end_prompt()
-            self.stopping = self.stopped or self.cfg.max_new_tokens == 0
+            self.stopping = self.cfg.max_new_tokens == 0
 
     def choose(self) -> torch.Tensor:
         """Sample this step's tokens from the last logits and record them; returns what to feed."""
@@ -388,9 +396,12 @@ class GenerationRun:
         which is why every chosen token is fed."""
         self.logits = logits
         self.rec.end_step(self.counted)
-        self.stopping = (
-            bool(self.done.all()) or self.step >= self.cfg.max_new_tokens or self.stop_asked()
-        )
+        self.stopping = bool(self.done.all()) or self.step >= self.cfg.max_new_tokens
+
+    def stop_after_step(self) -> None:
+        """Ask Stop after a step (outside the compute lock)."""
+        if not self.stopping and self.stop_asked():
+            self.stopping = True
 
     def update(self) -> StreamUpdate:
         return StreamUpdate(tokens=[list(t) for t in self.tokens], step=self.step, done=False)
@@ -432,11 +443,15 @@ def _alone(run: GenerationRun) -> Iterator[StreamUpdate]:
     # a yield or a stop check: the consumer's code between updates (possibly on another thread,
     # as Gradio does) must not run inside inference mode, and other requests get their turn.
     while not run.prompt_done:
+        with torch.inference_mode():
+            if run.stop_between_chunks():
+                break
         with model.compute_lock, torch.inference_mode():
             run.prefill_next()
     while not run.stopping:
         with model.compute_lock, torch.inference_mode():
             run.absorb(run.session.step(run.choose(), run.rec))
+        run.stop_after_step()
         if not run.stopping:
             yield run.update()
     with torch.inference_mode():

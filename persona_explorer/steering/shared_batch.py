@@ -189,8 +189,11 @@ class SharedBatch:
                     return
                 job = self._joining[0]
             try:
-                with self._lock, torch.inference_mode():
-                    job.run.prefill_next()
+                with torch.inference_mode():
+                    stopped = job.run.stop_between_chunks()
+                if not stopped:
+                    with self._lock, torch.inference_mode():
+                        job.run.prefill_next()
                 if job.run.prompt_done:
                     with self._cond:
                         self._joining.popleft()
@@ -235,6 +238,7 @@ class SharedBatch:
             self.steps += 1
             self.widest = max(self.widest, len(group))
             for job in group:
+                job.run.stop_after_step()
                 if job.run.stopping:
                     self._active.remove(job)
                     self._finish(job)
