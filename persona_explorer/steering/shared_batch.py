@@ -20,11 +20,11 @@ their own threads, and every forward pass (one of their steps or prompt chunks, 
 step) takes the model's first-come-first-served compute lock. So the shared batch waits for at
 most one of a long job's passes, then a long job waits for at most one shared step.
 
-The engine thread exists while there is work and ends after :data:`IDLE_EXIT_S` idle; it is the
-only thread that keeps an OpenMP team (``engine.threads``): the app's handler threads run on
-one thread (``AppContext.job``), and a long job's pass gets a team only for its length. With a
-second team alive, libgomp's workers sleep between regions and a step of the embedded model
-took 22.6 ms instead of 12.5.
+The engine thread is started with the shared batch (by the thread that serves the model) and
+waits for work between runs. It is the only thread that keeps an OpenMP team
+(``engine.threads``): the app's handler threads run on one thread (``AppContext.job``), and a
+long job's pass gets a team only for its length. With a second team alive, libgomp's workers
+sleep between regions and a step of the embedded model took 22.6 ms instead of 12.5.
 
 Imports: torch, :mod:`.generation` (the run it drives). The UI switches it on with
 :func:`serve`.
@@ -48,7 +48,6 @@ from persona_explorer.steering.generation import GenerationRun, StreamUpdate
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IDLE_EXIT_S",
     "MAX_STEP_ROWS",
     "PREFILL_BUDGET_S",
     "SharedBatch",
@@ -63,7 +62,6 @@ MAX_STEP_ROWS = 64
 # Between two steps, prompt passes of newcomers run for about this long, so a class arriving at
 # once starts decoding together while the answers already flowing pause for a fraction of a second.
 PREFILL_BUDGET_S = 0.3
-IDLE_EXIT_S = 30.0
 
 
 class _Job:
@@ -109,6 +107,16 @@ class SharedBatch:
         self._thread: threading.Thread | None = None
         self.steps = 0  # shared steps run (tests and the bench read it)
         self.widest = 0  # most runs in one step so far
+        # Started here, by the serving thread: the engine thread and its OpenMP workers take
+        # that thread's scheduling priority, not a handler thread's (app.py lowers the web's).
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, name="persona-explorer-shared-batch", daemon=True
+        )
+        self._thread.start()
 
     def running(self) -> int:
         with self._cond:
@@ -124,11 +132,8 @@ class SharedBatch:
         job = _Job(run)
         with self._cond:
             self._joining.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="persona-explorer-shared-batch", daemon=True
-                )
-                self._thread.start()
+            if self._thread is None:  # it ended on a bug (logged): a new one takes over
+                self._start()
             self._cond.notify()
         try:
             while True:
@@ -165,9 +170,7 @@ class SharedBatch:
         while True:
             with self._cond:
                 while not self._joining and not self._active:
-                    if not self._cond.wait(IDLE_EXIT_S) and not self._joining:
-                        self._thread = None
-                        return
+                    self._cond.wait()
                 self._drop_abandoned()
             self._prefill_some()
             self._step_all()
