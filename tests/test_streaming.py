@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import pytest
 
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.ui.shared import streaming
@@ -69,13 +68,3 @@ def test_the_steer_handler_coalesces_and_ends_with_the_full_result(
     assert final[tab.baseline] == reference[tab.baseline]
     assert final[tab.steered] == reference[tab.steered]
     assert final[tab.tokens_steered] == reference[tab.tokens_steered]
-
-
-def test_updates_come_further_apart_as_more_visitors_stream() -> None:
-    assert streaming.pace(0) == streaming.pace(1) == streaming.STREAM_EVERY_S
-    assert streaming.pace(30) == pytest.approx(0.9)
-    # A pace asked at every item: a run that starts alone and is joined by a class slows down.
-    paces = iter([0.075] * 3 + [1.0] * 20)
-    out = list(coalesce(partials(20), every_s=lambda: next(paces), clock=FakeClock(0.1)))
-    assert [t[0] for t, _ in out[:4]] == ["t0", "t1", "t2", "t12"]
-    assert out[-1] == (["t20"], "done")

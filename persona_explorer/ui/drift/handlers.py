@@ -284,8 +284,7 @@ def run_chat(
                         max(MIN_WINDOW_TOKENS, limits.max_prompt_tokens + cfg.max_new_tokens),
                     ),
                     should_stop=job,
-                ),
-                ctx.stream_pace,
+                )
             ):
                 if out is None:
                     yield {tab.chatbot: [*shown, {"role": "assistant", "content": chat_text(text)}]}

@@ -32,7 +32,6 @@ from persona_explorer.engine.model import LoadedModel, load_model
 from persona_explorer.steering import shared_batch
 from persona_explorer.ui.shared.catalog import ModelShape, VectorCatalog
 from persona_explorer.ui.shared.markup import plain
-from persona_explorer.ui.shared.streaming import pace
 from persona_explorer.vectors.files import FORMATS, export_stem, save, save_notes
 from persona_explorer.vectors.library import Library, LibraryEntry
 from persona_explorer.vectors.persona_vector import PersonaVector, VectorInfo
@@ -286,10 +285,6 @@ class AppContext:
 
                 self._axis = axis_for(self.model, self.settings.cache_dir, progress)
             return self._axis
-
-    def stream_pace(self) -> float:
-        """Seconds between one visitor's streamed updates now (``streaming.pace``)."""
-        return pace(shared_batch.running(self.model))
 
     def axis_if_ready(self) -> AxisData | None:
         """The axis if it is loaded or on disk, else None: for views, which must never start

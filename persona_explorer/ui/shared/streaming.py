@@ -28,33 +28,23 @@ R = TypeVar("R")
 # Seconds between two streamed updates: well above a decoding step of the embedded model on two
 # cores (12-20 ms), well below what reads as stutter.
 STREAM_EVERY_S = 0.075
-# With many visitors decoding at once, each one's updates come further apart: the server's
-# cost per update (~5 ms on the cores the model decodes on) times thirty visitors' updates took
-# more than the shared batch itself (30 visitors x 48 tokens: 34 s, against 11 s in-process).
-PER_VISITOR_S = 0.03
-
-
-def pace(running: int) -> float:
-    """Seconds between one visitor's updates while ``running`` generations stream: 75 ms alone,
-    0.9 s with thirty (a class still sees its text grow, a few words at a time)."""
-    return max(STREAM_EVERY_S, PER_VISITOR_S * running)
 
 
 def coalesce(
     stream: Iterable[tuple[T, R | None]],
-    every_s: float | Callable[[], float] = STREAM_EVERY_S,
+    every_s: float = STREAM_EVERY_S,
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[tuple[T, R | None]]:
     """``stream``'s items with a result always, and partial ones at most once per ``every_s``
-    (the first one at once); ``every_s`` may be a function, asked at each item (the app's:
-    :func:`pace` of how many generations run). ``every_s <= 0`` passes every item through."""
+    (the first one at once). ``every_s <= 0`` passes every item through. (In the shared batch
+    the engine already hands a reader updates further apart as more visitors decode:
+    ``shared_batch.SharedBatch.reading_pace``.)"""
     last: float | None = None
     for texts, result in stream:
-        interval = every_s() if callable(every_s) else every_s
-        if result is not None or interval <= 0:
+        if result is not None or every_s <= 0:
             yield texts, result
             continue
         now = clock()
-        if last is None or now - last >= interval:
+        if last is None or now - last >= every_s:
             last = now
             yield texts, None

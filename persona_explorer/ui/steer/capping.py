@@ -251,7 +251,7 @@ def run_capped(
         with ctx.job(request) as job:
             stream = cap_stream(ctx.model, axis, req, should_stop=job)
             counted = (((step, t), o) for step, (t, o) in enumerate(stream, start=1))
-            for (step, texts), out in coalesce(counted, ctx.stream_pace):
+            for (step, texts), out in coalesce(counted):
                 if out is None:
                     progress((min(step, total), total), desc="Generating", unit="tokens")
                     update = dict(zip(boxes, texts, strict=True))

@@ -118,9 +118,7 @@ def run_compare(
     with user_errors():
         req = form.request(ctx, session)
         with ctx.job(request) as job:
-            for texts, out in coalesce(
-                compare_stream(ctx.model, req, should_stop=job), ctx.stream_pace
-            ):
+            for texts, out in coalesce(compare_stream(ctx.model, req, should_stop=job)):
                 if out is None:
                     yield {panel.status: f"Generating… {max(len(t) for t in texts)} characters"}
                     continue

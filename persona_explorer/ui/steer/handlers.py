@@ -224,9 +224,7 @@ def run_steer(
         req = form.request(ctx, session)
         first = True
         with ctx.job(request) as job:
-            for texts, out in coalesce(
-                steer_stream(ctx.model, req, should_stop=job), ctx.stream_pace
-            ):
+            for texts, out in coalesce(steer_stream(ctx.model, req, should_stop=job)):
                 if out is None:
                     update = {tab.baseline: texts[0], tab.steered: texts[1]}
                     if first:  # clear the previous answer's figures and files once

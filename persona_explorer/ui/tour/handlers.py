@@ -281,9 +281,7 @@ def _live(
         )
         yield _boxes(tab, step, f"Steered: {vec.name}, strength {strength:g} at layer {layer}")
         with ctx.job(request) as job:
-            for texts, out in coalesce(
-                steer_stream(ctx.model, req, should_stop=job), ctx.stream_pace
-            ):
+            for texts, out in coalesce(steer_stream(ctx.model, req, should_stop=job)):
                 if out is None:
                     yield {tab.left: texts[0], tab.right: texts[1]}
                     continue
@@ -300,9 +298,7 @@ def _live(
         axis = _axis(ctx, progress)
         req = CapRequest(prompt=CAP_PROMPT, sampling=cfg)
         with ctx.job(request) as job:
-            for texts, out in coalesce(
-                cap_stream(ctx.model, axis, req, should_stop=job), ctx.stream_pace
-            ):
+            for texts, out in coalesce(cap_stream(ctx.model, axis, req, should_stop=job)):
                 if out is None:
                     yield {tab.left: texts[0], tab.right: texts[1]}
                     continue
