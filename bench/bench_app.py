@@ -79,6 +79,8 @@ def engine_ms_per_step(args: argparse.Namespace, builtin: Path) -> float:
     from persona_explorer.ui.steer.handlers import SteerForm
 
     env = {**os.environ, "PERSONA_EXPLORER_BUILTIN_VECTORS": str(builtin)}
+    # The engine on this (the loading) thread, with no engine thread beside it: its own speed.
+    env["PERSONA_EXPLORER_SHARED_BATCH"] = "0"
     env["PERSONA_EXPLORER_DATA"] = tempfile.mkdtemp(prefix="persona-explorer-bench-engine-")
     ctx = AppContext.create(load_settings(env=env))
     form = SteerForm(PROMPT, args.persona, args.layer, args.strength, args.tokens)
