@@ -109,3 +109,36 @@ def test_sweep_grid_download(page: Page, tmp_path: Path) -> None:
     assert data["layers"] == [20] and data["vectors"][0]["name"] == "pirate"
     rows = check_csv(download(page, "#pe-sweep-download-csv", tmp_path))
     assert rows[0]["kind"] == "baseline" and len(rows) == 3
+
+
+def test_the_steer_run_json_carries_each_tokens_log_probabilities(
+    page: Page, tmp_path: Path
+) -> None:
+    """Issue 26: the run file a researcher takes home has every answer's per-token
+    log-probabilities under its own model and the other column's, and the per-token view's
+    hover shows them."""
+    open_tab(page, "Steer")
+    page.locator("#pe-prompt textarea").fill("What makes a good friend?")
+    page.get_by_text("Generation settings").click()
+    tokens = page.locator("#pe-max-new-tokens input[type=number]")
+    tokens.fill("12")
+    tokens.press("Enter")
+    page.locator("#pe-generate").click()
+    expect(page.locator("#pe-status")).to_contain_text("tok/s", timeout=TIMEOUT_MS)
+    expect(page.locator("#pe-tokens-steered")).to_contain_text(
+        "Mean log-probability per token", timeout=TIMEOUT_MS
+    )
+    hover = page.locator("#pe-tokens-steered .pe-tok").first.get_attribute("title") or ""
+    assert "log p" in hover and "under" in hover
+    data = json.loads(download(page, "#pe-run-json", tmp_path).read_text(encoding="utf-8"))
+    assert data["logprobs_meaning"]
+    rows = data["rows"]
+    assert len(rows) == 2
+    for row in rows:
+        lp = row["logprobs"]
+        assert len(lp["tokens"]) == len(row["token_ids"]) > 0
+        own = [t["logprob_own"] for t in lp["tokens"]]
+        other = [t["logprob_other"] for t in lp["tokens"]]
+        assert all(v <= 0 for v in own + other)
+        assert lp["sum_own"] == pytest.approx(sum(own), abs=1e-3)
+    assert [r["logprobs"]["other_row"] for r in rows] == [1, 0]  # each scored by the other
