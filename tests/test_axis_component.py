@@ -38,6 +38,7 @@ from persona_explorer.vectors.axis_component import (
 )
 from persona_explorer.vectors.library import Library
 from persona_explorer.vectors.persona_vector import PersonaVector
+from tests.test_ui import QUIET, extract_form
 from tests.tiny_models import D_MODEL, N_LAYERS, tiny_app_context
 
 OWNER = "a" * 24
@@ -310,18 +311,6 @@ def test_the_builtins_statement_gives_their_mean_cosine_with_and_without(
 
 
 # --------------------------------------------------------------------------- Extract
-
-
-QUIET: dict = {"request": None, "progress": lambda *a, **k: None}
-
-
-def extract_form(**kw: object) -> extract_handlers.ExtractForm:
-    defaults: dict[str, object] = {
-        "source": "custom", "trait_name": "", "role_name": "", "name": "tiny shanty",
-        "pos_prompts": "You are a pirate.", "neg_prompts": "You are an assistant.",
-        "question_lines": "Hi?", "n_questions": 1, "max_new_tokens": 4,
-    }  # fmt: skip
-    return extract_handlers.ExtractForm(**{**defaults, **kw})  # type: ignore[arg-type]
 
 
 def extract_tab(ctx: AppContext) -> extract.ExtractTab:
