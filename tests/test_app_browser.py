@@ -271,3 +271,20 @@ def test_a_running_extraction_can_be_stopped(page: Page) -> None:
     page.get_by_role("tab", name="Steer").click()
     page.locator("#pe-generate").click()
     expect(page.locator("#pe-status")).to_contain_text("tok/s", timeout=TIMEOUT_MS)
+
+
+def test_a_vector_copied_without_its_assistant_axis_component(page: Page) -> None:
+    """Issue 26: the Library shows a vector's component along the Assistant Axis and makes a
+    copy without it, which then steers like any other vector."""
+    open_app(page)
+    page.get_by_role("tab", name="Library").click()
+    choose(page, "#pe-library-selected", "pirate · built-in")
+    expect(page.locator("#pe-library-axis-info")).to_contain_text("cos", timeout=TIMEOUT_MS)
+    page.locator("#pe-remove-axis").click()
+    status = page.locator("#pe-library-status")
+    expect(status).to_contain_text("(axis removed)", timeout=TIMEOUT_MS)
+    expect(page.locator("#pe-library-selected input")).to_have_value(
+        re.compile(r"^pirate \(axis removed\)")
+    )
+    page.get_by_role("tab", name="Steer", exact=True).click()
+    assert options(page, "#pe-persona", "pirate (axis removed)") == 1
