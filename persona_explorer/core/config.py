@@ -132,7 +132,7 @@ class Settings:
     builtin_vectors_dir: Path = ASSETS_DIR / "vectors"
     persona_data_dir: Path = ASSETS_DIR / "personas"
     fast_decoder: bool = True  # the hand-written Llama-family decoder where it applies
-    decode_kernel: bool = True  # its compiled AVX2 matrix-vector kernel on CPU
+    decode_kernel: bool = True  # its compiled matrix-vector kernel on CPU (AVX2, or AVX-512F)
     # Visitors' short generations decode together, one step for all (steering.shared_batch).
     shared_batch: bool = True
     # Steer scores each answer's log-probabilities under both columns' models after generating

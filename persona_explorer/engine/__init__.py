@@ -12,9 +12,11 @@ callers pass in.
   model exactly.
 * :mod:`.hf` — :class:`~.hf.HFDecoder`, the bridge-wrapped HF forward with hooks: any
   architecture.
-* :mod:`.kernels` — the compiled AVX2 kernels the fast decoder uses on CPU (source:
-  ``kernels.cpp``): matrix-vector products on GGUF blocks, 16-bit or fp32 rows, decode
-  attention, RMSNorm, RoPE, SiLU, and a whole layer of a decoding step in one call.
+* :mod:`.kernels` — the compiled CPU kernels the fast decoder uses (source: ``kernels.cpp``;
+  AVX2, with AVX-512F products where the CPU has them, the same bits): matrix-vector products
+  on GGUF blocks, 16-bit or fp32 rows, for any number of rows, decode attention, RMSNorm, RoPE,
+  SiLU, and a whole layer of a decoding step (one session's, or the shared batch's) in one call.
+* :mod:`.threads` — one OpenMP team per serving process (the shared batch's engine thread).
 * :mod:`.compact` — the compact copies of the weights a decoding step reads (the model's GGUF
   blocks, or 16-bit copies), each checked to decode to exactly the model's fp32 weights.
 * :mod:`.cache` — :func:`decoder_for`, the one decoder of each model, and :func:`build_decoder`.
