@@ -155,7 +155,8 @@ def test_a_share_link_reproduces_the_run_in_a_fresh_browser(browser: Browser) ->
     page.get_by_label("Answer only").check()
     share = page.locator("#pe-share textarea")
     for key in ("system=", "temperature=0.8", "seed=7", "positions=response", "max_new_tokens=10"):
-        expect(share).to_have_value(re.compile(re.escape(key)))
+        # The link follows each change through the server: give a busy machine time.
+        expect(share).to_have_value(re.compile(re.escape(key)), timeout=TIMEOUT_MS)
     texts = generate_and_wait(page)
     link = share.input_value()
     fresh = new_page(browser)
