@@ -62,6 +62,8 @@ MAX_STEP_ROWS = 64
 # Between two steps, prompt passes of newcomers run for about this long, so a class arriving at
 # once starts decoding together while the answers already flowing pause for a fraction of a second.
 PREFILL_BUDGET_S = 0.3
+# A reader's partial updates: at most one per READ_EVERY_S alone, READ_EVERY_PER_RUN_S more per
+# run in the batch (SharedBatch.reading_pace).
 READ_EVERY_S = 0.05
 READ_EVERY_PER_RUN_S = 0.03
 
@@ -71,8 +73,9 @@ class _Job:
     carries the whole answer so far, so a slow reader never makes the engine wait or queue.
 
     The reader is woken for the first update, the last one and errors at once, and otherwise
-    takes the latest at most every :func:`reading_pace`: thirty readers each decoding their
-    texts after every step held the interpreter lock the engine needs between its kernels."""
+    takes the latest at most every :meth:`SharedBatch.reading_pace`: thirty readers each
+    decoding their texts after every step held the interpreter lock the engine needs between
+    its kernels."""
 
     def __init__(self, run: GenerationRun) -> None:
         self.run = run
@@ -120,8 +123,8 @@ class SharedBatch:
         self._thread: threading.Thread | None = None
         self.steps = 0  # shared steps run (tests and the bench read it)
         self.widest = 0  # most runs in one step so far
-        # Started here, by the serving thread: the engine thread and its OpenMP workers take
-        # that thread's scheduling priority, not a handler thread's (app.py lowers the web's).
+        # Started here, by the serving thread, rather than by the first visitor's handler
+        # thread: the engine thread and its OpenMP workers inherit the server's settings.
         with self._cond:
             self._start()
 
