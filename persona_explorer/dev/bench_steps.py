@@ -50,8 +50,8 @@ def shared_step_seconds(
     """Mean time of one shared decoding step over ``rows`` rows: ``rows // 2`` visitors'
     side-by-side runs (baseline and steered), each choosing its tokens, steering and capturing,
     as the shared batch's engine thread runs them (``steering.shared_batch``)."""
-    from persona_explorer.engine import decoder_for
     from persona_explorer.steering.generation import GenerationRun
+    from persona_explorer.steering.shared_batch import step_together
 
     if rows < 2 or rows % 2:
         raise ValueError("the shared batch is timed with whole side-by-side runs (even rows)")
@@ -60,7 +60,6 @@ def shared_step_seconds(
         GenerationRun(model, [ids, ids], row_plans(vector, layer, 2), cfg, True, None, True, None)
         for _ in range(rows // 2)
     ]
-    decoder = decoder_for(model)
     try:
         with torch.inference_mode():
             for run in runs:
@@ -68,12 +67,7 @@ def shared_step_seconds(
                     run.prefill_next()
             stamps = []
             for _ in range(tokens):
-                fed = [run.choose() for run in runs]
-                logits = decoder.step_many(  # type: ignore[attr-defined]
-                    [run.session for run in runs], fed, [run.rec for run in runs]
-                )
-                for run, out in zip(runs, logits, strict=True):
-                    run.absorb(out)
+                step_together(runs)
                 stamps.append(time.perf_counter())
     finally:
         for run in runs:

@@ -311,18 +311,22 @@ class FastLlamaDecoder:
     ) -> _FastSession:
         return _FastSession(self, input_ids, attention_mask, max_new_tokens, row_invariant)
 
-    def can_share(self, session: object) -> bool:
-        """Whether ``session`` may decode in :meth:`step_many` with the same bits as alone: a
-        row-invariant session whose own steps run the whole-layer kernel call."""
+    def whole_steps(self, session: object) -> bool:
+        """Whether ``session``'s decoding steps run one compiled call per layer
+        (:meth:`step_many`, alone or with other sessions)."""
         return (
             isinstance(session, _FastSession)
             and session.dec is self
-            and session.row_invariant
             and self.ops is not None
             and self.lm_head.gemv is not None
             and all(layer.step_args is not None for layer in self.layers)
             and session.batch <= kernels.MAX_ROWS
         )
+
+    def can_share(self, session: object) -> bool:
+        """Whether ``session`` may decode in :meth:`step_many` with other sessions and get the
+        same bits as alone: a row-invariant session whose steps run whole."""
+        return self.whole_steps(session) and bool(session.row_invariant)  # type: ignore[attr-defined]
 
     def step_many(
         self,
@@ -333,13 +337,13 @@ class FastLlamaDecoder:
         """One decoding step of several sessions in one pass: ``tokens[i]`` [batch_i] feeds
         ``sessions[i]``, whose callback ``resid_fns[i]`` sees only its own rows. Returns each
         session's logits [batch_i, vocab], bit-identical to ``sessions[i].step(tokens[i],
-        resid_fns[i])`` alone (:meth:`can_share` must hold for each): the weights are read once
+        resid_fns[i])`` alone (:meth:`whole_steps` must hold for each): the weights are read once
         for every row, which is what makes a class of visitors cost little more than one."""
         if not sessions or not len(tokens) == len(resid_fns) == len({id(s) for s in sessions}):
             raise ValueError("one token row and one callback per session, each session once")
         for sess in sessions:
-            if not self.can_share(sess):
-                raise ValueError("this session cannot share a decoding step")
+            if not self.whole_steps(sess):
+                raise ValueError("this session's steps do not run whole")
             sess.begin_step()
         rows = [sess.batch for sess in sessions]
         bounds = [0]
@@ -384,7 +388,7 @@ class FastLlamaDecoder:
             h = each(i, h2.view(bounds[-1], 1, -1))
         for sess in sessions:
             sess.end_step()
-        assert self.lm_head.gemv is not None  # can_share
+        assert self.lm_head.gemv is not None  # whole_steps
         logits = self.lm_head.gemv(self.rms_norm(h[:, -1], self.norm))
         return [logits[a:b] for a, b in itertools.pairwise(bounds)]
 
@@ -453,36 +457,17 @@ class _FastSession:
         # [b * s, head_dim] rows for the compiled RoPE, which works on qkv's [b, s, width] rows.
         cos_rows = cos[:, 0].reshape(b * s, dec.head_dim).contiguous()
         sin_rows = sin[:, 0].reshape(b * s, dec.head_dim).contiguous()
-        # A decoding step (after the prompt; its slot is marked valid): attention, RoPE and the
-        # cache writes run as one compiled call per layer, row-invariant by construction.
+        # A decoding step that does not run whole (step_many): attention, RoPE and the cache
+        # writes still run as one compiled call per layer, row-invariant by construction.
         fused_step = dec.ops is not None and s == 1 and start >= self.input_ids.shape[1]
         h = F.embedding(ids, dec.embed)
         h = resid_fn(EMBED_LAYER, h)
-        whole_layer = fused_step and b <= kernels.MAX_ROWS
 
         def step_args(i: int) -> tuple[Any, ...]:  # the compiled step's cache arguments
             kv = (self.k[i], self.v[i], self.valid, start)
             return (cos_rows, sin_rows, *kv, dec.n_heads, dec.n_kv, dec.scaling)
 
         for i, layer in enumerate(dec.layers):
-            if whole_layer and layer.step_args is not None:
-                h2 = h.reshape(b, -1).contiguous()
-                cache = ([self.k[i]], [self.v[i]], [self.valid], [start], [b])
-                h2 = dec.ops.decode_layer_many(
-                    h2,
-                    layer.ln1,
-                    layer.ln2,
-                    dec.eps,
-                    *layer.step_args,
-                    cos_rows,
-                    sin_rows,
-                    *cache,
-                    dec.n_heads,
-                    dec.n_kv,
-                    dec.scaling,
-                )
-                h = resid_fn(i, h2.view(b, 1, -1))
-                continue
             x = dec.rms_norm(h, layer.ln1)
             qkv = layer.qkv.fused(x)
             if fused_step:
@@ -588,6 +573,8 @@ class _FastSession:
         self.next_pos = self.next_pos + 1
 
     def step(self, tokens: torch.Tensor, resid_fn: ResidFn = no_edit) -> torch.Tensor:
+        if self.dec.whole_steps(self):  # one compiled call per layer, as in the shared batch
+            return self.dec.step_many([self], [tokens], [resid_fn])[0]
         end = self.begin_step()
         mask = self.valid[:, None, None, :end]
         h = self._forward(tokens.view(-1, 1), self.next_pos[:, None], mask, resid_fn)

@@ -53,6 +53,7 @@ __all__ = [
     "SharedBatch",
     "running",
     "serve",
+    "step_together",
     "stop",
 ]
 
@@ -109,6 +110,18 @@ class _Job:
                 # Not due yet: wake at the due time if an update waits, else when one is posted
                 # after it (post() notifies then), or at once for the last one or an error.
                 self.cond.wait(self.due - now if latest is not None and self.due else None)
+
+
+def step_together(runs: list[GenerationRun]) -> None:
+    """One decoding step of ``runs`` (one decoder's, each accepted) in one pass: each chooses
+    its tokens, ``step_many`` feeds them all, each takes its logits. Under the compute lock and
+    inference mode. The engine's step, and the bench's."""
+    fed = [run.choose() for run in runs]
+    logits = runs[0].decoder.step_many(  # type: ignore[attr-defined]
+        [run.session for run in runs], fed, [run.rec for run in runs]
+    )
+    for run, out in zip(runs, logits, strict=True):
+        run.absorb(out)
 
 
 class SharedBatch:
@@ -249,12 +262,7 @@ class SharedBatch:
         for group in groups:
             try:
                 with self._lock, torch.inference_mode():
-                    fed = [job.run.choose() for job in group]
-                    logits = group[0].run.decoder.step_many(  # type: ignore[attr-defined]
-                        [job.run.session for job in group], fed, [job.run.rec for job in group]
-                    )
-                    for job, out in zip(group, logits, strict=True):
-                        job.run.absorb(out)
+                    step_together([job.run for job in group])
             except Exception as exc:  # these runs end with it; the engine goes on
                 for job in group:
                     self._active.remove(job)
