@@ -72,6 +72,7 @@ def test_every_variable_overrides(tmp_path: Path) -> None:
         "PERSONA_EXPLORER_PERSONA_DATA": str(tmp_path / "personas"),
         "PERSONA_EXPLORER_FAST": "0",
         "PERSONA_EXPLORER_KERNEL": "off",
+        "PERSONA_EXPLORER_LOG_LEVEL": "info",
         "GRADIO_SERVER_NAME": "0.0.0.0",
         "GRADIO_SERVER_PORT": "8123",
     }
@@ -93,6 +94,7 @@ def test_every_variable_overrides(tmp_path: Path) -> None:
     assert not s.shared_batch
     assert s.extract_concurrency == 2
     assert (s.server_name, s.server_port) == ("0.0.0.0", 8123)
+    assert s.log_level == "INFO"
 
 
 def test_blank_values_mean_default(tmp_path: Path) -> None:
@@ -114,6 +116,7 @@ def test_blank_values_mean_default(tmp_path: Path) -> None:
         ("PERSONA_EXPLORER_STEER_CONCURRENCY", "0"),
         ("PERSONA_EXPLORER_MAX_TEMPERATURE", "-1"),
         ("PERSONA_EXPLORER_FAST", "maybe"),
+        ("PERSONA_EXPLORER_LOG_LEVEL", "chatty"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(key: str, value: str, tmp_path: Path) -> None:

@@ -7,7 +7,10 @@ kernel cannot build: then nothing can share a step, which a test below also chec
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -276,3 +279,32 @@ def test_a_reader_takes_updates_at_a_pace_and_never_misses_the_last(model: Loade
     assert len(updates) < cfg.max_new_tokens  # the tiny model's steps are far under 75 ms
     steps = [u.step for u in updates]
     assert steps == sorted(steps) and steps[0] == 1  # the first at once, in order
+
+
+def test_the_engine_logs_what_each_busy_spell_did(
+    model: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared_batch.serve(model)
+
+    def spells() -> list[re.Match[str]]:
+        pattern = r"(\d+) runs in [\d.]+ s: (\d+) steps of ([\d.]+) rows, [\d.]+ ms each"
+        lines = [r.getMessage() for r in caplog.records if "shared batch:" in r.getMessage()]
+        found = [re.search(pattern, line) for line in lines]
+        assert all(found), lines
+        return found  # type: ignore[return-value]
+
+    with caplog.at_level(logging.INFO, logger=shared_batch.__name__):
+        together = run_together(model, 4)
+        deadline = time.monotonic() + 30
+        # A spell is logged once the batch is idle again; the four may have needed more than one.
+        while sum(int(m[1]) for m in spells()) < 4:
+            assert time.monotonic() < deadline, "no line once the batch went idle"
+            time.sleep(0.01)
+    found = spells()
+    assert sum(int(m[1]) for m in found) == 4
+    # Every step of every run ran in some logged step: at least the longest run's count, at
+    # most all of them, each with between one row and all four runs' rows.
+    steps = sum(int(m[2]) for m in found)
+    assert max(r.steps for r in together) <= steps <= sum(r.steps for r in together)
+    widest = sum(len(job(model, i)[0]) for i in range(4))
+    assert all(1 <= float(m[3]) <= widest for m in found)

@@ -122,6 +122,9 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("persona-explorer"))
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = ""  # "" = the embedded SmolLM2-135M-Instruct
@@ -154,6 +157,8 @@ class Settings:
     # llama.cpp's llama-batched-bench for the benchmark; None: the one scripts/llama_build.py
     # builds into the user cache directory (see bench_llama.find_batched_bench).
     llama_batched_bench: Path | None = None
+    # The app's log (stderr): INFO adds a line per busy spell of the shared batch.
+    log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
         for name in ("data_dir", "cache_dir", "builtin_vectors_dir", "persona_data_dir"):
@@ -161,6 +166,10 @@ class Settings:
         for name in ("adapter", "llama_batched_bench"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         for name, low, high in (
@@ -289,6 +298,7 @@ def load_settings(
             env, p + "TRUSTED_PROXY_HOPS", 1 if _raw(env, "SPACE_ID") else base.trusted_proxy_hops
         ),
         llama_batched_bench=Path(batched_bench) if batched_bench else None,
+        log_level=text(p + "LOG_LEVEL", base.log_level).upper(),
     )
 
 

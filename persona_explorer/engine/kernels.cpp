@@ -313,7 +313,10 @@ PE_AVX512 static void gemv512(const float* xp, int64_t M, int64_t K,
                               const std::vector<int64_t>& offs, float* yp, const float* ap) {
   const int64_t O = offs.back();
   constexpr int64_t CH = 16;
-  #pragma omp parallel for schedule(static)
+  // Chunks handed out as threads come free, not split in halves up front: on a machine whose
+  // cores the web layer also uses, a descheduled worker then delays one chunk, not half the
+  // product. Every output row is computed the same way whichever thread takes it.
+  #pragma omp parallel for schedule(dynamic)
   for (int64_t c0 = 0; c0 < O; c0 += CH) {
     const int64_t c1 = std::min(O, c0 + CH);
     for (int64_t m = 0; m < M; m += 8) {
@@ -364,7 +367,7 @@ torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::
   #pragma omp parallel
   {
     std::vector<float> buf(M > 2 ? K : 0);
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(dynamic, 16)  // as in gemv512
     for (int64_t r = 0; r < O; ++r) {
       size_t j = 0;
       while (r >= offs[j + 1]) ++j;
@@ -518,89 +521,121 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   return y;
 }
 
-// One decoding step's attention for every row: RoPE on q and k (cos/sin [B, D]), k and v
-// written into the caches [B, KV, T, D] at slot `pos`, then softmax(q k^T * scale) v over the
-// slots [0, pos] that `valid` [B, >pos] marks. qkv [B, (H + 2 KV) * D] -> [B, H * D]. Each
-// (row, head) runs the same code in the same order, so identical rows give identical outputs.
-torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
-                               torch::Tensor kcache, torch::Tensor vcache, torch::Tensor valid,
-                               int64_t pos, int64_t H, int64_t KV, double scale) {
+// One session's part of a decoding step's attention, before the heads: RoPE on q and k (cos/sin
+// [B, D]) in place, and k and v written into the caches [B, KV, T, D] at slot `pos`.
+struct Attend {
+  float* qp; float* kc; float* vc; const bool* ok; float* op;
+  int64_t B, W, T, D, vstride, L;
+};
+
+static Attend attend_prepare(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
+                             torch::Tensor kcache, torch::Tensor vcache, torch::Tensor valid,
+                             int64_t pos, int64_t H, int64_t KV, float* op) {
   TORCH_CHECK(qkv.is_contiguous() && kcache.is_contiguous() && vcache.is_contiguous());
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && valid.is_contiguous());
   TORCH_CHECK(valid.scalar_type() == torch::kBool && qkv.scalar_type() == torch::kFloat32);
   const int64_t B = qkv.size(0), T = kcache.size(2), D = kcache.size(3), half = D / 2;
   TORCH_CHECK(qkv.size(1) == (H + 2 * KV) * D && pos < T && D % 8 == 0 && H % KV == 0);
   TORCH_CHECK(valid.size(0) == B && valid.size(1) > pos);
-  auto out = torch::empty({B, H * D}, qkv.options());
-  float* qp = qkv.data_ptr<float>();
-  float* kc = kcache.data_ptr<float>();
-  float* vc = vcache.data_ptr<float>();
+  Attend a{qkv.data_ptr<float>(), kcache.data_ptr<float>(), vcache.data_ptr<float>(),
+           valid.data_ptr<bool>(), op, B, qkv.size(1), T, D, valid.size(1), pos + 1};
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
-  const bool* ok = valid.data_ptr<bool>();
-  const int64_t vstride = valid.size(1);
-  float* op = out.data_ptr<float>();
-  const int64_t W = qkv.size(1), L = pos + 1;
-  // RoPE (as rope_) on q and k in place, and the cache writes.
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H + KV; ++h) rotate_head(qp + b * W + h * D, cp + b * D, sp + b * D, half);
+    for (int64_t h = 0; h < H + KV; ++h)
+      rotate_head(a.qp + b * a.W + h * D, cp + b * D, sp + b * D, half);
     for (int64_t g = 0; g < KV; ++g) {
-      std::memcpy(kc + ((b * KV + g) * T + pos) * D, qp + b * W + (H + g) * D, D * 4);
-      std::memcpy(vc + ((b * KV + g) * T + pos) * D, qp + b * W + (H + KV + g) * D, D * 4);
+      std::memcpy(a.kc + ((b * KV + g) * T + pos) * D, a.qp + b * a.W + (H + g) * D, D * 4);
+      std::memcpy(a.vc + ((b * KV + g) * T + pos) * D, a.qp + b * a.W + (H + KV + g) * D, D * 4);
     }
   }
-  const int64_t group = H / KV;
-  #pragma omp parallel
+  return a;
+}
+
+// softmax(q k^T * scale) v of one (row, head) over the slots [0, pos] that `valid` marks. Each
+// (row, head) runs the same code in the same order, so identical rows give identical outputs,
+// whichever thread and whichever batch runs them. `sc`: room for L + 8 scores.
+static void attend_head(const Attend& a, int64_t b, int64_t h, int64_t H, int64_t KV,
+                        float scale, float* sc) {
+  const int64_t D = a.D, T = a.T, L = a.L, g = h / (H / KV);
+  const float* q = a.qp + b * a.W + h * D;
+  const float* keys = a.kc + (b * KV + g) * T * D;
+  const float* vals = a.vc + (b * KV + g) * T * D;
+  const bool* mask = a.ok + b * a.vstride;
+  float mx = -INFINITY;
+  for (int64_t t = 0; t < L; ++t) {
+    if (!mask[t]) { sc[t] = -INFINITY; continue; }
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < D; i += 8)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(keys + t * D + i), acc);
+    sc[t] = hsum(acc) * scale;
+    mx = sc[t] > mx ? sc[t] : mx;
+  }
+  int64_t t = 0;
+  const __m256 vmx = _mm256_set1_ps(mx);
+  for (; t + 8 <= L; t += 8)
+    _mm256_storeu_ps(sc + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + t), vmx)));
+  if (t < L) {
+    float tmp[8];
+    for (int j = 0; j < 8; ++j) tmp[j] = t + j < L ? sc[t + j] - mx : -100.0f;
+    _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
+    for (int64_t j = 0; t + j < L; ++j) sc[t + j] = tmp[j];
+  }
+  float total = 0.0f;
+  for (t = 0; t < L; ++t) {
+    if (!mask[t]) sc[t] = 0.0f;
+    total += sc[t];
+  }
+  const float inv = 1.0f / total;
+  float* o = a.op + b * H * D + h * D;
+  for (int64_t i0 = 0; i0 < D; i0 += 64) {  // up to 8 accumulators: one pass over t
+    const int n = int(std::min<int64_t>(64, D - i0) / 8);
+    __m256 acc[8];
+    for (int j = 0; j < n; ++j) acc[j] = _mm256_setzero_ps();
+    for (t = 0; t < L; ++t) {
+      if (sc[t] == 0.0f) continue;
+      const __m256 p = _mm256_set1_ps(sc[t]);
+      const float* v = vals + t * D + i0;
+      for (int j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * j), acc[j]);
+    }
+    const __m256 vi = _mm256_set1_ps(inv);
+    for (int j = 0; j < n; ++j) _mm256_storeu_ps(o + i0 + 8 * j, _mm256_mul_ps(acc[j], vi));
+  }
+}
+
+// Every session's heads in one parallel region, handed out one (row, head) at a time: with a
+// class's thirty sessions, a region (and its barrier) per session was thirty per layer, and each
+// barrier waits for a worker the web layer may have descheduled.
+static void attend_all(const std::vector<Attend>& parts, int64_t H, int64_t KV, double scale) {
+  std::vector<int64_t> first(parts.size() + 1, 0);  // the first (row, head) item of each part
+  int64_t longest = 0;
+  for (size_t s = 0; s < parts.size(); ++s) {
+    first[s + 1] = first[s] + parts[s].B * H;
+    longest = std::max(longest, parts[s].L);
+  }
+  const int64_t items = first.back();
+  #pragma omp parallel if (items > 1)
   {
-    std::vector<float> sc(L + 8);
-    #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * H; ++bh) {
-      const int64_t b = bh / H, h = bh % H, g = h / group;
-      const float* q = qp + b * W + h * D;
-      const float* keys = kc + (b * KV + g) * T * D;
-      const float* vals = vc + (b * KV + g) * T * D;
-      const bool* mask = ok + b * vstride;
-      float mx = -INFINITY;
-      for (int64_t t = 0; t < L; ++t) {
-        if (!mask[t]) { sc[t] = -INFINITY; continue; }
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < D; i += 8)
-          acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(keys + t * D + i), acc);
-        sc[t] = hsum(acc) * float(scale);
-        mx = sc[t] > mx ? sc[t] : mx;
-      }
-      int64_t t = 0;
-      const __m256 vmx = _mm256_set1_ps(mx);
-      for (; t + 8 <= L; t += 8)
-        _mm256_storeu_ps(sc.data() + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(sc.data() + t), vmx)));
-      if (t < L) {
-        float tmp[8];
-        for (int j = 0; j < 8; ++j) tmp[j] = t + j < L ? sc[t + j] - mx : -100.0f;
-        _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
-        for (int64_t j = 0; t + j < L; ++j) sc[t + j] = tmp[j];
-      }
-      float total = 0.0f;
-      for (t = 0; t < L; ++t) {
-        if (!mask[t]) sc[t] = 0.0f;
-        total += sc[t];
-      }
-      const float inv = 1.0f / total;
-      float* o = op + b * H * D + h * D;
-      for (int64_t i0 = 0; i0 < D; i0 += 64) {  // up to 8 accumulators: one pass over t
-        const int n = int(std::min<int64_t>(64, D - i0) / 8);
-        __m256 acc[8];
-        for (int j = 0; j < n; ++j) acc[j] = _mm256_setzero_ps();
-        for (t = 0; t < L; ++t) {
-          if (sc[t] == 0.0f) continue;
-          const __m256 p = _mm256_set1_ps(sc[t]);
-          const float* v = vals + t * D + i0;
-          for (int j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * j), acc[j]);
-        }
-        const __m256 vi = _mm256_set1_ps(inv);
-        for (int j = 0; j < n; ++j) _mm256_storeu_ps(o + i0 + 8 * j, _mm256_mul_ps(acc[j], vi));
-      }
+    std::vector<float> sc(longest + 8);
+    #pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < items; ++i) {
+      const size_t s = std::upper_bound(first.begin(), first.end(), i) - first.begin() - 1;
+      const int64_t bh = i - first[s];
+      attend_head(parts[s], bh / H, bh % H, H, KV, float(scale), sc.data());
     }
   }
+}
+
+// One decoding step's attention for every row: RoPE on q and k (cos/sin [B, D]), k and v
+// written into the caches [B, KV, T, D] at slot `pos`, then softmax(q k^T * scale) v over the
+// slots [0, pos] that `valid` [B, >pos] marks. qkv [B, (H + 2 KV) * D] -> [B, H * D].
+torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
+                               torch::Tensor kcache, torch::Tensor vcache, torch::Tensor valid,
+                               int64_t pos, int64_t H, int64_t KV, double scale) {
+  auto out = torch::empty({qkv.size(0), H * kcache.size(3)}, qkv.options());
+  attend_all({attend_prepare(qkv, cos, sin, kcache, vcache, valid, pos, H, KV,
+                             out.data_ptr<float>())},
+             H, KV, scale);
   return out;
 }
 
@@ -629,17 +664,36 @@ torch::Tensor decode_layer_many(torch::Tensor h, torch::Tensor ln1, torch::Tenso
   auto x = rms_norm(h, ln1, eps);
   auto qkv = grouped_gemv(x, qkv_w, qkv_t, c10::nullopt);
   if (qkv_bias.has_value()) qkv.add_(*qkv_bias);
-  std::vector<torch::Tensor> parts;
+  const int64_t D = kcaches[0].size(3);
+  auto attn = torch::empty({total, H * D}, qkv.options());
+  std::vector<Attend> parts;
   parts.reserve(S);
   int64_t off = 0;
   for (size_t s = 0; s < S; ++s) {
-    parts.push_back(decode_attention(qkv.narrow(0, off, rows[s]), cos.narrow(0, off, rows[s]),
-                                     sin.narrow(0, off, rows[s]), kcaches[s], vcaches[s],
-                                     valids[s], pos[s], H, KV, scale));
+    parts.push_back(attend_prepare(qkv.narrow(0, off, rows[s]), cos.narrow(0, off, rows[s]),
+                                   sin.narrow(0, off, rows[s]), kcaches[s], vcaches[s],
+                                   valids[s], pos[s], H, KV, attn.data_ptr<float>() + off * H * D));
     off += rows[s];
   }
-  auto attn = S == 1 ? parts[0] : torch::cat(parts, 0);
+  attend_all(parts, H, KV, scale);
   auto h1 = grouped_gemv(attn, o_w, o_t, h);
   auto gu = grouped_gemv(rms_norm(h1, ln2, eps), gu_w, gu_t, c10::nullopt);
   return grouped_gemv(silu_mul(gu), down_w, down_t, h1);
+}
+
+// The bindings, written out rather than generated (load_inline's `functions=`) so that every
+// kernel lets go of the interpreter lock while it runs: the app's web threads then serve pages
+// during a decoding step's products instead of queueing for the lock between them, which left a
+// core idle whenever they held it.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using nogil = py::call_guard<py::gil_scoped_release>;
+  m.def("grouped_gemv", &grouped_gemv, nogil());
+  m.def("dequantize", &dequantize, nogil());
+  m.def("rms_norm", &rms_norm, nogil());
+  m.def("rope_", &rope_, nogil());
+  m.def("silu_mul", &silu_mul, nogil());
+  m.def("decode_attention", &decode_attention, nogil());
+  m.def("decode_layer_many", &decode_layer_many, nogil());
+  m.def("set_isa", &set_isa);
+  m.def("get_isa", &get_isa);
 }

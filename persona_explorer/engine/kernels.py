@@ -108,17 +108,6 @@ def load(enabled: bool) -> Any:
             _module = load_inline(
                 name=name,
                 cpp_sources=_SOURCE,
-                functions=[
-                    "grouped_gemv",
-                    "dequantize",
-                    "rms_norm",
-                    "rope_",
-                    "silu_mul",
-                    "decode_attention",
-                    "decode_layer_many",
-                    "set_isa",
-                    "get_isa",
-                ],
                 # No contraction: the element-wise ops keep torch's rounding (mul, then add).
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],

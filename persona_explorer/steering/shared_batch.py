@@ -37,6 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_STEP_ROWS",
     "PREFILL_BUDGET_S",
     "SharedBatch",
+    "Tally",
     "running",
     "serve",
     "step_together",
@@ -67,6 +69,33 @@ PREFILL_BUDGET_S = 0.3
 # run in the batch (SharedBatch.reading_pace).
 READ_EVERY_S = 0.05
 READ_EVERY_PER_RUN_S = 0.03
+
+
+@dataclass
+class Tally:
+    """What the engine thread did in one busy spell (from the first run joining an idle batch
+    to the last one leaving): logged at INFO when it ends, so an operator sees where a class's
+    wait went. Seconds are wall time on the engine thread."""
+
+    runs: int = 0
+    steps: int = 0
+    rows: int = 0  # summed over steps: rows / steps is the mean batch
+    step_s: float = 0.0  # shared steps, including waits for the compute lock
+    prefill_s: float = 0.0  # prompt chunks, including waits for the compute lock
+    finish_s: float = 0.0  # results handed over (the capture's last copies)
+    started: float = 0.0
+
+    def line(self) -> str:
+        wall = time.perf_counter() - self.started
+        rows = self.rows / self.steps if self.steps else 0.0
+        each = 1000 * self.step_s / self.steps if self.steps else 0.0
+        prefill = 1000 * self.prefill_s / self.runs if self.runs else 0.0
+        other = wall - self.step_s - self.prefill_s - self.finish_s
+        return (
+            f"shared batch: {self.runs} runs in {wall:.2f} s: {self.steps} steps of "
+            f"{rows:.1f} rows, {each:.1f} ms each; prompt passes {prefill:.1f} ms a run; "
+            f"finishing {self.finish_s:.2f} s; elsewhere {other:.2f} s"
+        )
 
 
 class _Job:
@@ -136,6 +165,7 @@ class SharedBatch:
         self._thread: threading.Thread | None = None
         self.steps = 0  # shared steps run (tests and the bench read it)
         self.widest = 0  # most runs in one step so far
+        self.tally = Tally()  # the current (or last) busy spell
         # Started here, by the serving thread, rather than by the first visitor's handler
         # thread: the engine thread and its OpenMP workers inherit the server's settings.
         with self._cond:
@@ -204,8 +234,12 @@ class SharedBatch:
         self._lock.one_team(threading.get_ident(), self._team)
         while True:
             with self._cond:
-                while not self._joining and not self._active:
-                    self._cond.wait()
+                if not self._joining and not self._active:
+                    if self.tally.runs:
+                        log.info(self.tally.line())
+                    while not self._joining and not self._active:
+                        self._cond.wait()
+                    self.tally = Tally(started=time.perf_counter())
                 self._drop_abandoned()
             self._prefill_some()
             self._step_all()
@@ -230,9 +264,12 @@ class SharedBatch:
                 with torch.inference_mode():
                     stopped = job.run.stop_between_chunks()
                 if not stopped:
+                    began = time.perf_counter()
                     with self._lock, torch.inference_mode():
                         job.run.prefill_next()
+                    self.tally.prefill_s += time.perf_counter() - began
                 if job.run.prompt_done:
+                    self.tally.runs += 1
                     with self._cond:
                         self._joining.popleft()
                     if job.run.stopping:
@@ -260,6 +297,7 @@ class SharedBatch:
             else:
                 groups.append([job])
         for group in groups:
+            began = time.perf_counter()
             try:
                 with self._lock, torch.inference_mode():
                     step_together([job.run for job in group])
@@ -270,6 +308,9 @@ class SharedBatch:
                 continue
             self.steps += 1
             self.widest = max(self.widest, len(group))
+            self.tally.steps += 1
+            self.tally.rows += sum(job.run.batch for job in group)
+            self.tally.step_s += time.perf_counter() - began
             for job in group:
                 job.run.stop_after_step()
                 if job.run.stopping:
@@ -279,12 +320,15 @@ class SharedBatch:
                     job.post(job.run.update())
 
     def _finish(self, job: _Job) -> None:
+        began = time.perf_counter()
         try:
             with torch.inference_mode():
                 update = job.run.finish()
         except Exception as exc:  # the reader gets it
             self._fail([job], exc)
             return
+        finally:
+            self.tally.finish_s += time.perf_counter() - began
         job.post(update)
         self._end(job)
 

@@ -65,6 +65,7 @@ from persona_explorer.ui.finetune import tab as train_tab
 from persona_explorer.ui.library import tab as library_tab
 from persona_explorer.ui.persona_space import tab as persona_space
 from persona_explorer.ui.screening import tab as screening_tab
+from persona_explorer.ui.shared.blocks import LeanBlocks
 from persona_explorer.ui.shared.catalog import CatalogView
 from persona_explorer.ui.shared.context import AppContext, check_owner, new_owner_token, user_errors
 from persona_explorer.ui.shared.fairness import limit_jobs_per_visitor
@@ -193,7 +194,7 @@ def header_html(ctx: AppContext) -> str:
 def build_demo(settings: Settings, model: LoadedModel | None = None) -> gr.Blocks:
     """The app. Loads the model (once) unless one is given."""
     ctx = AppContext.create(settings, model)
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    with LeanBlocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         session = gr.State({})
         # A random token in this browser marks the vectors it saves in the shared library:
         # only it may rename or delete them. Encrypted with a key kept across restarts.
