@@ -5,7 +5,7 @@ import logging
 import sys
 
 from persona_explorer.core.config import load_settings
-from persona_explorer.ui import build_app, launch_kwargs
+from persona_explorer.ui import build_app, launch
 
 settings = load_settings(argv=sys.argv[1:])
 logging.basicConfig(
@@ -16,4 +16,4 @@ logging.basicConfig(
 demo = build_app(settings)
 
 if __name__ == "__main__":
-    demo.launch(**launch_kwargs(settings))
+    launch(demo, settings)

@@ -3,13 +3,19 @@ answer (a greedy baseline generated while others steer equals the same baseline 
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import torch
 from gradio_client import Client
 
+from persona_explorer.core.config import load_settings
 from persona_explorer.dev.devserver import MILD, STRONG, shared_server
+from persona_explorer.steering.shared_batch import ENGINE_THREAD_NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +100,29 @@ def test_concurrent_sessions_each_get_exactly_their_solo_answer() -> None:
             f.result(timeout=600)
     for i, answer in enumerate(solo):
         assert together[i] == answer, requests[i]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_web_threads_yield_the_cpu_to_the_engine_and_its_team() -> None:
+    """In the served app, the engine thread and its OpenMP workers (named ``pe-engine``) keep
+    the process's priority, and the thread serving the web, with every thread it started
+    (Gradio's event loop and workers), runs ``web_nice`` (5) steps lower."""
+    server = shared_server()
+    steer(Client(server.url, verbose=False), PROMPT, MILD, 20, 2.0)  # the engine's team exists
+    assert server.proc is not None
+    tasks = Path(f"/proc/{server.proc.pid}/task")
+    threads = {}
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            stat = (task / "stat").read_text()
+            threads[int(task.name)] = (
+                (task / "comm").read_text().strip(),
+                int(stat.rsplit(")", 1)[1].split()[16]),  # field 19: nice
+            )
+    engine = [nice for name, nice in threads.values() if name == ENGINE_THREAD_NAME]
+    assert engine, threads
+    if torch.get_num_threads() > 1:
+        assert len(engine) >= 2, threads  # the engine thread and at least one OpenMP worker
+    base = engine[0]
+    assert set(engine) == {base}
+    assert threads[server.proc.pid][1] == min(19, base + load_settings({}).web_nice)

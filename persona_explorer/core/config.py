@@ -159,6 +159,9 @@ class Settings:
     llama_batched_bench: Path | None = None
     # The app's log (stderr): INFO adds a line per busy spell of the shared batch.
     log_level: str = "WARNING"
+    # How far the web layer's threads yield the CPU to the shared batch's engine thread (Linux
+    # nice steps; 0: no change). See engine.threads.
+    web_nice: int = 5
 
     def __post_init__(self) -> None:
         for name in ("data_dir", "cache_dir", "builtin_vectors_dir", "persona_data_dir"):
@@ -177,6 +180,7 @@ class Settings:
             ("extract_concurrency", 1, 16),
             ("server_port", 1, 65535),
             ("trusted_proxy_hops", 0, 8),
+            ("web_nice", 0, 19),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -299,6 +303,7 @@ def load_settings(
         ),
         llama_batched_bench=Path(batched_bench) if batched_bench else None,
         log_level=text(p + "LOG_LEVEL", base.log_level).upper(),
+        web_nice=_int(env, p + "WEB_NICE", base.web_nice),
     )
 
 

@@ -49,6 +49,7 @@ from persona_explorer.steering.generation import GenerationRun, StreamUpdate
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ENGINE_THREAD_NAME",
     "MAX_STEP_ROWS",
     "PREFILL_BUDGET_S",
     "SharedBatch",
@@ -59,6 +60,8 @@ __all__ = [
     "stop",
 ]
 
+# What `top -H` and /proc show for the engine thread and its OpenMP workers.
+ENGINE_THREAD_NAME = "pe-engine"
 # Rows in one shared step. A step's products cost about linearly in rows beyond a few, so a
 # bigger group would only hold the compute lock longer; above it, groups take turns each step.
 MAX_STEP_ROWS = 64
@@ -230,6 +233,7 @@ class SharedBatch:
             raise
 
     def _serve(self) -> None:
+        omp.name_thread(ENGINE_THREAD_NAME)  # its OpenMP workers, started from here, too
         omp.set_team(self._team)
         self._lock.one_team(threading.get_ident(), self._team)
         while True:

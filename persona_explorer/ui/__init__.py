@@ -57,6 +57,7 @@ from persona_explorer.core.limits import (
     check_temperature,
     check_text,
 )
+from persona_explorer.engine import threads as omp
 from persona_explorer.engine.model import LoadedModel
 from persona_explorer.steering.ops import check_positions
 from persona_explorer.ui.drift import tab as drift
@@ -78,7 +79,7 @@ from persona_explorer.ui.sweep import tab as sweep_tab
 from persona_explorer.ui.tour import handlers as tour_steps
 from persona_explorer.ui.tour import tab as tour_tab
 
-__all__ = ["build_app", "build_demo", "configure_queue", "launch_kwargs", "theme"]
+__all__ = ["build_app", "build_demo", "configure_queue", "launch", "launch_kwargs", "theme"]
 
 # Gradio's own bound on everything queued (its refusal reads "currently busy"): well above
 # what the per-visitor and per-address caps let in, so that those, with their messages, refuse.
@@ -147,6 +148,15 @@ def build_app(settings: Settings) -> gr.Blocks:
     if "error" in built:
         raise built["error"]
     return built["demo"]
+
+
+def launch(demo: gr.Blocks, settings: Settings) -> None:
+    """Serve ``demo`` until stopped (``python app.py``). With the shared batch, the thread that
+    serves, and so every web thread it starts, first yields the CPU to the engine thread
+    (``settings.web_nice``; ``engine.threads.yield_cpu``)."""
+    if settings.shared_batch:
+        omp.yield_cpu(settings.web_nice)
+    demo.launch(**launch_kwargs(settings))
 
 
 def launch_kwargs(settings: Settings) -> dict[str, Any]:
