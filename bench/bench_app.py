@@ -46,16 +46,16 @@ def one_run(client: Client, args: argparse.Namespace) -> dict[str, float]:
         system_prompt="",
         api_name="/steer",
     )
+    # Polled every 5 ms rather than iterated: gradio_client's iterator polls every millisecond,
+    # on the cores the server decodes on.
     first = None
-    updates = 0
-    final = None
-    for update in job:  # one item per streamed yield
-        updates += 1
-        if first is None and (update[0] or update[1]):
+    while not job.done():
+        if first is None and any(u[0] or u[1] for u in job.outputs()):
             first = time.perf_counter() - started
-        final = update
+        time.sleep(0.005)
     total = time.perf_counter() - started
     final = job.result()
+    updates = len(job.outputs())  # one item per streamed yield
     match = _ENGINE.search(final[5] or "")
     engine_s = float(match[2].replace("\\", "")) if match else float("nan")
     tokens = int(match[1]) if match else 0

@@ -650,3 +650,59 @@ def test_numpy_like_scalars_accepted() -> None:
 
     fig = layer_projection_figure([Scalar(1.0), Scalar(2.0)], [])  # type: ignore[list-item]
     assert list(fig.data[0].y) == [1.0, 2.0]
+
+
+LAYER_FIGURE_CASES = [
+    {"steered": {"steered, strength 5": [0.3 * i for i in range(12)]}, "steered_layers": [4]},
+    {
+        "steered": {f"row {k}": [k + 0.1 * i for i in range(12)] for k in range(3)},
+        "steered_layers": [2, 3, 7],
+        "readout_layer": 9,
+        "title": "A title long enough to wrap onto a second line of the figure",
+    },
+    {"steered": [1.0] * 12, "delta": False},
+    {
+        "baseline": None,
+        "steered": {"a": [0.5] * 12, "b": [1.5] * 12},
+        "baselines": {"a": [0.25 * i for i in range(12)], "b": [-1.0] * 12},
+    },
+    {"steered": {}, "readout_layer": 0},
+]
+
+
+@pytest.mark.parametrize("case", LAYER_FIGURE_CASES)
+def test_a_layer_figure_is_plotlys_own_drawing_of_its_values(
+    case: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout is drawn once per shape, with zeros, and the values filled in: the result
+    must be what plotly's builders draw from the values themselves."""
+    from persona_explorer.plots import layers
+
+    seen: dict = {}
+    series, drawn = layers._series, layers._drawn
+
+    def spy_series(*args: object) -> list:
+        ys = series(*args)  # type: ignore[arg-type]
+        seen.setdefault("ys", ys)  # the values' (a first drawing of the shape then asks again)
+        return ys
+
+    def spy_drawn(shape: object) -> dict:
+        seen["shape"] = shape
+        return drawn(shape)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layers, "_series", spy_series)
+    monkeypatch.setattr(layers, "_drawn", spy_drawn)
+    fast = layer_projection_figure(**{"baseline": [0.1 * i - 0.4 for i in range(12)], **case})
+    direct = go.Figure(layers._draw(seen["shape"], seen["ys"]))
+    assert json.loads(fast.to_json()) == json.loads(direct.to_json())
+
+
+def test_a_layer_figure_keeps_its_own_values_and_leaves_the_next_ones_alone() -> None:
+    first = layer_projection_figure([1.0] * 6, [2.0] * 6, steered_layers=[1])
+    first.data[0].y = (9.0,) * 6  # a caller may change its figure
+    first.update_layout(title_text="changed")
+    second = layer_projection_figure([3.0] * 6, [5.0] * 6, steered_layers=[1])
+    assert list(second.data[0].y) == [3.0] * 6
+    assert list(second.data[1].y) == [5.0] * 6
+    assert list(second.data[2].y) == [2.0] * 6  # the change from baseline
+    assert second.layout.title.text != "changed"

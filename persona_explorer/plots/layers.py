@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -130,6 +133,79 @@ def layer_projection_figure(
     readout = None if readout_layer is None else layer_index(readout_layer, "readout_layer", n)
 
     panels = 2 if delta and rows else 1
+    shape = _Shape(
+        n=n,
+        labels=tuple(labels),
+        own=tuple(name for name in labels if name in own),
+        has_base=base is not None,
+        injected=tuple(injected),
+        readout=readout,
+        title=title,
+        y_title=y_title,
+        panels=panels,
+    )
+    ys = _series(base, rows, own, panels)
+    drawn = copy.deepcopy(_drawn(shape))
+    for trace, y in zip(drawn["data"], ys, strict=True):
+        trace["y"] = y
+    # Checked above, drawn and styled once per shape by plotly's own calls: nothing to validate
+    # again (plotly's builders took 45 ms a figure, the last step of every Steer answer).
+    return go.Figure(drawn, _validate=False)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Everything a layer figure's look depends on; the values only fill its traces."""
+
+    n: int
+    labels: tuple[str, ...]
+    own: tuple[str, ...]  # the labels with a baseline of their own
+    has_base: bool
+    injected: tuple[int, ...]
+    readout: int | None
+    title: str
+    y_title: str
+    panels: int
+
+
+def _series(
+    base: list[float] | None,
+    rows: list[tuple[str, list[float]]],
+    own: Mapping[str, list[float]],
+    panels: int,
+) -> list[list[float | None]]:
+    """Each trace's y values, in the order :func:`_draw` adds the traces."""
+    ys: list[list[float | None]] = []
+    if base is not None:
+        ys.append(list(base))
+    if own:
+        ys.append([None])  # the legend key for every row's dotted baseline
+    for name, values in rows:
+        if name in own:
+            ys.append(list(own[name]))
+        ys.append(list(values))
+    if panels == 2:
+        for name, values in rows:
+            ref = own.get(name, base)
+            assert ref is not None  # checked: every row has a baseline
+            ys.append([v - b for v, b in zip(values, ref, strict=True)])
+    return ys
+
+
+@lru_cache(maxsize=64)
+def _drawn(shape: _Shape) -> dict:
+    """The figure of ``shape`` as plotly's JSON-ready dict, drawn with zeros (read-only)."""
+    zeros = [0.0] * shape.n
+    rows = [(name, zeros) for name in shape.labels]
+    own = dict.fromkeys(shape.own, zeros)
+    return _draw(shape, _series(zeros if shape.has_base else None, rows, own, shape.panels))
+
+
+def _draw(shape: _Shape, ys: list[list[float | None]]) -> dict:
+    """Draw the figure with plotly's builders: the traces (y from ``ys``, in order), the bands,
+    the read-out line, the house style and the axes. Returns plotly's dict of it."""
+    n, panels, own = shape.n, shape.panels, set(shape.own)
+    series = iter(ys)
     if panels == 2:
         fig = make_subplots(
             rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.05
@@ -142,12 +218,12 @@ def layer_projection_figure(
     xs = list(range(n))
     hover = "%{fullData.name}: %{y:.3f}<extra></extra>"
     legend: list[str] = []
-    if base is not None:
+    if shape.has_base:
         legend.append("baseline")
         fig.add_trace(
             go.Scatter(
                 x=xs,
-                y=base,
+                y=next(series),
                 name="baseline",
                 mode="lines+markers",
                 line={"color": BASELINE_COLOR, "width": 2, "dash": "dot"},
@@ -162,7 +238,7 @@ def layer_projection_figure(
         fig.add_trace(
             go.Scatter(
                 x=[None],
-                y=[None],
+                y=next(series),
                 name=OWN_BASELINE_KEY,
                 mode="lines",
                 line={"color": NEUTRAL_COLOR, "width": 2, "dash": "dot"},
@@ -170,7 +246,7 @@ def layer_projection_figure(
             ),
             **top,
         )
-    for k, (name, values) in enumerate(rows):
+    for k, name in enumerate(shape.labels):
         color = STEERED_COLORS[k % len(STEERED_COLORS)]
         group = f"row{k}"
         legend.append(name)
@@ -178,7 +254,7 @@ def layer_projection_figure(
             fig.add_trace(
                 go.Scatter(
                     x=xs,
-                    y=own[name],
+                    y=next(series),
                     name=text(f"{name} · baseline"),
                     legendgroup=group,
                     showlegend=False,
@@ -191,7 +267,7 @@ def layer_projection_figure(
         fig.add_trace(
             go.Scatter(
                 x=xs,
-                y=values,
+                y=next(series),
                 name=text(name),
                 legendgroup=group,
                 mode="lines+markers",
@@ -202,13 +278,11 @@ def layer_projection_figure(
             **top,
         )
     if panels == 2:
-        for k, (name, values) in enumerate(rows):
-            ref = own.get(name, base)
-            assert ref is not None  # checked above: every row has a baseline
+        for k, name in enumerate(shape.labels):
             fig.add_trace(
                 go.Scatter(
                     x=xs,
-                    y=[v - b for v, b in zip(values, ref, strict=True)],
+                    y=next(series),
                     name=text(name),
                     legendgroup=f"row{k}",
                     showlegend=False,
@@ -219,14 +293,16 @@ def layer_projection_figure(
                 ),
                 **bottom,
             )
+    if next(series, None) is not None:
+        raise AssertionError("more series than traces")
 
     # After the traces: plotly skips shapes on a subplot that has no data yet.
-    shade_layer_bands(fig, injected, n, panels, "injected")
-    if readout is not None:
-        _mark_readout(fig, readout, n, panels)
+    shade_layer_bands(fig, shape.injected, n, panels, "injected")
+    if shape.readout is not None:
+        _mark_readout(fig, shape.readout, n, panels)
     style(
         fig,
-        title=title,
+        title=shape.title,
         height=_HEIGHT_TWO_PANELS if panels == 2 else _HEIGHT_ONE_PANEL,
         legend=legend,
     )
@@ -234,15 +310,15 @@ def layer_projection_figure(
     fig.update_layout(hovermode="x unified", legend={"groupclick": "togglegroup"})
     fig.update_yaxes(zeroline=True, zerolinecolor=ZERO_LINE_COLOR)
     if panels == 2:
-        fig.update_yaxes(title_text=y_title, **top)
+        fig.update_yaxes(title_text=shape.y_title, **top)
         fig.update_yaxes(
             title_text=DELTA_TITLE, rangemode="tozero", zerolinecolor=MUTED_TEXT, **bottom
         )
         fig.update_xaxes(title_text="Layer", **bottom)
     else:
-        fig.update_yaxes(title_text=y_title)
+        fig.update_yaxes(title_text=shape.y_title)
         fig.update_xaxes(title_text="Layer")
-    return fig
+    return fig.to_plotly_json()
 
 
 def strength_strip_figure(
