@@ -26,6 +26,11 @@ waits for work between runs. It is the only thread that keeps an OpenMP team
 long job's pass gets a team only for its length. With a second team alive, libgomp's workers
 sleep between regions and a step of the embedded model took 22.6 ms instead of 12.5.
 
+The engine thread and its OpenMP workers are named ``pe-engine`` (``top -H``); the web threads
+run at a lower priority than theirs (``engine.threads.yield_cpu``). Each busy spell, from the
+first run joining an idle batch to the last one leaving, is logged at INFO (:class:`Tally`:
+runs, steps, rows a step, milliseconds a step and a prompt pass).
+
 Imports: torch, :mod:`.generation` (the run it drives). The UI switches it on with
 :func:`serve`.
 """
