@@ -306,12 +306,15 @@ PE_AVX512 static void dot_upto8(const uint8_t* row, const float* x, int64_t K, i
 // A decoding step reads every weight once, from memory, a few hundred bytes a row: left to the
 // hardware prefetcher, which starts over at each 4 KB page and each new matrix, one visitor's
 // products ran at 9 GB/s where a large matrix streams at 21. Each row's turn asks for the row
-// PREFETCH_ROWS further on (in the same matrix or the next of the group): a batch-1 step of the
-// embedded model went from 11.7 to 8.5 ms, a batch-2 step from 13.3 to 9.8 (2 cores).
+// PREFETCH_ROWS further on into L1 and the row PREFETCH_L2_ROWS further on into L2 (in the same
+// matrix or the next of the group): a batch-1 step of the embedded model went from 11.7 to
+// about 8 ms, a batch-2 step from 13.3 to 9.8 (2 cores; bench/bench_kernel_ab.py).
 constexpr int64_t PREFETCH_ROWS = 4;
+constexpr int64_t PREFETCH_L2_ROWS = 16;
 
 // Always inlined: called per row from the AVX-512 body, a call to this default-target function
 // made the products slower than no prefetch at all.
+template <int HINT>
 __attribute__((always_inline)) static inline void prefetch_row(
     int64_t r, int64_t K, const std::vector<const uint8_t*>& wp,
     const std::vector<int64_t>& types, const std::vector<int64_t>& offs, size_t j) {
@@ -319,7 +322,14 @@ __attribute__((always_inline)) static inline void prefetch_row(
   while (r >= offs[j + 1]) ++j;
   const int64_t rb = row_bytes(types[j], K);
   const char* p = reinterpret_cast<const char*>(wp[j] + (r - offs[j]) * rb);
-  for (int64_t i = 0; i < rb; i += 64) _mm_prefetch(p + i, _MM_HINT_T0);
+  for (int64_t i = 0; i < rb; i += 64) _mm_prefetch(p + i, static_cast<_mm_hint>(HINT));
+}
+
+__attribute__((always_inline)) static inline void prefetch_ahead(
+    int64_t r, int64_t K, const std::vector<const uint8_t*>& wp,
+    const std::vector<int64_t>& types, const std::vector<int64_t>& offs, size_t j) {
+  prefetch_row<_MM_HINT_T0>(r + PREFETCH_ROWS, K, wp, types, offs, j);
+  prefetch_row<_MM_HINT_T1>(r + PREFETCH_L2_ROWS, K, wp, types, offs, j);
 }
 
 // The AVX-512 body of grouped_gemv. Output rows go in chunks of 16 per thread; within a chunk,
@@ -342,7 +352,7 @@ PE_AVX512 static void gemv512(const float* xp, int64_t M, int64_t K,
         size_t j = 0;
         while (r >= offs[j + 1]) ++j;
         const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
-        if (m == 0) prefetch_row(r + PREFETCH_ROWS, K, wp, types, offs, j);
+        if (m == 0) prefetch_ahead(r, K, wp, types, offs, j);
         by_type(types[j], [&](auto t) {
           dot_upto8<decltype(t)::value>(row, xp + m * K, K, R, yp + m * O + r, O);
         });
@@ -390,7 +400,7 @@ torch::Tensor grouped_gemv(torch::Tensor x, std::vector<torch::Tensor> ws, std::
       size_t j = 0;
       while (r >= offs[j + 1]) ++j;
       const uint8_t* row = wp[j] + (r - offs[j]) * row_bytes(types[j], K);
-      prefetch_row(r + PREFETCH_ROWS, K, wp, types, offs, j);
+      prefetch_ahead(r, K, wp, types, offs, j);
       by_type(types[j], [&](auto t) {
         dot_any<decltype(t)::value>(row, xp, K, M, yp + r, O, buf.data());
       });
