@@ -2,8 +2,8 @@
 
     python bench/bench_kernel_ab.py A.cpp B.cpp [--rounds 4]
 
-Compiles each source (as ``engine/kernels.py`` does, under its own name), loads the embedded
-model once, and alternates the builds round by round under the same decoder (its compiled
+Compiles each source (``kernels.compile_source``, as the app builds ``kernels.cpp``), loads the
+embedded model once, and alternates the builds round by round under the same decoder (its compiled
 module swapped), timing a side-by-side step at batch 1 and 2 (the Steer tab's loop) and the
 shared batch's step at 8 and 60 rows. Prints each build's median and B/A. These machines are
 noisy from one minute to the next; rounds in turns within one process are what made a 3 %
@@ -15,7 +15,6 @@ Imports: torch, the engine and ``persona_explorer.dev.bench_steps``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import sys
 from pathlib import Path
@@ -32,28 +31,15 @@ from persona_explorer.engine.model import load_model
 CASES = ("batch 1", "batch 2", "shared 8", "shared 60")
 
 
-def build(path: Path) -> Any:
-    from torch.utils.cpp_extension import load_inline
-
-    source = path.read_text()
-    module = load_inline(
-        name="persona_explorer_ab_" + hashlib.sha256(source.encode()).hexdigest()[:10],
-        cpp_sources=source,
-        extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
-    kernels.use_isa(module, kernels.best_isa())
-    return module
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    builds = [build(args.a), build(args.b)]
+    builds = [
+        kernels.compile_source(path.read_text(), "persona_explorer_ab") for path in (args.a, args.b)
+    ]
     model = load_model(device="cpu")
     dec = decoder_for(model)
     if getattr(dec, "ops", None) is None:

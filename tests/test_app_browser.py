@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from persona_explorer.dev.devserver import MILD, STRONG, shared_server
-from tests.browser_support import TIMEOUT_MS, require_chromium, screenshot
+from tests.browser_support import TIMEOUT_MS, require_chromium, screenshot, set_number
 
 pytestmark = pytest.mark.e2e
 
@@ -91,9 +91,7 @@ def test_steer_shows_both_answers_and_the_plot(page: Page) -> None:
     expect(page.locator("#pe-layer input[type=number]")).to_have_value("12")
     expect(page.locator("#pe-strength input[type=number]")).to_have_value("4")
     page.get_by_text("Generation settings").click()
-    tokens = page.locator("#pe-max-new-tokens input[type=number]")
-    tokens.fill("16")
-    tokens.press("Enter")
+    set_number(page, "#pe-max-new-tokens", "16")
     page.locator("#pe-generate").click()
 
     expect(page.locator("#pe-status")).to_contain_text("tok/s", timeout=TIMEOUT_MS)

@@ -120,9 +120,7 @@ def test_the_steer_run_json_carries_each_tokens_log_probabilities(
     open_tab(page, "Steer")
     page.locator("#pe-prompt textarea").fill("What makes a good friend?")
     page.get_by_text("Generation settings").click()
-    tokens = page.locator("#pe-max-new-tokens input[type=number]")
-    tokens.fill("12")
-    tokens.press("Enter")
+    set_number(page, "#pe-max-new-tokens", "12")
     page.locator("#pe-generate").click()
     expect(page.locator("#pe-status")).to_contain_text("tok/s", timeout=TIMEOUT_MS)
     expect(page.locator("#pe-tokens-steered")).to_contain_text(

@@ -79,6 +79,31 @@ def unsupported_reason(cpuinfo: str | None = None, capability: str | None = None
     return None
 
 
+def compile_source(source: str, prefix: str = "persona_explorer_gemv") -> Any:
+    """Build (or load torch's cached build of) a kernel source, named after its hash, with the
+    kernel's flags, products set to the CPU's best ISA. ``load`` builds ``kernels.cpp`` with it;
+    ``bench/bench_kernel_ab.py`` builds variants of it the same way."""
+    from torch.utils.cpp_extension import _get_build_directory, load_inline
+
+    name = f"{prefix}_{hashlib.sha256(source.encode()).hexdigest()[:10]}"
+    try:
+        built = any(Path(_get_build_directory(name, verbose=False)).glob("*.so"))
+    except (OSError, RuntimeError):
+        built = False
+    if not built:
+        log.warning("Compiling the CPU decode kernels (first run only, 1-2 min)")
+    module = load_inline(
+        name=name,
+        cpp_sources=source,
+        # No contraction: the element-wise ops keep torch's rounding (mul, then add).
+        extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+    use_isa(module, best_isa())
+    return module
+
+
 def load(enabled: bool) -> Any:
     """The compiled module, or None where it cannot be built (logged once) or is not ``enabled``."""
     global _module, _tried
@@ -94,30 +119,11 @@ def load(enabled: bool) -> Any:
         if problem:
             log.info("decode kernel not used: %s", problem)
             return None
-        from torch.utils.cpp_extension import _get_build_directory, load_inline
-
-        digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:10]
-        name = f"persona_explorer_gemv_{digest}"
         try:
-            built = any(Path(_get_build_directory(name, verbose=False)).glob("*.so"))
-        except (OSError, RuntimeError):
-            built = False
-        if not built:
-            log.warning("Compiling the CPU decode kernels (first run only, 1-2 min)")
-        try:
-            _module = load_inline(
-                name=name,
-                cpp_sources=_SOURCE,
-                # No contraction: the element-wise ops keep torch's rounding (mul, then add).
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
+            _module = compile_source(_SOURCE)
         except (RuntimeError, OSError, ImportError) as exc:
             log.warning("decode kernel unavailable, using oneDNN: %s", exc)
             _module = None
-        else:
-            use_isa(_module, best_isa())
         return _module
 
 

@@ -65,7 +65,7 @@ __all__ = [
     "stop",
 ]
 
-# What `top -H` and /proc show for the engine thread and its OpenMP workers.
+# The engine thread's name, in Python and in `top -H` and /proc (its OpenMP workers carry it too).
 ENGINE_THREAD_NAME = "pe-engine"
 # Rows in one shared step. A step's products cost about linearly in rows beyond a few, so a
 # bigger group would only hold the compute lock longer; above it, groups take turns each step.
@@ -180,9 +180,7 @@ class SharedBatch:
             self._start()
 
     def _start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._loop, name="persona-explorer-shared-batch", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name=ENGINE_THREAD_NAME, daemon=True)
         self._thread.start()
 
     def running(self) -> int:
